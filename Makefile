@@ -1,0 +1,28 @@
+# The two commands of the README: `make demo` (the main job) and `make test`.
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+# torch is pinned: on CPU machines this is the wheel already on disk; a loose spec pulls CUDA.
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: install test demo protos lint format
+
+install:
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_PIN)"
+	$(PIP) install -q -e '.[dev]'
+
+test: install lint
+	$(PYTHON) -m pytest -q
+
+demo: install
+	astro demo
+
+protos:
+	$(PYTHON) scripts/gen_protos.py
+
+lint:
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m mypy astro_core services astro_cli
+
+format:
+	$(PYTHON) -m ruff check --fix .
+	$(PYTHON) -m ruff format .

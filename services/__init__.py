@@ -1,0 +1,1 @@
+"""gRPC services: thin servers over astro_core, and clients implementing its Protocols."""

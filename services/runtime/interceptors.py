@@ -1,0 +1,173 @@
+"""Server interceptors shared by every service: bearer-token auth and Prometheus metrics."""
+
+from __future__ import annotations
+
+import hmac
+import inspect
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Kubernetes gRPC probes carry no token, so health stays open; it reveals nothing else.
+UNAUTHENTICATED_METHODS_PREFIX = "/grpc.health.v1.Health/"
+
+_Handler = Any  # grpc.RpcMethodHandler; grpc ships no type information
+_KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
+
+
+def _handler_kind(handler: Any) -> str:
+    for kind in _KINDS:
+        if getattr(handler, kind) is not None:
+            return kind
+    raise ValueError("method handler has no behaviour")
+
+
+def _replace_behavior(handler: Any, kind: str, behavior: Callable[..., Any]) -> Any:
+    return handler._replace(**{kind: behavior})  # RpcMethodHandler is a namedtuple
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Rejects calls whose `authorization` metadata is not `Bearer <token>`."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[_Handler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> _Handler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(
+            UNAUTHENTICATED_METHODS_PREFIX
+        ):
+            return handler
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        supplied = metadata.get("authorization", "")
+        supplied_bytes = supplied.encode() if isinstance(supplied, str) else bytes(supplied)
+        if hmac.compare_digest(supplied_bytes, self._expected):
+            return handler
+        reason = "missing bearer token" if not supplied else "invalid bearer token"
+        return _rejecting_handler(handler, grpc.StatusCode.UNAUTHENTICATED, reason)
+
+
+def _rejecting_handler(handler: Any, code: grpc.StatusCode, message: str) -> Any:
+    kind = _handler_kind(handler)
+
+    async def reject(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(code, message)
+
+    async def reject_stream(request_or_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(code, message)
+        yield  # pragma: no cover - makes this an async generator, as streaming handlers are
+
+    return _replace_behavior(handler, kind, reject_stream if kind.endswith("stream") else reject)
+
+
+class ServiceMetrics:
+    """Prometheus collectors of one service, in a registry of its own."""
+
+    def __init__(self, service: str, registry: CollectorRegistry | None = None) -> None:
+        self.service = service
+        self.registry = registry or CollectorRegistry()
+        self.requests = Counter(
+            "astro_grpc_requests",
+            "gRPC calls finished, by method and status code.",
+            ["service", "method", "code"],
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "astro_grpc_errors",
+            "gRPC calls that ended with a status other than OK.",
+            ["service", "method", "code"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "astro_grpc_request_seconds",
+            "gRPC call latency in seconds.",
+            ["service", "method"],
+            registry=self.registry,
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+        )
+        self.in_flight = Gauge(
+            "astro_grpc_in_flight", "gRPC calls in progress.", ["service"], registry=self.registry
+        )
+
+    def observe(self, method: str, code: str, seconds: float) -> None:
+        self.requests.labels(self.service, method, code).inc()
+        self.latency.labels(self.service, method).observe(seconds)
+        if code != "OK":
+            self.errors.labels(self.service, method, code).inc()
+
+
+def _code_name(context: grpc.aio.ServicerContext, default: str) -> str:
+    code = context.code()
+    if code is None:
+        return default
+    if isinstance(code, grpc.StatusCode):
+        return str(code.name)
+    try:
+        return str(grpc.StatusCode(code).name)  # some versions return the raw enum value
+    except ValueError:
+        return default
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Counts calls and times them, labelled by method and final status code."""
+
+    def __init__(self, metrics: ServiceMetrics) -> None:
+        self.metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[_Handler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> _Handler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        kind = _handler_kind(handler)
+        behavior = getattr(handler, kind)
+        metrics = self.metrics
+
+        if inspect.isasyncgenfunction(behavior):
+
+            async def timed_stream(
+                request: Any, context: grpc.aio.ServicerContext
+            ) -> AsyncIterator[Any]:
+                start, code = time.perf_counter(), "OK"
+                metrics.in_flight.labels(metrics.service).inc()
+                try:
+                    async for item in behavior(request, context):
+                        yield item
+                    code = _code_name(context, "OK")
+                except BaseException:
+                    code = _code_name(context, "UNKNOWN")
+                    raise
+                finally:
+                    metrics.in_flight.labels(metrics.service).dec()
+                    metrics.observe(method, code, time.perf_counter() - start)
+
+            return _replace_behavior(handler, kind, timed_stream)
+
+        async def timed(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            start, code = time.perf_counter(), "OK"
+            metrics.in_flight.labels(metrics.service).inc()
+            try:
+                result = behavior(request, context)
+                if inspect.isawaitable(result):
+                    result = await result
+                code = _code_name(context, "OK")
+                return result
+            except BaseException:
+                code = _code_name(context, "UNKNOWN")
+                raise
+            finally:
+                metrics.in_flight.labels(metrics.service).dec()
+                metrics.observe(method, code, time.perf_counter() - start)
+
+        return _replace_behavior(handler, kind, timed)

@@ -1,0 +1,153 @@
+"""The one gRPC server runtime every service runs in.
+
+It owns what each service would otherwise rewrite: a grpc.aio server with message-size
+limits, optional TLS and bearer-token auth, standard health checking (grpc.health.v1),
+server reflection, Prometheus `/metrics`, JSON logs, and a graceful stop on SIGTERM/SIGINT
+(health goes NOT_SERVING, new calls are refused, in-flight calls get `grace_seconds`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from services.runtime.config import ServiceConfig
+from services.runtime.interceptors import AuthInterceptor, MetricsInterceptor, ServiceMetrics
+
+log = logging.getLogger("astro.runtime")
+
+# A service module provides `register(runtime) -> [full service names]`, adding its servicers
+# to runtime.server; it may add cleanup callbacks with runtime.on_shutdown.
+Register = Callable[["ServiceRuntime"], Awaitable[Sequence[str]] | Sequence[str]]
+
+
+def server_options(config: ServiceConfig) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+class ServiceRuntime:
+    """Runs one service: `await runtime.start(register)`, then `await runtime.wait()`."""
+
+    def __init__(self, name: str, config: ServiceConfig) -> None:
+        self.name = name
+        self.config = config
+        self.metrics = ServiceMetrics(name)
+        self.health = health.aio.HealthServicer()
+        self.port: int = 0
+        self.metrics_port: int | None = None
+        self.server: grpc.aio.Server | None = None
+        self._service_names: list[str] = []
+        self._shutdown_callbacks: list[Callable[[], Awaitable[None] | None]] = []
+        self._stopped = asyncio.Event()
+        self._metrics_http: Any = None
+
+    def on_shutdown(self, callback: Callable[[], Awaitable[None] | None]) -> None:
+        """Run callback (sync or async) after the server stopped, in reverse order of adding."""
+        self._shutdown_callbacks.append(callback)
+
+    async def start(self, register: Register) -> None:
+        interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(self.metrics)]
+        token = self.config.auth.resolve_token()
+        if token:
+            interceptors.append(AuthInterceptor(token))
+        self.server = grpc.aio.server(
+            interceptors=interceptors, options=server_options(self.config)
+        )
+        names = register(self)
+        if not isinstance(names, Sequence):
+            names = await names
+        self._service_names = list(names)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
+        )
+        address = f"{self.config.host}:{self.config.port}"
+        if self.config.tls.enabled:
+            creds = grpc.ssl_server_credentials(
+                [(self.config.tls.read("key_file"), self.config.tls.read("cert_file"))]
+            )
+            self.port = self.server.add_secure_port(address, creds)
+        else:
+            self.port = self.server.add_insecure_port(address)
+        if self.port == 0:
+            raise RuntimeError(f"{self.name}: could not bind {address}")
+        if self.config.metrics_port is not None:
+            self._metrics_http, _ = start_http_server(
+                self.config.metrics_port, addr=self.config.host, registry=self.metrics.registry
+            )
+            self.metrics_port = int(self._metrics_http.server_port)
+        await self.server.start()
+        for service in ["", *self._service_names]:
+            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self._write_ready_file()
+        log.info(
+            "serving",
+            extra={"port": self.port, "metrics_port": self.metrics_port, "auth": bool(token)},
+        )
+
+    def _write_ready_file(self) -> None:
+        if not self.config.ready_file:
+            return
+        info = {
+            "service": self.name,
+            "pid": os.getpid(),
+            "address": f"{self.config.host}:{self.port}",
+            "port": self.port,
+            "metrics_port": self.metrics_port,
+        }
+        path = Path(self.config.ready_file)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(info))
+        tmp.replace(path)  # readers never see half a file
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+
+    def request_stop(self) -> None:
+        self._stopped.set()
+
+    async def wait(self) -> None:
+        """Block until a stop is requested, then stop gracefully."""
+        await self._stopped.wait()
+        await self.stop()
+
+    async def stop(self) -> None:
+        if self.server is None:
+            return
+        log.info("stopping", extra={"grace_seconds": self.config.grace_seconds})
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(self.config.grace_seconds)
+        for callback in reversed(self._shutdown_callbacks):
+            result = callback()
+            if result is not None:
+                await result
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+        self.server = None
+        log.info("stopped")
+
+
+async def run_service(name: str, register: Register, config: ServiceConfig) -> None:
+    """Start a service, serve until SIGTERM/SIGINT, then stop gracefully."""
+    runtime = ServiceRuntime(name, config)
+    await runtime.start(register)
+    runtime.install_signal_handlers()
+    await runtime.wait()

@@ -1,0 +1,170 @@
+"""`astro up`, `astro status` and SIGTERM as real processes, with a real Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.conftest import EXTERNAL_REDIS_URL, external_redis_available
+
+pytestmark = pytest.mark.slow
+START_TIMEOUT = 90
+
+
+def astro(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "astro_cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env or os.environ.copy(),
+    )
+
+
+def _wait_for_state(data_dir: Path, proc: subprocess.Popen[str]) -> dict:
+    deadline = time.monotonic() + START_TIMEOUT
+    state_file = data_dir / "up.json"
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else "astro up exited"
+        if state_file.exists():
+            return json.loads(state_file.read_text())
+        time.sleep(0.2)
+    raise AssertionError("astro up did not bring the services to SERVING in time")
+
+
+@pytest.mark.parametrize("redis_mode", ["embedded", "redis_url"])
+def test_up_status_and_sigterm(tmp_path: Path, redis_mode: str) -> None:
+    env = os.environ.copy()
+    env.pop("REDIS_URL", None)
+    if redis_mode == "redis_url":
+        if not external_redis_available():
+            pytest.skip(f"no Redis server at {EXTERNAL_REDIS_URL}")
+        env["REDIS_URL"] = EXTERNAL_REDIS_URL
+    config = tmp_path / "up.yaml"
+    config.write_text("common:\n  port: 0\n  metrics_port: 0\n  grace_seconds: 2\n")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "astro_cli.main",
+            "up",
+            "--config",
+            str(config),
+            "--data-dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        state = _wait_for_state(tmp_path, proc)
+        services = state["services"]
+        assert set(services) == {"coordinator", "generator", "verifier", "registry"}
+        if redis_mode == "embedded":
+            assert state["redis_url"].startswith("unix://")
+        else:
+            assert state["redis_url"] == EXTERNAL_REDIS_URL
+
+        status = astro("status", "--data-dir", str(tmp_path), env=env)
+        assert status.returncode == 0, status.stdout + status.stderr
+        lines = status.stdout.strip().splitlines()
+        assert len(lines) == 4 and all(line.endswith("SERVING") for line in lines)
+
+        # Metrics are served by each process.
+        port = services["verifier"]["metrics_port"]
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        assert b"astro_grpc_requests" in body
+
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert {c.pid for c in children} >= {info["pid"] for info in services.values()}
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        gone, alive = psutil.wait_procs(children, timeout=10)
+        assert not alive, f"orphan processes: {alive}"
+        assert not (tmp_path / "up.json").exists()
+
+        # With the platform down, status reports it and fails.
+        down = astro("status", "--data-dir", str(tmp_path), "--timeout", "0.5", env=env)
+        assert down.returncode == 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_status_unreachable_exits_non_zero() -> None:
+    result = astro("status", "--address", "generator=127.0.0.1:1", "--timeout", "0.5")
+    assert result.returncode == 1
+    assert result.stdout.strip().startswith("generator") and "UNREACHABLE" in result.stdout
+
+
+def test_status_rejects_malformed_address() -> None:
+    result = astro("status", "--address", "nonsense")
+    assert result.returncode == 2
+    assert "NAME=HOST:PORT" in result.stderr
+
+
+def test_serve_rejects_unknown_service() -> None:
+    result = astro("serve", "nonsense")
+    assert result.returncode != 0
+    assert "unknown service" in result.stderr
+
+
+def test_serve_rejects_bad_config(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("port: -5\n")
+    result = astro("serve", "verifier", "--config", str(bad))
+    assert result.returncode == 2
+    assert "port" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_serve_sigterm_exits_zero(tmp_path: Path) -> None:
+    ready = tmp_path / "ready.json"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "astro_cli.main",
+            "serve",
+            "verifier",
+            "--port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--ready-file",
+            str(ready),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not ready.exists():
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.1)
+        info = json.loads(ready.read_text())
+        assert info["port"] > 0 and info["pid"] == proc.pid
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        logs = [
+            json.loads(line)
+            for line in proc.stderr.read().decode().splitlines()
+            if line.startswith("{")
+        ]
+        assert [entry["msg"] for entry in logs][-2:] == ["stopping", "stopped"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
