@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 
 from astro_core.config import deep_merge
 from astro_core.paths import data_dir as default_data_dir
-from services.catalog import SERVICES
+from services.catalog import SERVICES, start_order
 from services.health import check_health
 from services.runtime.config import ClientConfig
 from services.runtime.redis_store import RedisHandle, connect_redis
@@ -68,11 +68,13 @@ class LocalPlatform:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.redis = connect_redis(self.config.redis_url, self.dir / "redis")
         try:
-            for name in self.config.services:
-                self._spawn(name)
             deadline = time.monotonic() + self.config.start_timeout_seconds
-            for name in self.config.services:
-                self.addresses[name] = self._wait_ready(name, deadline)
+            # In waves, so a service is told the addresses of those it calls (ports may be 0).
+            for wave in start_order(self.config.services):
+                for name in wave:
+                    self._spawn(name)
+                for name in wave:
+                    self.addresses[name] = self._wait_ready(name, deadline)
             self._write_state()
         except BaseException:
             self.stop()
@@ -96,6 +98,10 @@ class LocalPlatform:
         if spec.needs_redis:
             assert self.redis is not None
             service_config["redis_url"] = self.redis.url
+        settings = service_config.setdefault("settings", {})
+        for dependency in spec.depends_on:
+            if dependency in self.addresses:
+                settings.setdefault(f"{dependency}_address", self.addresses[dependency]["address"])
         config_path = self.run_dir / f"{name}.yaml"
         config_path.write_text(yaml.safe_dump(service_config))
         log_file = (self.run_dir / f"{name}.log").open("ab")

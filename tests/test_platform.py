@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 
 from tests.conftest import EXTERNAL_REDIS_URL, external_redis_available
 
@@ -77,6 +78,12 @@ def test_up_status_and_sigterm(tmp_path: Path, redis_mode: str) -> None:
             assert state["redis_url"].startswith("unix://")
         else:
             assert state["redis_url"] == EXTERNAL_REDIS_URL
+
+        # Services are told the addresses of the services they call.
+        coordinator_config = yaml.safe_load((tmp_path / "up" / "coordinator.yaml").read_text())
+        for dependency in ("generator", "verifier", "registry"):
+            address = coordinator_config["settings"][f"{dependency}_address"]
+            assert address == services[dependency]["address"]
 
         status = astro("status", "--data-dir", str(tmp_path), env=env)
         assert status.returncode == 0, status.stdout + status.stderr
@@ -168,3 +175,14 @@ def test_serve_sigterm_exits_zero(tmp_path: Path) -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_start_order_puts_dependencies_first() -> None:
+    from services.catalog import SERVICES, start_order
+
+    waves = start_order(list(SERVICES))
+    position = {name: i for i, wave in enumerate(waves) for name in wave}
+    for name, spec in SERVICES.items():
+        assert all(position[d] < position[name] for d in spec.depends_on)
+    # A subset without its dependencies still starts.
+    assert start_order(["coordinator"]) == [["coordinator"]]
