@@ -6,6 +6,7 @@ the trainer registers through it and the generator loads through it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,46 @@ class CheckpointNotFound(CheckpointError, LookupError):
 
 class IntegrityError(CheckpointError):
     """A file's sha256 does not match what was registered."""
+
+
+class CheckpointInUse(CheckpointError):
+    """The version cannot be deleted: an alias points at it."""
+
+
+# Names and aliases appear in refs ("name:3", "name@sft") and in storage paths.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+LATEST = "latest"  # moved to every new version automatically
+
+
+def check_name(name: str, what: str = "model name") -> str:
+    """Return name, or raise ValueError saying why it is not a valid model name or alias."""
+    if not _NAME.fullmatch(name or ""):
+        raise ValueError(
+            f"{what} {name!r} is invalid: use 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def check_stage(stage: str) -> str:
+    """Return the stage; empty means "base", anything else must be one of STAGES."""
+    stage = stage or "base"
+    if stage not in STAGES:
+        raise ValueError(f"stage {stage!r} is invalid: choose from {', '.join(STAGES)}")
+    return stage
+
+
+def parse_ref(ref: str) -> tuple[str, int, str]:
+    """`name`, `name:VERSION` or `name@ALIAS` -> (name, version, alias); bare name = latest."""
+    if "@" in ref:
+        name, _, alias = ref.partition("@")
+        return check_name(name), 0, check_name(alias, "alias")
+    if ":" in ref:
+        name, _, version = ref.partition(":")
+        if not version.isdigit() or int(version) < 1:
+            raise ValueError(f"version in {ref!r} must be a positive integer")
+        return check_name(name), int(version), ""
+    return check_name(ref), 0, LATEST
 
 
 @dataclass(frozen=True)
@@ -45,6 +86,16 @@ class CheckpointInfo:
     def ref(self) -> str:
         """`name:version`, the model version string responses carry."""
         return f"{self.name}:{self.version}"
+
+
+@dataclass(frozen=True)
+class CheckpointEvent:
+    """A change seen by a watcher: a new version, a moved alias or a deletion."""
+
+    kind: str  # "registered", "alias" or "deleted"
+    checkpoint: CheckpointInfo
+    alias: str = ""  # for "alias": the alias that moved
+    event_id: str = ""  # position in the event log, to resume after
 
 
 @runtime_checkable

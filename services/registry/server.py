@@ -1,18 +1,340 @@
-"""CheckpointRegistry: metadata in Redis (astro:reg:*), files in a directory or fsspec URL."""
+"""CheckpointRegistry: metadata in Redis (astro:reg:*), files in a directory or fsspec URL.
+
+A registration copies (or receives, with UploadCheckpoint) the files under the artifact root
+with a temporary name, verifies every sha256, renames them into place, and only then commits
+the metadata in one Lua script: a writer that dies at any point before leaves no version.
+Watchers read the Redis stream of events, so each sees every event in commit order and can
+resume after a restart from the last event id it got.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
-from services.protos.astro.v1 import registry_pb2
-from services.runtime.placeholder import placeholder_handler
+import grpc
+import redis.asyncio as aioredis
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from astro_core.artifacts import (
+    ArtifactRoot,
+    StagedTree,
+    compare_digests,
+    copy_tree,
+    hash_tree,
+    join_url,
+    url_to_fs,
+)
+from astro_core.checkpoint_store import check_request, check_settable_alias, new_record
+from astro_core.checkpoints import (
+    LATEST,
+    CheckpointError,
+    CheckpointInUse,
+    CheckpointNotFound,
+    IntegrityError,
+    check_name,
+    check_stage,
+)
+from astro_core.paths import data_dir
+from services.protos.astro.v1 import common_pb2, registry_pb2, registry_pb2_grpc
+from services.registry.messages import event_message, info_from_entry, to_message
+from services.registry.metadata import RedisMetadata, check_event_id
 from services.runtime.redis_service import attach_redis
 from services.runtime.server import ServiceRuntime
+
+log = logging.getLogger("astro.registry")
+# Initial metadata of WatchCheckpoints: the event id the stream starts after. Once the client
+# has it, the subscription is live: nothing committed later is missed.
+WATCH_START_HEADER = "x-astro-after-event-id"
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+
+
+class RegistrySettings(BaseModel):
+    """The registry's section of ServiceConfig.settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    artifact_root: str | None = Field(
+        None,
+        description="Directory (a PVC in the cluster) or fsspec URL for checkpoint files; "
+        "default <data_dir>/checkpoints.",
+    )
+    key_prefix: str = Field("astro:reg:", description="Prefix of every Redis key it writes.")
+    events_maxlen: int = Field(10_000, gt=0, description="Watch events kept (approximately).")
+    chunk_bytes: int = Field(
+        1 << 20, gt=0, le=16 << 20, description="File bytes per DownloadCheckpoint message."
+    )
+    watch_poll_ms: int = Field(1000, gt=0, description="Longest single wait for new events.")
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _owned_prefix(cls, value: str) -> str:
+        if not value.startswith("astro:reg:"):
+            raise ValueError("key_prefix must start with 'astro:reg:' (the registry's keys)")
+        return value
+
+
+_STATUS: list[tuple[type[Exception], grpc.StatusCode]] = [
+    (CheckpointNotFound, grpc.StatusCode.NOT_FOUND),
+    (CheckpointInUse, grpc.StatusCode.FAILED_PRECONDITION),
+    (IntegrityError, grpc.StatusCode.DATA_LOSS),
+    (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
+    (CheckpointError, grpc.StatusCode.INVALID_ARGUMENT),  # e.g. artifact_uri holds no files
+]
+
+
+@asynccontextmanager
+async def _reported(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    """Turn astro_core's errors into gRPC statuses carrying their message."""
+    try:
+        yield
+    except (ValueError, CheckpointError) as exc:
+        code = next(code for kind, code in _STATUS if isinstance(exc, kind))
+        await context.abort(code, str(exc))
+
+
+def _check_header(request: registry_pb2.RegisterCheckpointRequest) -> tuple[str, str, list[str]]:
+    for rel in request.sha256:
+        if not rel:
+            raise ValueError("sha256 has an empty file path")
+    return check_request(
+        request.name, request.stage, request.parent_version, request.step, request.aliases
+    )
+
+
+def _check_get(request: registry_pb2.GetCheckpointRequest) -> tuple[str, int, str]:
+    check_name(request.name)
+    if request.version < 0:
+        raise ValueError(f"version must be >= 0, got {request.version}")
+    if request.version:
+        return request.name, request.version, ""
+    return request.name, 0, check_name(request.alias or LATEST, "alias")
+
+
+class RegistryServicer(registry_pb2_grpc.CheckpointRegistryServicer):
+    def __init__(self, meta: RedisMetadata, artifacts: ArtifactRoot, settings: RegistrySettings):
+        self.meta = meta
+        self.artifacts = artifacts
+        self.settings = settings
+
+    async def _commit(
+        self,
+        request: registry_pb2.RegisterCheckpointRequest,
+        checked: tuple[str, str, list[str]],
+        location: str,
+        sha256: Mapping[str, str],
+        owned: bool,
+    ) -> common_pb2.Checkpoint:
+        name, stage, aliases = checked
+        record = new_record(
+            location,
+            sha256,
+            stage=stage,
+            parent_version=request.parent_version,
+            step=request.step,
+            metrics=dict(request.metrics),
+            owned=owned,
+        )
+        # Shielded: once the script is sent, a cancelled caller must not leave it half-known.
+        entry = await asyncio.shield(self.meta.register(name, record, aliases))
+        log.info("registered", extra={"ref": f"{name}:{entry.version}", "uri": location})
+        return to_message(info_from_entry(entry))
+
+    async def RegisterCheckpoint(
+        self, request: registry_pb2.RegisterCheckpointRequest, context: grpc.aio.ServicerContext
+    ) -> common_pb2.Checkpoint:
+        async with _reported(context):
+            checked = _check_header(request)
+            uri = request.artifact_uri
+            if not uri:
+                raise ValueError("artifact_uri is required (or send the files: UploadCheckpoint)")
+            declared = dict(request.sha256) or None
+            if request.in_place:
+                sha256 = await asyncio.to_thread(hash_tree, uri)
+                if declared is not None:
+                    compare_digests(declared, sha256, uri)
+                return await self._commit(request, checked, uri, sha256, owned=False)
+            location = self.artifacts.new_location(checked[0])
+            sha256 = await asyncio.to_thread(copy_tree, uri, location, declared, uri)
+            return await self._commit(request, checked, location, sha256, owned=True)
+        raise AssertionError("unreachable")  # _reported aborts
+
+    async def UploadCheckpoint(
+        self,
+        request_iterator: AsyncIterator[registry_pb2.UploadCheckpointRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> common_pb2.Checkpoint:
+        staged: StagedTree | None = None
+        try:
+            async with _reported(context):
+                header: registry_pb2.RegisterCheckpointRequest | None = None
+                checked: tuple[str, str, list[str]] = ("", "", [])
+                async for message in request_iterator:
+                    part = message.WhichOneof("part")
+                    if header is None:
+                        if part != "header":
+                            raise ValueError("the first message of an upload must be the header")
+                        header = message.header
+                        checked = _check_header(header)
+                        if header.artifact_uri or header.in_place:
+                            raise ValueError(
+                                "an upload sends files: leave artifact_uri and "
+                                "in_place unset (or use RegisterCheckpoint)"
+                            )
+                        location = self.artifacts.new_location(checked[0])
+                        staged = await asyncio.to_thread(StagedTree, location)
+                        continue
+                    if part != "chunk" or staged is None:
+                        raise ValueError("only the first message of an upload may be a header")
+                    chunk = message.chunk
+                    await asyncio.to_thread(staged.add, chunk.path, chunk.data)
+                    if chunk.sha256:
+                        await asyncio.to_thread(staged.end_file, chunk.sha256)
+                if header is None or staged is None:
+                    raise ValueError("empty upload: send the header, then the files")
+                if staged.file_in_progress:
+                    raise ValueError(f"file {staged.file_in_progress} ended without its sha256")
+                if header.sha256:
+                    staged.verify(dict(header.sha256), f"upload of {checked[0]}")
+                await asyncio.to_thread(staged.commit)
+                return await self._commit(header, checked, staged.url, staged.sha256, owned=True)
+        finally:
+            # A client that vanished mid-upload (cancellation) or sent bad data leaves nothing.
+            if staged is not None and not staged.committed:
+                await asyncio.to_thread(staged.abort)
+        raise AssertionError("unreachable")
+
+    async def GetCheckpoint(
+        self, request: registry_pb2.GetCheckpointRequest, context: grpc.aio.ServicerContext
+    ) -> common_pb2.Checkpoint:
+        async with _reported(context):
+            entry = await self.meta.get(*_check_get(request))
+            return to_message(info_from_entry(entry))
+        raise AssertionError("unreachable")
+
+    async def ResolveAlias(
+        self, request: registry_pb2.GetCheckpointRequest, context: grpc.aio.ServicerContext
+    ) -> common_pb2.Checkpoint:
+        if request.version:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "ResolveAlias takes an alias, not a version"
+            )
+        return await self.GetCheckpoint(request, context)
+
+    async def ListCheckpoints(
+        self, request: registry_pb2.ListCheckpointsRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.ListCheckpointsResponse:
+        async with _reported(context):
+            if request.name:
+                check_name(request.name)
+            if request.stage:
+                check_stage(request.stage)
+            if not 0 <= request.page_size <= MAX_PAGE_SIZE:
+                raise ValueError(
+                    f"page_size must be in 0..{MAX_PAGE_SIZE}, got {request.page_size}"
+                )
+            entries, token = await self.meta.list_page(
+                request.name,
+                request.stage,
+                request.page_size or DEFAULT_PAGE_SIZE,
+                request.page_token,
+            )
+            return registry_pb2.ListCheckpointsResponse(
+                checkpoints=[to_message(info_from_entry(e)) for e in entries],
+                next_page_token=token,
+            )
+        raise AssertionError("unreachable")
+
+    async def SetAlias(
+        self, request: registry_pb2.SetAliasRequest, context: grpc.aio.ServicerContext
+    ) -> common_pb2.Checkpoint:
+        async with _reported(context):
+            check_name(request.name)
+            check_settable_alias(request.alias)
+            if request.version < 1:
+                raise ValueError(f"version must be a positive integer, got {request.version}")
+            entry = await self.meta.set_alias(request.name, request.version, request.alias)
+            return to_message(info_from_entry(entry))
+        raise AssertionError("unreachable")
+
+    async def DeleteCheckpoint(
+        self, request: registry_pb2.GetCheckpointRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.DeleteCheckpointResponse:
+        async with _reported(context):
+            check_name(request.name)
+            if request.version < 1:
+                raise ValueError("DeleteCheckpoint needs a version number (aliased ones stay)")
+            entry = await self.meta.delete(request.name, request.version)
+            if entry.record.get("owned"):
+                await asyncio.to_thread(self.artifacts.remove, entry.record["artifact_uri"])
+            return registry_pb2.DeleteCheckpointResponse(deleted=True)
+        raise AssertionError("unreachable")
+
+    async def DownloadCheckpoint(
+        self, request: registry_pb2.GetCheckpointRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[registry_pb2.DownloadCheckpointResponse]:
+        async with _reported(context):
+            info = info_from_entry(await self.meta.get(*_check_get(request)))
+        yield registry_pb2.DownloadCheckpointResponse(checkpoint=to_message(info))
+        for rel in sorted(info.sha256):
+            url = join_url(info.artifact_uri, rel)
+            try:
+                async for data, last in _file_chunks(url, self.settings.chunk_bytes):
+                    chunk = registry_pb2.FileChunk(
+                        path=rel, data=data, sha256=info.sha256[rel] if last else ""
+                    )
+                    yield registry_pb2.DownloadCheckpointResponse(chunk=chunk)
+            except OSError as exc:
+                await context.abort(
+                    grpc.StatusCode.DATA_LOSS, f"{info.ref}: file {rel} cannot be read: {exc}"
+                )
+
+    async def WatchCheckpoints(
+        self, request: registry_pb2.WatchCheckpointsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[registry_pb2.CheckpointEvent]:
+        async with _reported(context):
+            if request.name:
+                check_name(request.name)
+            after = check_event_id(request.after_event_id) or await self.meta.last_event_id()
+        await context.send_initial_metadata(((WATCH_START_HEADER, after),))
+        while True:
+            for event in await self.meta.read_events(after, self.settings.watch_poll_ms):
+                after = event.event_id
+                if not request.name or event.entry.name == request.name:
+                    yield event_message(event)
+
+
+async def _file_chunks(url: str, chunk_bytes: int) -> AsyncIterator[tuple[bytes, bool]]:
+    """(data, is_last) for one file, read off the event loop; an empty file is one chunk."""
+    fs, path = url_to_fs(url)
+    handle: Any = await asyncio.to_thread(fs.open, path, "rb")
+    try:
+        data = await asyncio.to_thread(handle.read, chunk_bytes)
+        while True:
+            following = await asyncio.to_thread(handle.read, chunk_bytes) if data else b""
+            yield data, not following
+            if not following:
+                return
+            data = following
+    finally:
+        await asyncio.to_thread(handle.close)
 
 
 async def register(runtime: ServiceRuntime) -> Sequence[str]:
     assert runtime.server is not None
-    await attach_redis(runtime)
-    service = registry_pb2.DESCRIPTOR.services_by_name["CheckpointRegistry"]
-    runtime.server.add_generic_rpc_handlers([placeholder_handler(service)])
-    return [service.full_name]
+    settings = RegistrySettings.model_validate(runtime.config.settings)
+    handle = await attach_redis(runtime)
+    client = aioredis.Redis.from_url(handle.url, decode_responses=True)
+    runtime.on_shutdown(client.aclose)
+    root = settings.artifact_root or str(
+        Path(runtime.config.data_dir or data_dir()) / "checkpoints"
+    )
+    meta = RedisMetadata(client, settings.key_prefix, settings.events_maxlen)
+    servicer = RegistryServicer(meta, ArtifactRoot(root), settings)
+    registry_pb2_grpc.add_CheckpointRegistryServicer_to_server(servicer, runtime.server)
+    return [registry_pb2.DESCRIPTOR.services_by_name["CheckpointRegistry"].full_name]

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from services.protos.astro.v1 import common_pb2 as astro_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61stro/v1/registry.proto\x12\x08\x61stro.v1\x1a\x15\x61stro/v1/common.proto\"\xe8\x02\n\x19RegisterCheckpointRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x61rtifact_uri\x18\x02 \x01(\t\x12?\n\x06sha256\x18\x03 \x03(\x0b\x32/.astro.v1.RegisterCheckpointRequest.Sha256Entry\x12\x16\n\x0eparent_version\x18\x04 \x01(\x03\x12\r\n\x05stage\x18\x05 \x01(\t\x12\x0c\n\x04step\x18\x06 \x01(\x03\x12\x41\n\x07metrics\x18\x07 \x03(\x0b\x32\x30.astro.v1.RegisterCheckpointRequest.MetricsEntry\x12\x0f\n\x07\x61liases\x18\x08 \x03(\t\x1a-\n\x0bSha256Entry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"D\n\x14GetCheckpointRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\r\n\x05\x61lias\x18\x03 \x01(\t\"\\\n\x16ListCheckpointsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"]\n\x17ListCheckpointsResponse\x12)\n\x0b\x63heckpoints\x18\x01 \x03(\x0b\x32\x14.astro.v1.Checkpoint\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"?\n\x0fSetAliasRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\r\n\x05\x61lias\x18\x03 \x01(\t\"\'\n\x17WatchCheckpointsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"X\n\x0f\x43heckpointEvent\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12(\n\ncheckpoint\x18\x02 \x01(\x0b\x32\x14.astro.v1.Checkpoint\x12\r\n\x05\x61lias\x18\x03 \x01(\t\"+\n\x18\x44\x65leteCheckpointResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\x32\xb3\x04\n\x12\x43heckpointRegistry\x12O\n\x12RegisterCheckpoint\x12#.astro.v1.RegisterCheckpointRequest\x1a\x14.astro.v1.Checkpoint\x12\x45\n\rGetCheckpoint\x12\x1e.astro.v1.GetCheckpointRequest\x1a\x14.astro.v1.Checkpoint\x12V\n\x0fListCheckpoints\x12 .astro.v1.ListCheckpointsRequest\x1a!.astro.v1.ListCheckpointsResponse\x12;\n\x08SetAlias\x12\x19.astro.v1.SetAliasRequest\x1a\x14.astro.v1.Checkpoint\x12\x44\n\x0cResolveAlias\x12\x1e.astro.v1.GetCheckpointRequest\x1a\x14.astro.v1.Checkpoint\x12R\n\x10WatchCheckpoints\x12!.astro.v1.WatchCheckpointsRequest\x1a\x19.astro.v1.CheckpointEvent0\x01\x12V\n\x10\x44\x65leteCheckpoint\x12\x1e.astro.v1.GetCheckpointRequest\x1a\".astro.v1.DeleteCheckpointResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x61stro/v1/registry.proto\x12\x08\x61stro.v1\x1a\x15\x61stro/v1/common.proto\"\xfa\x02\n\x19RegisterCheckpointRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x61rtifact_uri\x18\x02 \x01(\t\x12?\n\x06sha256\x18\x03 \x03(\x0b\x32/.astro.v1.RegisterCheckpointRequest.Sha256Entry\x12\x16\n\x0eparent_version\x18\x04 \x01(\x03\x12\r\n\x05stage\x18\x05 \x01(\t\x12\x0c\n\x04step\x18\x06 \x01(\x03\x12\x41\n\x07metrics\x18\x07 \x03(\x0b\x32\x30.astro.v1.RegisterCheckpointRequest.MetricsEntry\x12\x0f\n\x07\x61liases\x18\x08 \x03(\t\x12\x10\n\x08in_place\x18\t \x01(\x08\x1a-\n\x0bSha256Entry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"7\n\tFileChunk\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"~\n\x17UploadCheckpointRequest\x12\x35\n\x06header\x18\x01 \x01(\x0b\x32#.astro.v1.RegisterCheckpointRequestH\x00\x12$\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x13.astro.v1.FileChunkH\x00\x42\x06\n\x04part\"v\n\x1a\x44ownloadCheckpointResponse\x12*\n\ncheckpoint\x18\x01 \x01(\x0b\x32\x14.astro.v1.CheckpointH\x00\x12$\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x13.astro.v1.FileChunkH\x00\x42\x06\n\x04part\"D\n\x14GetCheckpointRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\r\n\x05\x61lias\x18\x03 \x01(\t\"\\\n\x16ListCheckpointsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"]\n\x17ListCheckpointsResponse\x12)\n\x0b\x63heckpoints\x18\x01 \x03(\x0b\x32\x14.astro.v1.Checkpoint\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"?\n\x0fSetAliasRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\r\n\x05\x61lias\x18\x03 \x01(\t\"?\n\x17WatchCheckpointsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_event_id\x18\x02 \x01(\t\"j\n\x0f\x43heckpointEvent\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12(\n\ncheckpoint\x18\x02 \x01(\x0b\x32\x14.astro.v1.Checkpoint\x12\r\n\x05\x61lias\x18\x03 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x04 \x01(\t\"+\n\x18\x44\x65leteCheckpointResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\x32\xe0\x05\n\x12\x43heckpointRegistry\x12O\n\x12RegisterCheckpoint\x12#.astro.v1.RegisterCheckpointRequest\x1a\x14.astro.v1.Checkpoint\x12\x45\n\rGetCheckpoint\x12\x1e.astro.v1.GetCheckpointRequest\x1a\x14.astro.v1.Checkpoint\x12V\n\x0fListCheckpoints\x12 .astro.v1.ListCheckpointsRequest\x1a!.astro.v1.ListCheckpointsResponse\x12;\n\x08SetAlias\x12\x19.astro.v1.SetAliasRequest\x1a\x14.astro.v1.Checkpoint\x12\x44\n\x0cResolveAlias\x12\x1e.astro.v1.GetCheckpointRequest\x1a\x14.astro.v1.Checkpoint\x12R\n\x10WatchCheckpoints\x12!.astro.v1.WatchCheckpointsRequest\x1a\x19.astro.v1.CheckpointEvent0\x01\x12V\n\x10\x44\x65leteCheckpoint\x12\x1e.astro.v1.GetCheckpointRequest\x1a\".astro.v1.DeleteCheckpointResponse\x12M\n\x10UploadCheckpoint\x12!.astro.v1.UploadCheckpointRequest\x1a\x14.astro.v1.Checkpoint(\x01\x12\\\n\x12\x44ownloadCheckpoint\x12\x1e.astro.v1.GetCheckpointRequest\x1a$.astro.v1.DownloadCheckpointResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,25 +37,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERCHECKPOINTREQUEST_METRICSENTRY']._loaded_options = None
   _globals['_REGISTERCHECKPOINTREQUEST_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_REGISTERCHECKPOINTREQUEST']._serialized_start=61
-  _globals['_REGISTERCHECKPOINTREQUEST']._serialized_end=421
-  _globals['_REGISTERCHECKPOINTREQUEST_SHA256ENTRY']._serialized_start=328
-  _globals['_REGISTERCHECKPOINTREQUEST_SHA256ENTRY']._serialized_end=373
-  _globals['_REGISTERCHECKPOINTREQUEST_METRICSENTRY']._serialized_start=375
-  _globals['_REGISTERCHECKPOINTREQUEST_METRICSENTRY']._serialized_end=421
-  _globals['_GETCHECKPOINTREQUEST']._serialized_start=423
-  _globals['_GETCHECKPOINTREQUEST']._serialized_end=491
-  _globals['_LISTCHECKPOINTSREQUEST']._serialized_start=493
-  _globals['_LISTCHECKPOINTSREQUEST']._serialized_end=585
-  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_start=587
-  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_end=680
-  _globals['_SETALIASREQUEST']._serialized_start=682
-  _globals['_SETALIASREQUEST']._serialized_end=745
-  _globals['_WATCHCHECKPOINTSREQUEST']._serialized_start=747
-  _globals['_WATCHCHECKPOINTSREQUEST']._serialized_end=786
-  _globals['_CHECKPOINTEVENT']._serialized_start=788
-  _globals['_CHECKPOINTEVENT']._serialized_end=876
-  _globals['_DELETECHECKPOINTRESPONSE']._serialized_start=878
-  _globals['_DELETECHECKPOINTRESPONSE']._serialized_end=921
-  _globals['_CHECKPOINTREGISTRY']._serialized_start=924
-  _globals['_CHECKPOINTREGISTRY']._serialized_end=1487
+  _globals['_REGISTERCHECKPOINTREQUEST']._serialized_end=439
+  _globals['_REGISTERCHECKPOINTREQUEST_SHA256ENTRY']._serialized_start=346
+  _globals['_REGISTERCHECKPOINTREQUEST_SHA256ENTRY']._serialized_end=391
+  _globals['_REGISTERCHECKPOINTREQUEST_METRICSENTRY']._serialized_start=393
+  _globals['_REGISTERCHECKPOINTREQUEST_METRICSENTRY']._serialized_end=439
+  _globals['_FILECHUNK']._serialized_start=441
+  _globals['_FILECHUNK']._serialized_end=496
+  _globals['_UPLOADCHECKPOINTREQUEST']._serialized_start=498
+  _globals['_UPLOADCHECKPOINTREQUEST']._serialized_end=624
+  _globals['_DOWNLOADCHECKPOINTRESPONSE']._serialized_start=626
+  _globals['_DOWNLOADCHECKPOINTRESPONSE']._serialized_end=744
+  _globals['_GETCHECKPOINTREQUEST']._serialized_start=746
+  _globals['_GETCHECKPOINTREQUEST']._serialized_end=814
+  _globals['_LISTCHECKPOINTSREQUEST']._serialized_start=816
+  _globals['_LISTCHECKPOINTSREQUEST']._serialized_end=908
+  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_start=910
+  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_end=1003
+  _globals['_SETALIASREQUEST']._serialized_start=1005
+  _globals['_SETALIASREQUEST']._serialized_end=1068
+  _globals['_WATCHCHECKPOINTSREQUEST']._serialized_start=1070
+  _globals['_WATCHCHECKPOINTSREQUEST']._serialized_end=1133
+  _globals['_CHECKPOINTEVENT']._serialized_start=1135
+  _globals['_CHECKPOINTEVENT']._serialized_end=1241
+  _globals['_DELETECHECKPOINTRESPONSE']._serialized_start=1243
+  _globals['_DELETECHECKPOINTRESPONSE']._serialized_end=1286
+  _globals['_CHECKPOINTREGISTRY']._serialized_start=1289
+  _globals['_CHECKPOINTREGISTRY']._serialized_end=2025
 # @@protoc_insertion_point(module_scope)

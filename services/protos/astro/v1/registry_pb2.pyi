@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RegisterCheckpointRequest(_message.Message):
-    __slots__ = ("name", "artifact_uri", "sha256", "parent_version", "stage", "step", "metrics", "aliases")
+    __slots__ = ("name", "artifact_uri", "sha256", "parent_version", "stage", "step", "metrics", "aliases", "in_place")
     class Sha256Entry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,7 @@ class RegisterCheckpointRequest(_message.Message):
     STEP_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     ALIASES_FIELD_NUMBER: _ClassVar[int]
+    IN_PLACE_FIELD_NUMBER: _ClassVar[int]
     name: str
     artifact_uri: str
     sha256: _containers.ScalarMap[str, str]
@@ -39,7 +40,34 @@ class RegisterCheckpointRequest(_message.Message):
     step: int
     metrics: _containers.ScalarMap[str, float]
     aliases: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., artifact_uri: _Optional[str] = ..., sha256: _Optional[_Mapping[str, str]] = ..., parent_version: _Optional[int] = ..., stage: _Optional[str] = ..., step: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., aliases: _Optional[_Iterable[str]] = ...) -> None: ...
+    in_place: bool
+    def __init__(self, name: _Optional[str] = ..., artifact_uri: _Optional[str] = ..., sha256: _Optional[_Mapping[str, str]] = ..., parent_version: _Optional[int] = ..., stage: _Optional[str] = ..., step: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., aliases: _Optional[_Iterable[str]] = ..., in_place: _Optional[bool] = ...) -> None: ...
+
+class FileChunk(_message.Message):
+    __slots__ = ("path", "data", "sha256")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    data: bytes
+    sha256: str
+    def __init__(self, path: _Optional[str] = ..., data: _Optional[bytes] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class UploadCheckpointRequest(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: RegisterCheckpointRequest
+    chunk: FileChunk
+    def __init__(self, header: _Optional[_Union[RegisterCheckpointRequest, _Mapping]] = ..., chunk: _Optional[_Union[FileChunk, _Mapping]] = ...) -> None: ...
+
+class DownloadCheckpointResponse(_message.Message):
+    __slots__ = ("checkpoint", "chunk")
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    checkpoint: _common_pb2.Checkpoint
+    chunk: FileChunk
+    def __init__(self, checkpoint: _Optional[_Union[_common_pb2.Checkpoint, _Mapping]] = ..., chunk: _Optional[_Union[FileChunk, _Mapping]] = ...) -> None: ...
 
 class GetCheckpointRequest(_message.Message):
     __slots__ = ("name", "version", "alias")
@@ -82,20 +110,24 @@ class SetAliasRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., alias: _Optional[str] = ...) -> None: ...
 
 class WatchCheckpointsRequest(_message.Message):
-    __slots__ = ("name",)
+    __slots__ = ("name", "after_event_id")
     NAME_FIELD_NUMBER: _ClassVar[int]
+    AFTER_EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    after_event_id: str
+    def __init__(self, name: _Optional[str] = ..., after_event_id: _Optional[str] = ...) -> None: ...
 
 class CheckpointEvent(_message.Message):
-    __slots__ = ("kind", "checkpoint", "alias")
+    __slots__ = ("kind", "checkpoint", "alias", "event_id")
     KIND_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     ALIAS_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     kind: str
     checkpoint: _common_pb2.Checkpoint
     alias: str
-    def __init__(self, kind: _Optional[str] = ..., checkpoint: _Optional[_Union[_common_pb2.Checkpoint, _Mapping]] = ..., alias: _Optional[str] = ...) -> None: ...
+    event_id: str
+    def __init__(self, kind: _Optional[str] = ..., checkpoint: _Optional[_Union[_common_pb2.Checkpoint, _Mapping]] = ..., alias: _Optional[str] = ..., event_id: _Optional[str] = ...) -> None: ...
 
 class DeleteCheckpointResponse(_message.Message):
     __slots__ = ("deleted",)

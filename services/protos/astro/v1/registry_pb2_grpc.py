@@ -71,6 +71,16 @@ class CheckpointRegistryStub:
                 request_serializer=astro_dot_v1_dot_registry__pb2.GetCheckpointRequest.SerializeToString,
                 response_deserializer=astro_dot_v1_dot_registry__pb2.DeleteCheckpointResponse.FromString,
                 _registered_method=True)
+        self.UploadCheckpoint = channel.stream_unary(
+                '/astro.v1.CheckpointRegistry/UploadCheckpoint',
+                request_serializer=astro_dot_v1_dot_registry__pb2.UploadCheckpointRequest.SerializeToString,
+                response_deserializer=astro_dot_v1_dot_common__pb2.Checkpoint.FromString,
+                _registered_method=True)
+        self.DownloadCheckpoint = channel.unary_stream(
+                '/astro.v1.CheckpointRegistry/DownloadCheckpoint',
+                request_serializer=astro_dot_v1_dot_registry__pb2.GetCheckpointRequest.SerializeToString,
+                response_deserializer=astro_dot_v1_dot_registry__pb2.DownloadCheckpointResponse.FromString,
+                _registered_method=True)
 
 
 class CheckpointRegistryServicer:
@@ -121,6 +131,22 @@ class CheckpointRegistryServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UploadCheckpoint(self, request_iterator, context):
+        """Upload files from a client that does not share the server's storage, and register them,
+        in one call: the header first, then every file in chunks. Nothing is registered unless
+        the stream completes and every file's sha256 matches.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadCheckpoint(self, request, context):
+        """The checkpoint's metadata, then its files in chunks (the client verifies each sha256).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CheckpointRegistryServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -158,6 +184,16 @@ def add_CheckpointRegistryServicer_to_server(servicer, server):
                     servicer.DeleteCheckpoint,
                     request_deserializer=astro_dot_v1_dot_registry__pb2.GetCheckpointRequest.FromString,
                     response_serializer=astro_dot_v1_dot_registry__pb2.DeleteCheckpointResponse.SerializeToString,
+            ),
+            'UploadCheckpoint': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadCheckpoint,
+                    request_deserializer=astro_dot_v1_dot_registry__pb2.UploadCheckpointRequest.FromString,
+                    response_serializer=astro_dot_v1_dot_common__pb2.Checkpoint.SerializeToString,
+            ),
+            'DownloadCheckpoint': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadCheckpoint,
+                    request_deserializer=astro_dot_v1_dot_registry__pb2.GetCheckpointRequest.FromString,
+                    response_serializer=astro_dot_v1_dot_registry__pb2.DownloadCheckpointResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -350,6 +386,60 @@ class CheckpointRegistry:
             '/astro.v1.CheckpointRegistry/DeleteCheckpoint',
             astro_dot_v1_dot_registry__pb2.GetCheckpointRequest.SerializeToString,
             astro_dot_v1_dot_registry__pb2.DeleteCheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadCheckpoint(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/astro.v1.CheckpointRegistry/UploadCheckpoint',
+            astro_dot_v1_dot_registry__pb2.UploadCheckpointRequest.SerializeToString,
+            astro_dot_v1_dot_common__pb2.Checkpoint.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/astro.v1.CheckpointRegistry/DownloadCheckpoint',
+            astro_dot_v1_dot_registry__pb2.GetCheckpointRequest.SerializeToString,
+            astro_dot_v1_dot_registry__pb2.DownloadCheckpointResponse.FromString,
             options,
             channel_credentials,
             insecure,

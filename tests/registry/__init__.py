@@ -1,0 +1,1 @@
+"""Tests of checkpoint storage, the registry service and `astro ckpt`."""
