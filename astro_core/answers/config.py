@@ -1,0 +1,24 @@
+"""Settings of the answer verifier (CLI flags and service settings use the same names)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+from astro_core.answers.extract import Fallback
+
+
+class VerifierConfig(BaseModel):
+    """How answers are extracted and how the worker pool runs."""
+
+    workers: int = Field(2, ge=1, le=256, description="Worker processes checking answers.")
+    timeout_seconds: float = Field(
+        5.0, gt=0, description="Hard time limit per item; a stuck worker is killed."
+    )
+    fallback: Fallback = Field(
+        "last_math",
+        description="Without a box or 'final answer is': last_math, last_number or none.",
+    )
+    max_response_chars: int = Field(
+        100_000, gt=0, description="Longer responses keep only their last characters."
+    )
+    max_gold_chars: int = Field(10_000, gt=0, description="Longer gold answers are an error.")

@@ -1,0 +1,229 @@
+"""Turn an extracted answer string into something comparable: a normalised string, and where
+possible a sympy value built by a LaTeX *parser* (latex2sympy2_extended, through
+math-verify's `parse`), never by `sympify`/`eval` of the text.
+
+Safety: the text is capped, and answers that would make sympy compute astronomically large
+numbers (power towers, 10^{10^7}, 10^6!) are kept as strings only. Anything else slow is
+stopped by the worker pool's hard time limit.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import sympy
+from sympy.core.function import AppliedUndef
+
+MAX_ANSWER_CHARS = 1000
+_LETTER = re.compile(r"^\(?\s*([A-E])\s*\)?(?:\s|$|[.:])")
+_PERCENT = re.compile(r"(?:\\?%|\s*\\text\{\s*percent(?:age)?\s*\}|\s*percent(?:age)?|\s*pct)\s*$")
+_DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\degree|°|\\circ")
+_TEXT_CMD = re.compile(r"\\(?:text|textbf|textit|textnormal|mbox|mathrm|mathbf|operatorname)\s*\{")
+# A `^` inside an exponent, a 7+ digit exponent, or a 6+ digit factorial: sympy would try to
+# build the number. Compared as strings only.
+_HUGE = re.compile(r"\^\s*\{[^{}]*\^|\^\s*\d+\s*\^|\^\s*\{?\s*\d{7,}|\d{6,}\s*!|\\uparrow")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One answer, ready to compare.
+
+    text: normalised string (spaces, \\left/\\right, \\dfrac, $, thousands commas removed).
+    value: the parsed sympy object (None when the text is not mathematics or too big).
+    assigned: for `x = 3` (or `p = 5, q = 2`), the value with the assignment dropped.
+    percent: the answer carried a percent sign or word. letter: a choice letter (A-E).
+    """
+
+    raw: str
+    text: str
+    value: Any = None
+    assigned: Any = None
+    percent: bool = False
+    letter: str | None = None
+
+
+def _unwrap_text_commands(s: str) -> str:
+    """`\\text{(B)}` -> `(B)`; nested braces inside are kept."""
+    out = s
+    for _ in range(10):
+        match = _TEXT_CMD.search(out)
+        if not match:
+            break
+        depth, i = 1, match.end()
+        while i < len(out) and depth:
+            if out[i] == "{":
+                depth += 1
+            elif out[i] == "}":
+                depth -= 1
+            i += 1
+        out = out[: match.start()] + out[match.end() : i - 1] + out[i:]
+    return out
+
+
+def choice_letter(s: str) -> str | None:
+    """`(B)`, `\\textbf{(B)}`, `B`, `(B) 27` -> "B"."""
+    plain = _unwrap_text_commands(s).replace("$", "").replace("\\", " ").strip()
+    match = _LETTER.match(plain)
+    if match and (len(plain) <= 3 or plain.startswith("(")):
+        return match.group(1)
+    return None
+
+
+def normalise_text(s: str) -> str:
+    s = s.replace("\\left", "").replace("\\right", "")
+    s = re.sub(r"\\[dtc]frac", r"\\frac", s)
+    s = s.replace("\\!", "").replace("{,}", "").replace("\\,", "").replace("\\;", "")
+    s = s.replace("\\quad", " ").replace("\\qquad", " ").replace("$", "")
+    s = re.sub(r"\\(?:displaystyle|mathrm|mathbf)\b", "", s)
+    s = _unwrap_text_commands(s)
+    s = re.sub(r"(?<=\d),(?=\d{3}(?!\d))", "", s)  # 14,916 -> 14916
+    s = re.sub(r"\s+", "", s).strip(".")
+    return s.lower()
+
+
+def _clean(raw: str) -> tuple[str, bool]:
+    s = raw.strip()
+    s = re.sub(r"^\\\(|\\\)$|^\\\[|\\\]$", "", s).strip()
+    s = s.strip("$").strip()
+    s = re.sub(r"[.\s]+$", "", s)
+    s = re.sub(r"^(?:[a-zA-Z]\s*\\in\s*)", "", s)  # "x \in [0,1)" -> "[0,1)"
+    percent = bool(_PERCENT.search(s))
+    if percent:
+        s = _PERCENT.sub("", s).strip()
+    s = _DEGREES.sub("", s).strip()
+    unwrapped = _unwrap_text_commands(s).strip()
+    if unwrapped != s and re.fullmatch(
+        r"\(?\s*-?[\d.,]+\s*\)?", unwrapped
+    ):  # \textbf{(113) }, \mathbf{127}
+        s = unwrapped.strip("() ")
+    s = re.sub(r"(?<=\d),\\!\s?(?=\d{3})", "", s)  # 11,\!111 -> 11111
+    s = re.sub(r"(?<=\d)\{,\}(?=\d{3})", "", s)
+    s = re.sub(r"^(?:\\text\{\s*or\s*\}|or)\s+", "", s)
+    # "6 \text{ and } 8", "1 and 2": a list of answers
+    s = re.sub(r"\s*\\text\{\s*(?:and|or)\s*\}\s*|\s+(?:and|or)\s+", ", ", s)
+    # math-verify's unit stripping reads "11a + c" as "11 a(rticle)": close up operators
+    s = re.sub(r"(?<![\\a-zA-Z])\s*([+=])\s*", r"\1", s)
+    if re.fullmatch(r"-?\d{1,3}(?: \d{3})+", s):  # 1 000
+        s = s.replace(" ", "")
+    decimal_comma = re.fullmatch(r"(-?\d+),(\d+)", s)  # 2,74 and 0,111 (not 1,000 or 2,1)
+    if decimal_comma and (
+        len(decimal_comma.group(2)) not in (1, 3) or decimal_comma.group(1).lstrip("-") == "0"
+    ):
+        s = s.replace(",", ".")
+    return s, percent
+
+
+def _split_top_level_equals(s: str) -> list[str]:
+    """`x = 5+5+1 = 7 = 11` -> terms; `=` inside braces, `\\leq`, `<=`, `!=` do not split."""
+    terms, depth, start = [], 0, 0
+    for i, ch in enumerate(s):
+        if ch in "{([":
+            depth += 1
+        elif ch in "})]":
+            depth -= 1
+        elif ch == "=" and depth == 0 and (i == 0 or s[i - 1] not in "<>!\\:"):
+            terms.append(s[start:i])
+            start = i + 1
+    terms.append(s[start:])
+    return [t.strip() for t in terms]
+
+
+def is_name(expr: Any) -> bool:
+    """A left-hand side that names the answer: x, x_1, f(x), |AB|, AB, A:B."""
+    if isinstance(expr, sympy.Symbol | AppliedUndef):
+        return True
+    if isinstance(expr, sympy.Tuple):  # (p, q) = (3, 2)
+        return bool(expr.args) and all(is_name(a) for a in expr.args)
+    if isinstance(expr, sympy.Interval) and expr.left_open and expr.right_open:
+        return is_name(expr.start) and is_name(expr.end)
+    if isinstance(expr, sympy.Abs):
+        return is_name(expr.args[0])
+    if isinstance(expr, sympy.Mul | sympy.Pow):
+        return all(
+            isinstance(a, sympy.Symbol | AppliedUndef) or a in (sympy.S.One, sympy.S.NegativeOne)
+            for a in expr.atoms(sympy.Symbol, sympy.Number, AppliedUndef)
+        ) and bool(expr.free_symbols)
+    return False
+
+
+def drop_assignments(value: Any) -> Any:
+    """`Eq(x, 3)` with a name on the left -> 3, inside tuples and sets too."""
+    if isinstance(value, sympy.Eq) and is_name(value.lhs):
+        return value.rhs
+    if isinstance(value, sympy.Tuple | sympy.FiniteSet) and value.args:
+        items = [drop_assignments(a) for a in value.args]
+        if any(i is not a for i, a in zip(items, value.args, strict=True)):
+            return type(value)(*items)
+    return value
+
+
+@lru_cache(maxsize=4096)
+def _latex_value(latex: str) -> Any:
+    from math_verify import LatexExtractionConfig, parse
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        found = parse(
+            f"${latex}$",
+            [LatexExtractionConfig(boxed_match_priority=0)],
+            fallback_mode="no_fallback",
+            parsing_timeout=None,  # the pool enforces the time limit
+        )
+    if not found:
+        return None
+    value = found[0]
+    if isinstance(value, str):
+        return None
+    if isinstance(value, sympy.MatrixExpr):  # a sum or product of matrices
+        value = value.doit()
+    if isinstance(value, sympy.Basic) and value.has(sympy.zoo, sympy.nan, sympy.S.ComplexInfinity):
+        return None
+    return value
+
+
+def _logging_quiet() -> None:
+    import logging
+
+    logging.getLogger("math_verify").setLevel(logging.CRITICAL)
+    logging.getLogger("latex2sympy2_extended").setLevel(logging.CRITICAL)
+
+
+@lru_cache(maxsize=4096)
+def parse_answer(raw: str) -> Answer:
+    """Parse one extracted answer (LaTeX or plain text)."""
+    _logging_quiet()
+    raw = raw[:MAX_ANSWER_CHARS]
+    cleaned, percent = _clean(raw)
+    text = normalise_text(cleaned)
+    letter = choice_letter(cleaned)
+    if not cleaned or _HUGE.search(cleaned):
+        return Answer(raw, text, percent=percent, letter=letter)
+    terms = _split_top_level_equals(cleaned)
+    if len(terms) > 2 and "," not in cleaned and ";" not in cleaned and len(terms) <= 8:
+        parsed = [_safe_value(t) for t in terms]
+        first, last = parsed[0], parsed[-1]
+        value = sympy.Eq(first, last, evaluate=False) if _both_exprs(first, last) else last
+        # A chain of three or more terms is a computation ending at its result.
+        return Answer(raw, text, value, last, percent, letter)
+    value = _safe_value(cleaned)
+    if value is None and len(terms) == 2:  # "\frac{1}{2} \$ = \frac{10}{9}": keep the result
+        return Answer(raw, text, None, _safe_value(terms[1]), percent, letter)
+    assigned = drop_assignments(value)
+    if isinstance(value, sympy.Eq) and not value.free_symbols:
+        assigned = value.rhs  # "1/2 + 1/3 = 5/6": a computation ending at its result
+    return Answer(raw, text, value, assigned if assigned is not value else None, percent, letter)
+
+
+def _both_exprs(a: Any, b: Any) -> bool:
+    return isinstance(a, sympy.Expr) and isinstance(b, sympy.Expr)
+
+
+def _safe_value(latex: str) -> Any:
+    try:
+        return _latex_value(latex)
+    except Exception:  # a parser error is "not mathematics", never a crash
+        return None
