@@ -227,3 +227,15 @@ def test_tls(tmp_path: Path) -> None:
         # A plaintext client cannot talk to a TLS server.
         with pytest.raises(grpc.RpcError):
             verify(svc.client_config(retry_attempts=1), timeout=2)
+
+
+def test_a_held_service_reports_not_serving_until_released() -> None:
+    def register_held(runtime: ServiceRuntime) -> Sequence[str]:
+        runtime.hold_serving("astro.v1.Verifier")
+        return register_echo(runtime)
+
+    with ServiceThread("echo", register_held) as svc:
+        assert check_health(svc.client_config()) == "SERVING"  # the process is up
+        assert check_health(svc.client_config(), "astro.v1.Verifier") == "NOT_SERVING"
+        svc.run(svc.runtime.set_serving("astro.v1.Verifier", True))
+        assert check_health(svc.client_config(), "astro.v1.Verifier") == "SERVING"

@@ -1,16 +1,327 @@
-"""Generator: batched generation on the HF engine (CPU/GPU) or vLLM (GPU pods)."""
+"""Generator: batched generation on the HF engine (CPU/GPU) or vLLM (GPU pods).
+
+Generate calls go through the dynamic batcher (batcher.py) to the loaded engine, which runs
+on its own thread. The model loads in the background at start (the Generator's health is
+NOT_SERVING until then, while the process and its health service are up at once), and
+LoadModel swaps it while calls are in flight. Every response names the model version that
+produced it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any, Literal
 
-from services.protos.astro.v1 import generator_pb2
-from services.runtime.placeholder import placeholder_handler
+import grpc
+from pydantic import BaseModel, Field, ValidationError
+
+from astro_core.checkpoints import CheckpointError, CheckpointStore
+from astro_core.config import ConfigError, format_validation_error
+from astro_core.engines import (
+    Engine,
+    EngineConfig,
+    GenerationRequest,
+    InvalidRequest,
+    ModelNotFound,
+    ModelSource,
+    SamplingParams,
+    load_engine,
+    resolve_model,
+)
+from astro_core.paths import data_dir, default_tiny_model_dir
+from services.generator.batcher import Batcher, BatcherClosed, QueueFull
+from services.protos.astro.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 from services.runtime.server import ServiceRuntime
 
+log = logging.getLogger("astro.generator")
+SERVICE = "astro.v1.Generator"
 
-def register(runtime: ServiceRuntime) -> Sequence[str]:
+
+class GeneratorSettings(BaseModel):
+    """The generator's section of ServiceConfig.settings (ASTRO_SETTINGS__... in the env)."""
+
+    engine: EngineConfig = Field(
+        default_factory=EngineConfig,
+        description="Engine kind, device, dtype, context and vLLM options.",
+    )
+    model: ModelSource = Field(
+        default_factory=ModelSource,
+        description="Model served at start: a directory or a registered checkpoint; "
+        "empty: engine.model_path, else the tiny model (built on first use).",
+    )
+    registry_address: str = Field(
+        "", description="host:port of the registry, needed to load registered checkpoints."
+    )
+    cache_dir: str = Field(
+        "", description="Where registered checkpoints are pulled; default <data_dir>/models."
+    )
+    max_batch_size: int = Field(64, ge=1, description="Most sequences (prompts x n) per batch.")
+    max_wait_ms: float = Field(
+        10.0, ge=0, description="How long the oldest queued call waits for others to join it."
+    )
+    max_queue: int = Field(
+        256, ge=1, description="Calls that may wait; more are refused with RESOURCE_EXHAUSTED."
+    )
+    swap: Literal["auto", "overlap", "drain"] = Field(
+        "auto",
+        description="LoadModel: overlap loads beside the old model (hf default); drain "
+        "frees it first (vllm default: one model in GPU memory).",
+    )
+
+
+def sampling_params(message: generator_pb2.SamplingParams) -> SamplingParams:
+    return SamplingParams(
+        n=message.n,
+        max_tokens=message.max_tokens,
+        temperature=message.temperature,
+        top_p=message.top_p,
+        stop=tuple(message.stop),
+        seed=message.seed if message.HasField("seed") else None,
+        logprobs=message.logprobs,
+    )
+
+
+def completion_message(sample: Any) -> generator_pb2.Completion:
+    c = sample.completion
+    return generator_pb2.Completion(
+        prompt_index=c.prompt_index,
+        text=c.text,
+        num_tokens=c.num_tokens,
+        cumulative_logprob=c.cumulative_logprob,
+        token_logprobs=c.token_logprobs,
+        finish_reason=c.finish_reason,
+        model_version=c.model_version,
+        token_ids=sample.token_ids,
+    )
+
+
+def model_info(engine: Engine) -> generator_pb2.ModelInfo:
+    template = engine.chat_template()
+    return generator_pb2.ModelInfo(
+        name=engine.model_name,
+        version=engine.model_version,
+        path=engine.model_path,
+        engine=engine.kind,
+        device=engine.device,
+        chat_template=template.template,
+        max_model_len=engine.max_model_len,
+        bos_token=template.bos_token,
+        eos_token=template.eos_token,
+    )
+
+
+def model_source(ref: common_pb2.ModelRef) -> ModelSource:
+    return ModelSource(path=ref.path, name=ref.name, version=ref.version, alias=ref.alias)
+
+
+class GeneratorService(generator_pb2_grpc.GeneratorServicer):
+    def __init__(
+        self,
+        runtime: ServiceRuntime,
+        settings: GeneratorSettings,
+        store: CheckpointStore | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.settings = settings
+        self.store = store
+        root = Path(runtime.config.data_dir) if runtime.config.data_dir else data_dir()
+        self.cache_dir = Path(settings.cache_dir) if settings.cache_dir else root / "models"
+        self.tiny_model_dir = (
+            root / "models" / "tiny-llama" if runtime.config.data_dir else default_tiny_model_dir()
+        )
+        self.batcher = Batcher(
+            max_batch_size=settings.max_batch_size,
+            max_wait_ms=settings.max_wait_ms,
+            max_queue=settings.max_queue,
+        )
+        self.load_error = ""  # why the first model failed to load, for callers
+        self._load_lock = asyncio.Lock()
+        self._loaded: EngineConfig | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.batcher.start()
+        self.runtime.hold_serving(SERVICE)  # NOT_SERVING until the first model is loaded
+        task = asyncio.create_task(self._load_first(), name="generator-first-load")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await self.batcher.close()
+        if self.batcher.engine is not None:
+            await asyncio.to_thread(self.batcher.engine.close)
+
+    def first_source(self) -> ModelSource:
+        if self.settings.model.path or self.settings.model.name:
+            return self.settings.model
+        if self.settings.engine.model_path:
+            return ModelSource(path=self.settings.engine.model_path)
+        return ModelSource()  # the tiny model
+
+    async def _load_first(self) -> None:
+        try:
+            engine = await self.load(self.first_source())
+        except Exception as exc:
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.error("loading the first model failed: %s", self.load_error)
+            return
+        log.info("model loaded", extra={"version": engine.model_version})
+        await self.runtime.set_serving(SERVICE, True)
+
+    # -- models ------------------------------------------------------------------------------
+
+    def _engine_config(self, source: ModelSource) -> EngineConfig:
+        """Resolve source to a local directory (pulling a registered checkpoint) -> config."""
+        if not (source.path or source.name):
+            from astro_core.models.tiny import ensure_tiny_model
+
+            source = ModelSource(path=str(ensure_tiny_model(self.tiny_model_dir)))
+        resolved = resolve_model(source, self.store, self.cache_dir)
+        return self.settings.engine.model_copy(
+            update={
+                "model_path": str(resolved.path),
+                "model_name": resolved.name,
+                "model_version": resolved.version,
+            }
+        )
+
+    async def load(self, source: ModelSource) -> Engine:
+        """Load source and serve it; calls in flight finish on the previous model."""
+        async with self._load_lock:
+            config = await asyncio.to_thread(self._engine_config, source)
+            swap = self.settings.swap
+            drain = swap == "drain" or (swap == "auto" and config.kind == "vllm")
+            previous = self._loaded
+            current = self.batcher.engine
+            if current is not None and config.model_version and config == previous:
+                return current  # that registered version is served already
+            try:
+                engine = await self.batcher.swap(lambda: load_engine(config), drain=drain)
+            except Exception:
+                if drain and previous is not None:  # the old model was freed: bring it back
+                    await self.batcher.swap(lambda: load_engine(previous), drain=True)
+                raise
+            self._loaded = config
+            self.load_error = ""
+            return engine
+
+    async def _engine(self, context: grpc.aio.ServicerContext) -> Engine:
+        if self.batcher.engine is None and self.load_error and not self._load_lock.locked():
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"no model is loaded ({self.load_error}); call LoadModel",
+            )
+        try:
+            return await self.batcher.wait_for_engine(context.time_remaining())
+        except TimeoutError:
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED, "the model was still loading at the deadline"
+            )
+        raise AssertionError("unreachable")
+
+    # -- RPCs --------------------------------------------------------------------------------
+
+    async def Generate(
+        self, request: generator_pb2.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> generator_pb2.GenerateResponse:
+        if not request.HasField("params"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "params: is required")
+        if self.batcher.queued >= self.batcher.max_queue:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"generator queue is full ({self.batcher.max_queue} requests waiting); retry later",
+            )
+        engine = await self._engine(context)
+        job = GenerationRequest(tuple(request.prompts), sampling_params(request.params))
+        try:
+            await asyncio.to_thread(engine.check_request, job)
+        except InvalidRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        if not job.prompts:
+            return generator_pb2.GenerateResponse(model_version=engine.model_version)
+        try:
+            samples, version = await self.batcher.submit(job, context.time_remaining())
+        except QueueFull as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        except TimeoutError:
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed before generation ended"
+            )
+        except InvalidRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except BatcherClosed as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except Exception as exc:
+            await context.abort(grpc.StatusCode.INTERNAL, f"generation failed: {exc!r}")
+        return generator_pb2.GenerateResponse(
+            completions=[completion_message(s) for s in samples], model_version=version
+        )
+
+    async def LoadModel(
+        self, request: generator_pb2.LoadModelRequest, context: grpc.aio.ServicerContext
+    ) -> generator_pb2.ModelInfo:
+        ref = request.model
+        if not (ref.path or ref.name):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "model: give a path or a registered name"
+            )
+        try:
+            source = model_source(ref)
+            engine = await self.load(source)
+        except ModelNotFound as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except ValidationError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, format_validation_error(exc))
+        except (ValueError, OSError) as exc:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"cannot load {source.describe()}: {exc}"
+            )
+        except (RuntimeError, CheckpointError) as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except Exception as exc:
+            await context.abort(
+                grpc.StatusCode.INTERNAL, f"cannot load {source.describe()}: {exc!r}"
+            )
+        log.info("model swapped", extra={"version": engine.model_version})
+        return model_info(engine)
+
+    async def GetModel(
+        self, request: generator_pb2.GetModelRequest, context: grpc.aio.ServicerContext
+    ) -> generator_pb2.ModelInfo:
+        return model_info(await self._engine(context))
+
+
+def connect_registry(address: str) -> CheckpointStore:
+    from services.registry.client import RegistryClient
+
+    return RegistryClient(address)
+
+
+def add_generator(
+    runtime: ServiceRuntime, store: CheckpointStore | None = None
+) -> GeneratorService:
+    """Add the Generator to runtime and start loading its model; `store` overrides
+    settings.registry_address (tests pass an in-process store)."""
     assert runtime.server is not None
-    service = generator_pb2.DESCRIPTOR.services_by_name["Generator"]
-    runtime.server.add_generic_rpc_handlers([placeholder_handler(service)])
-    return [service.full_name]
+    try:
+        settings = GeneratorSettings.model_validate(runtime.config.settings)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source="settings")) from exc
+    if store is None and settings.registry_address:
+        store = connect_registry(settings.registry_address)
+    service = GeneratorService(runtime, settings, store)
+    generator_pb2_grpc.add_GeneratorServicer_to_server(service, runtime.server)
+    service.start()
+    runtime.on_shutdown(service.close)
+    return service
+
+
+def register(runtime: ServiceRuntime) -> list[str]:
+    add_generator(runtime)
+    return [SERVICE]

@@ -52,9 +52,26 @@ class ServiceRuntime:
         self.metrics_port: int | None = None
         self.server: grpc.aio.Server | None = None
         self._service_names: list[str] = []
+        self._held: set[str] = set()  # services that report NOT_SERVING until released
         self._shutdown_callbacks: list[Callable[[], Awaitable[None] | None]] = []
         self._stopped = asyncio.Event()
         self._metrics_http: Any = None
+
+    def hold_serving(self, service: str) -> None:
+        """Report `service` NOT_SERVING from the start until `set_serving(service, True)`;
+        for services that get ready after the process is up (e.g. loading a model)."""
+        self._held.add(service)
+
+    async def set_serving(self, service: str, serving: bool) -> None:
+        if serving:
+            self._held.discard(service)
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        if self.server is not None:
+            await self.health.set(service, status)
 
     def on_shutdown(self, callback: Callable[[], Awaitable[None] | None]) -> None:
         """Run callback (sync or async) after the server stopped, in reverse order of adding."""
@@ -93,7 +110,7 @@ class ServiceRuntime:
             self.metrics_port = int(self._metrics_http.server_port)
         await self.server.start()
         for service in ["", *self._service_names]:
-            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+            await self.set_serving(service, service not in self._held)
         self._write_ready_file()
         log.info(
             "serving",

@@ -36,7 +36,7 @@ class GenerateRequest(_message.Message):
     def __init__(self, prompts: _Optional[_Iterable[str]] = ..., params: _Optional[_Union[SamplingParams, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class Completion(_message.Message):
-    __slots__ = ("prompt_index", "text", "num_tokens", "cumulative_logprob", "token_logprobs", "finish_reason", "model_version")
+    __slots__ = ("prompt_index", "text", "num_tokens", "cumulative_logprob", "token_logprobs", "finish_reason", "model_version", "token_ids")
     PROMPT_INDEX_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +44,7 @@ class Completion(_message.Message):
     TOKEN_LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     prompt_index: int
     text: str
     num_tokens: int
@@ -51,7 +52,8 @@ class Completion(_message.Message):
     token_logprobs: _containers.RepeatedScalarFieldContainer[float]
     finish_reason: str
     model_version: str
-    def __init__(self, prompt_index: _Optional[int] = ..., text: _Optional[str] = ..., num_tokens: _Optional[int] = ..., cumulative_logprob: _Optional[float] = ..., token_logprobs: _Optional[_Iterable[float]] = ..., finish_reason: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
+    token_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, prompt_index: _Optional[int] = ..., text: _Optional[str] = ..., num_tokens: _Optional[int] = ..., cumulative_logprob: _Optional[float] = ..., token_logprobs: _Optional[_Iterable[float]] = ..., finish_reason: _Optional[str] = ..., model_version: _Optional[str] = ..., token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("completions", "model_version")
@@ -72,7 +74,7 @@ class GetModelRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "path", "engine", "device", "chat_template", "max_model_len")
+    __slots__ = ("name", "version", "path", "engine", "device", "chat_template", "max_model_len", "bos_token", "eos_token")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
@@ -80,6 +82,8 @@ class ModelInfo(_message.Message):
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     CHAT_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     MAX_MODEL_LEN_FIELD_NUMBER: _ClassVar[int]
+    BOS_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    EOS_TOKEN_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     path: str
@@ -87,4 +91,6 @@ class ModelInfo(_message.Message):
     device: str
     chat_template: str
     max_model_len: int
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., path: _Optional[str] = ..., engine: _Optional[str] = ..., device: _Optional[str] = ..., chat_template: _Optional[str] = ..., max_model_len: _Optional[int] = ...) -> None: ...
+    bos_token: str
+    eos_token: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., path: _Optional[str] = ..., engine: _Optional[str] = ..., device: _Optional[str] = ..., chat_template: _Optional[str] = ..., max_model_len: _Optional[int] = ..., bos_token: _Optional[str] = ..., eos_token: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,224 @@
+"""What every engine shares: the request types, validation, stop strings, seeds, versions.
+
+An engine is a `Generator` (astro_core.protocols) that also knows which model it serves.
+Besides `generate` it offers `generate_batch`, which runs several requests, each with its own
+sampling parameters, as one engine batch: the generator service coalesces concurrent calls
+through it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from astro_core.prompts import ChatTemplate
+from astro_core.protocols import Completion
+
+
+class InvalidRequest(ValueError):
+    """A generation request the engine cannot serve; the message says what is wrong."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to sample; the keyword arguments of `Generator.generate`."""
+
+    n: int = 1
+    max_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    logprobs: bool = False
+
+    def check(self) -> None:
+        """Raise InvalidRequest naming the first parameter out of range."""
+        if self.n < 1:
+            raise InvalidRequest(f"n must be >= 1, got {self.n}")
+        if self.max_tokens < 1:
+            raise InvalidRequest(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if not self.temperature >= 0:  # also rejects NaN
+            raise InvalidRequest(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise InvalidRequest(f"top_p must be in (0, 1], got {self.top_p}")
+        if any(not s for s in self.stop):
+            raise InvalidRequest("stop strings must not be empty")
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """Prompts (final text) to complete with one set of sampling parameters."""
+
+    prompts: tuple[str, ...]
+    params: SamplingParams = SamplingParams()
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A completion together with the token ids it was generated as."""
+
+    completion: Completion
+    token_ids: tuple[int, ...]
+
+
+class Engine(Protocol):
+    """A loaded model that generates. Both engines (hf, vllm) implement it."""
+
+    kind: str
+    model_name: str
+    model_version: str
+    model_path: str
+    device: str
+    max_model_len: int
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        n: int = 1,
+        max_tokens: int = 256,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        stop: Sequence[str] = (),
+        seed: int | None = None,
+        logprobs: bool = False,
+    ) -> list[Completion]: ...
+
+    def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[list[Sample]]:
+        """One list of samples per request, prompt i's n samples at [i*n, (i+1)*n)."""
+        ...
+
+    def check_request(self, request: GenerationRequest) -> None:
+        """Raise InvalidRequest if the request cannot be served (bad params, prompt too long)."""
+        ...
+
+    def chat_template(self) -> ChatTemplate: ...
+
+    def close(self) -> None:
+        """Release the weights (and GPU memory) now rather than at garbage collection."""
+        ...
+
+
+class EngineBase(ABC):
+    """Shared behaviour: `generate` is one request of `generate_batch`; prompt checks."""
+
+    kind: str
+    model_name: str
+    model_version: str
+    model_path: str
+    device: str
+    max_model_len: int
+    tokenizer: Any
+
+    def __init__(self) -> None:
+        # Requests are checked on service threads while a batch decodes on the engine thread.
+        self.tokenizer_lock = threading.Lock()
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        n: int = 1,
+        max_tokens: int = 256,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        stop: Sequence[str] = (),
+        seed: int | None = None,
+        logprobs: bool = False,
+    ) -> list[Completion]:
+        params = SamplingParams(n, max_tokens, temperature, top_p, tuple(stop), seed, logprobs)
+        [samples] = self.generate_batch([GenerationRequest(tuple(prompts), params)])
+        return [s.completion for s in samples]
+
+    @abstractmethod
+    def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[list[Sample]]: ...
+
+    def check_request(self, request: GenerationRequest) -> None:
+        self.encode_request(request)
+
+    def encode_request(self, request: GenerationRequest) -> list[list[int]]:
+        """Token ids of each prompt, after checking the request; raises InvalidRequest."""
+        request.params.check()
+        with self.tokenizer_lock:
+            ids = [encode_prompt(self.tokenizer, p) for p in request.prompts]
+        for i, prompt_ids in enumerate(ids):
+            if not prompt_ids:
+                raise InvalidRequest(f"prompt {i} is empty: it encodes to no tokens")
+            if len(prompt_ids) >= self.max_model_len:
+                raise InvalidRequest(
+                    f"prompt {i} has {len(prompt_ids)} tokens; the model accepts at most "
+                    f"{self.max_model_len - 1} so that one token can be generated "
+                    f"(max_model_len {self.max_model_len})"
+                )
+        return ids
+
+    def chat_template(self) -> ChatTemplate:
+        return chat_template_of(self.tokenizer)
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+def encode_prompt(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of a prompt that is already final text.
+
+    Chat templates usually write the BOS token themselves, so special tokens are not added
+    blindly; BOS is prepended only when the tokenizer adds one by default (as for a raw
+    continuation on a Llama base model) and the text does not already start with it.
+    """
+    ids: list[int] = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    bos, bos_id = tokenizer.bos_token, tokenizer.bos_token_id
+    if bos and bos_id is not None and not text.startswith(bos):
+        default = tokenizer("", add_special_tokens=True)["input_ids"]
+        if default[:1] == [bos_id]:
+            ids.insert(0, bos_id)
+    return ids
+
+
+def find_stop(text: str, stop: Sequence[str]) -> int:
+    """Index where the earliest stop string starts in text, or -1."""
+    hits = [i for i in (text.find(s) for s in stop) if i >= 0]
+    return min(hits) if hits else -1
+
+
+def derive_seed(seed: int, prompt_index: int, sample_index: int) -> int:
+    """A 63-bit seed per (request seed, prompt, sample): rows draw independent streams, and a
+    row's stream does not depend on what else shares its batch."""
+    digest = hashlib.sha256(f"{seed}:{prompt_index}:{sample_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def chat_template_of(tokenizer: Any) -> ChatTemplate:
+    template = tokenizer.chat_template
+    return ChatTemplate(
+        template=template if isinstance(template, str) else "",
+        bos_token=tokenizer.bos_token or "",
+        eos_token=tokenizer.eos_token or "",
+    )
+
+
+_SAMPLE_BYTES = 1 << 20
+
+
+def directory_version(path: str | Path) -> str:
+    """`<dir name>#<digest>` of an HF model directory.
+
+    The digest covers every file's name and size and the first and last MiB of its bytes:
+    cheap for 100 GB checkpoints, yet different for two saves of different weights.
+    """
+    root = Path(path)
+    h = hashlib.sha256()
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        size = file.stat().st_size
+        h.update(f"{file.relative_to(root)}:{size}\n".encode())
+        with file.open("rb") as f:
+            h.update(f.read(_SAMPLE_BYTES))
+            if size > _SAMPLE_BYTES:
+                f.seek(-_SAMPLE_BYTES, 2)
+                h.update(f.read())
+    return f"{root.resolve().name}#{h.hexdigest()[:12]}"

@@ -1,0 +1,50 @@
+"""Configuration of a generation engine (one pydantic model for both engines)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+EngineKind = Literal["hf", "vllm"]
+DType = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+class EngineConfig(BaseModel):
+    """Which engine serves which model directory, where and how.
+
+    The CPU preset is the default (hf, fp32); on a GPU pod use `kind: vllm` (or hf, which
+    then runs in bf16).
+    """
+
+    kind: EngineKind = Field(
+        "hf", description="hf: transformers, CPU or CUDA; vllm: vLLM in process (CUDA)."
+    )
+    model_path: str = Field("", description="Hugging Face model directory to load.")
+    model_name: str = Field("", description="Name reported by GetModel; default: the dir name.")
+    model_version: str = Field(
+        "",
+        description="Version every completion carries; default: <dir name>#<content digest> "
+        "(registry checkpoints use name:version).",
+    )
+    device: str = Field("auto", description="auto (cuda when available, else cpu), cpu, cuda:0.")
+    dtype: DType = Field("auto", description="auto: bfloat16 on GPU, float32 on CPU.")
+    max_model_len: int | None = Field(
+        None, gt=1, description="Prompt + completion token limit; default: the model's own."
+    )
+    cpu_threads: int | None = Field(
+        None,
+        ge=1,
+        description="hf on CPU: torch intra-op threads for the process; default: torch's. "
+        "1 is fastest for small models on a busy machine.",
+    )
+    max_num_seqs: int = Field(
+        256, ge=1, description="Most sequences decoded together in one engine batch."
+    )
+    tensor_parallel_size: int = Field(1, ge=1, description="vllm: GPUs the model is split over.")
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="vllm: fraction of GPU memory for weights and KV cache."
+    )
+    enable_prefix_caching: bool = Field(
+        True, description="vllm: reuse the KV cache of shared prompt prefixes (search, n>1)."
+    )

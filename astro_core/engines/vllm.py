@@ -1,0 +1,127 @@
+"""The vLLM engine: `vllm.LLM` in process, for GPU pods.
+
+vLLM is an optional extra (`pip install -e '.[vllm]'`), imported only when this engine is
+built. It schedules and batches by itself (continuous batching, paged KV cache, prefix
+caching), so a batch of requests is handed over whole, one vLLM request per sample: every
+sample gets its own seed, derived exactly as the hf engine derives it, and identical prompts
+(n samples, sibling search nodes) share their prefix in the cache.
+
+Prompts are passed as token ids encoded like the hf engine does, so both engines see the
+same tokens for the same text.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from astro_core.engines.base import (
+    EngineBase,
+    GenerationRequest,
+    Sample,
+    derive_seed,
+    directory_version,
+)
+from astro_core.engines.config import EngineConfig
+from astro_core.protocols import Completion, FinishReason
+
+
+def vllm_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+class VLLMEngine(EngineBase):
+    kind = "vllm"
+
+    def __init__(self, config: EngineConfig) -> None:
+        super().__init__()
+        if not config.model_path:
+            raise ValueError("engine config needs model_path")
+        try:
+            import vllm
+        except ImportError as exc:
+            raise RuntimeError(
+                "engine kind 'vllm' needs vLLM: pip install -e '.[vllm]' (CUDA machines only)"
+            ) from exc
+        self._vllm = vllm
+        path = Path(config.model_path).resolve()
+        self._llm = vllm.LLM(
+            model=str(path),
+            tokenizer=str(path),
+            dtype=config.dtype,
+            tensor_parallel_size=config.tensor_parallel_size,
+            gpu_memory_utilization=config.gpu_memory_utilization,
+            max_model_len=config.max_model_len,
+            max_num_seqs=config.max_num_seqs,
+            enable_prefix_caching=config.enable_prefix_caching,
+        )
+        self.tokenizer = self._llm.get_tokenizer()
+        self.max_model_len = int(self._llm.llm_engine.model_config.max_model_len)
+        self.device = "cuda" if config.device == "auto" else config.device
+        self.model_path = str(path)
+        self.model_name = config.model_name or path.name
+        self.model_version = config.model_version or directory_version(path)
+
+    def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[list[Sample]]:
+        prompts: list[dict[str, Any]] = []
+        params: list[Any] = []
+        owners: list[tuple[int, int, bool]] = []  # (request, prompt index, logprobs wanted)
+        for r, request in enumerate(requests):
+            ids = self.encode_request(request)
+            p = request.params
+            for i, prompt_ids in enumerate(ids):
+                for j in range(p.n):
+                    prompts.append({"prompt_token_ids": prompt_ids})
+                    params.append(
+                        self._vllm.SamplingParams(
+                            n=1,
+                            max_tokens=min(p.max_tokens, self.max_model_len - len(prompt_ids)),
+                            temperature=p.temperature,
+                            top_p=p.top_p,
+                            stop=list(p.stop) or None,
+                            seed=derive_seed(p.seed, i, j) if p.seed is not None else None,
+                            logprobs=0 if p.logprobs else None,
+                            skip_special_tokens=True,
+                        )
+                    )
+                    owners.append((r, i, p.logprobs))
+        outputs = self._llm.generate(prompts, params, use_tqdm=False)
+        results: list[list[Sample]] = [[] for _ in requests]
+        for (r, i, want_logprobs), output in zip(owners, outputs, strict=True):
+            results[r].append(self._sample_of(output.outputs[0], i, want_logprobs))
+        return results
+
+    def _sample_of(self, out: Any, prompt_index: int, want_logprobs: bool) -> Sample:
+        token_ids = tuple(int(t) for t in out.token_ids)
+        logprobs: tuple[float, ...] = ()
+        if want_logprobs and out.logprobs is not None:
+            # Each step maps token id -> Logprob; the sampled token is always among them.
+            logprobs = tuple(
+                float(step[t].logprob) for step, t in zip(out.logprobs, token_ids, strict=True)
+            )
+        finish: FinishReason = "length" if out.finish_reason == "length" else "stop"
+        completion = Completion(
+            prompt_index=prompt_index,
+            text=str(out.text),
+            num_tokens=len(token_ids),
+            finish_reason=finish,
+            model_version=self.model_version,
+            cumulative_logprob=float(sum(logprobs)),
+            token_logprobs=logprobs,
+        )
+        return Sample(completion, token_ids)
+
+    def close(self) -> None:
+        engine_core = getattr(self._llm.llm_engine, "engine_core", None)
+        if engine_core is not None and hasattr(engine_core, "shutdown"):
+            engine_core.shutdown()  # the v1 engine runs in a child process
+        del self._llm
+        gc.collect()
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

@@ -1,0 +1,164 @@
+"""GeneratorClient: the Generator Protocol over gRPC, so a remote generator is used exactly
+like a local engine.
+
+    generator = GeneratorClient("127.0.0.1:50052")
+    template = generator.chat_template()             # the served model's, for prompt building
+    prompt = template.render(problem_messages("What is 2 + 2?"))
+    completions = generator.generate([prompt], n=4, max_tokens=256, seed=0)
+
+Bad arguments raise `InvalidRequest` (a ValueError) with the server's message, as a local
+engine does; other failures are grpc.RpcError (RESOURCE_EXHAUSTED when the server's queue
+is full, UNAVAILABLE while it is unreachable after the channel's retries).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from astro_core.engines import InvalidRequest, Sample
+from astro_core.prompts import ChatTemplate
+from astro_core.protocols import Completion, FinishReason
+from services.protos.astro.v1 import common_pb2, generator_pb2, generator_pb2_grpc
+from services.runtime.client import sync_channel
+from services.runtime.config import ClientConfig, client_config_from_env
+
+# Generation of long chains of thought takes a while; callers may pass their own timeout.
+DEFAULT_TIMEOUT_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a generator serves (GetModel / LoadModel)."""
+
+    name: str
+    version: str
+    path: str
+    engine: str
+    device: str
+    max_model_len: int
+    chat_template: ChatTemplate
+
+
+def _model_info(message: generator_pb2.ModelInfo) -> ModelInfo:
+    return ModelInfo(
+        name=message.name,
+        version=message.version,
+        path=message.path,
+        engine=message.engine,
+        device=message.device,
+        max_model_len=message.max_model_len,
+        chat_template=ChatTemplate(
+            template=message.chat_template,
+            bos_token=message.bos_token,
+            eos_token=message.eos_token,
+        ),
+    )
+
+
+def _sample(message: generator_pb2.Completion) -> Sample:
+    finish: FinishReason = "length" if message.finish_reason == "length" else "stop"
+    completion = Completion(
+        prompt_index=message.prompt_index,
+        text=message.text,
+        num_tokens=message.num_tokens,
+        finish_reason=finish,
+        model_version=message.model_version,
+        cumulative_logprob=message.cumulative_logprob,
+        token_logprobs=tuple(message.token_logprobs),
+    )
+    return Sample(completion, tuple(message.token_ids))
+
+
+class GeneratorClient:
+    """A `Generator` (astro_core.protocols) backed by the generator service."""
+
+    def __init__(
+        self, target: str | ClientConfig, *, timeout: float = DEFAULT_TIMEOUT_SECONDS
+    ) -> None:
+        self.config = client_config_from_env(target) if isinstance(target, str) else target
+        self.timeout = timeout
+        self._channel = sync_channel(self.config)
+        self.stub = generator_pb2_grpc.GeneratorStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> GeneratorClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        n: int = 1,
+        max_tokens: int = 256,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        stop: Sequence[str] = (),
+        seed: int | None = None,
+        logprobs: bool = False,
+    ) -> list[Completion]:
+        samples = self.generate_samples(
+            prompts,
+            n=n,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            stop=stop,
+            seed=seed,
+            logprobs=logprobs,
+        )
+        return [s.completion for s in samples]
+
+    def generate_samples(
+        self,
+        prompts: Sequence[str],
+        *,
+        n: int = 1,
+        max_tokens: int = 256,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        stop: Sequence[str] = (),
+        seed: int | None = None,
+        logprobs: bool = False,
+        timeout: float | None = None,
+    ) -> list[Sample]:
+        """Like generate, with the generated token ids (what a trainer needs)."""
+        params = generator_pb2.SamplingParams(
+            n=n,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            stop=list(stop),
+            seed=seed,
+            logprobs=logprobs,
+        )
+        request = generator_pb2.GenerateRequest(prompts=list(prompts), params=params)
+        try:
+            reply = self.stub.Generate(request, timeout=timeout or self.timeout)
+        except grpc.RpcError as exc:
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise InvalidRequest(exc.details()) from exc
+            raise
+        return [_sample(c) for c in reply.completions]
+
+    def model_info(self) -> ModelInfo:
+        return _model_info(self.stub.GetModel(generator_pb2.GetModelRequest()))
+
+    def chat_template(self) -> ChatTemplate:
+        """The served model's chat template: prompts built with it match a local engine's."""
+        return self.model_info().chat_template
+
+    def load_model(
+        self, path: str = "", *, name: str = "", version: int = 0, alias: str = ""
+    ) -> ModelInfo:
+        """Swap the served model to a directory or a registered checkpoint."""
+        ref = common_pb2.ModelRef(path=path, name=name, version=version, alias=alias)
+        reply = self.stub.LoadModel(generator_pb2.LoadModelRequest(model=ref), timeout=self.timeout)
+        return _model_info(reply)

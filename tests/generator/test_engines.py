@@ -1,0 +1,184 @@
+"""One conformance suite for every engine (vllm runs only where it is installed with CUDA)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from astro_core.engines import (
+    EngineConfig,
+    GenerationRequest,
+    InvalidRequest,
+    SamplingParams,
+    load_engine,
+)
+from astro_core.engines.base import Engine, directory_version
+from astro_core.engines.hf import HFEngine
+from astro_core.engines.vllm import vllm_available
+from astro_core.models.tiny import TinyModelSpec, build_tiny_model, load_model
+from astro_core.prompts import problem_messages
+
+PROMPTS = ["Let's think step by step.", "Solve for x: 2x + 3 = 7", "The area"]
+
+
+@pytest.fixture(scope="module", params=["hf", "vllm"])
+def engine(request: pytest.FixtureRequest, tiny_model_dir: Path) -> Iterator[Engine]:
+    if request.param == "vllm" and not (vllm_available() and torch.cuda.is_available()):
+        pytest.skip("vllm engine needs vLLM installed and a CUDA device")
+    engine = load_engine(EngineConfig(kind=request.param, model_path=str(tiny_model_dir)))
+    yield engine
+    engine.close()
+
+
+def texts(completions: list) -> list[str]:
+    return [c.text for c in completions]
+
+
+def test_same_seed_same_outputs_and_different_seeds_differ(engine: Engine) -> None:
+    first = engine.generate(PROMPTS, n=2, max_tokens=12, seed=7)
+    again = engine.generate(PROMPTS, n=2, max_tokens=12, seed=7)
+    other = engine.generate(PROMPTS, n=2, max_tokens=12, seed=8)
+    assert first == again
+    assert texts(first) != texts(other)
+    assert sum(a != b for a, b in zip(texts(first), texts(other), strict=True)) >= 4
+
+
+def test_n_samples_grouped_by_prompt(engine: Engine) -> None:
+    out = engine.generate(PROMPTS[:2], n=3, max_tokens=8, seed=1)
+    assert [c.prompt_index for c in out] == [0, 0, 0, 1, 1, 1]
+    assert len(set(texts(out[:3]))) == 3  # independent samples, not copies
+    assert all(c.model_version == engine.model_version for c in out)
+    assert engine.generate([], max_tokens=4) == []
+
+
+def test_max_tokens_and_finish_reasons(engine: Engine) -> None:
+    out = engine.generate(PROMPTS, n=4, max_tokens=6, seed=3)
+    for c in out:
+        assert 1 <= c.num_tokens <= 6
+        assert c.finish_reason == ("length" if c.num_tokens == 6 else "stop")
+
+
+def test_stop_strings_cut_exactly(engine: Engine) -> None:
+    for prompt in PROMPTS:
+        [completion] = engine.generate([prompt], max_tokens=24, temperature=0.8, seed=11)
+        text = completion.text
+        # a printable 3-character piece from the middle of the free-running text
+        start = next(
+            k
+            for k in range(4, len(text) - 3)
+            if text[k : k + 3].isprintable()
+            and "\ufffd" not in text[k : k + 3]
+            and text[k : k + 3].strip()
+        )
+        stop = text[start : start + 3]
+        cut = engine.generate(
+            [prompt], max_tokens=24, temperature=0.8, seed=11, stop=[stop, "never-seen"]
+        )
+        [c] = cut
+        assert c.text == text[: text.index(stop)]
+        assert stop not in c.text
+        assert c.finish_reason == "stop"
+        assert c.num_tokens <= completion.num_tokens
+
+
+def test_seeded_rows_do_not_depend_on_batch_mates(engine: Engine) -> None:
+    a = GenerationRequest((PROMPTS[0],), SamplingParams(n=2, max_tokens=10, seed=5))
+    b = GenerationRequest(
+        (PROMPTS[1], PROMPTS[2]), SamplingParams(max_tokens=7, temperature=0.5, top_p=0.9, seed=9)
+    )
+    c = GenerationRequest((PROMPTS[2],), SamplingParams(max_tokens=5, temperature=0))
+    together = engine.generate_batch([a, b, c])
+    alone = [engine.generate_batch([r])[0] for r in (a, b, c)]
+    assert [[s.completion.text for s in r] for r in together] == [
+        [s.completion.text for s in r] for r in alone
+    ]
+
+
+def test_greedy_identical_batched_and_one_by_one(engine: Engine) -> None:
+    # lengths from 1 to ~100 tokens: prefilled in several length groups, then joined
+    prompts = [*PROMPTS, "1", "Therefore, the final answer is", "x = 2. " * 25]
+    batched = engine.generate(prompts, max_tokens=16, temperature=0)
+    single = [engine.generate([p], max_tokens=16, temperature=0)[0] for p in prompts]
+    assert texts(batched) == texts(single)
+    assert [c.num_tokens for c in batched] == [c.num_tokens for c in single]
+
+
+def test_tiny_top_p_is_greedy(engine: Engine) -> None:
+    greedy = engine.generate(PROMPTS, max_tokens=10, temperature=0)
+    nucleus = engine.generate(PROMPTS, max_tokens=10, temperature=1.0, top_p=1e-6, seed=4)
+    assert texts(nucleus) == texts(greedy)
+
+
+def test_logprobs_match_a_forward_pass(engine: Engine, tiny_model_dir: Path) -> None:
+    request = GenerationRequest(
+        tuple(PROMPTS[:2]), SamplingParams(n=2, max_tokens=10, seed=2, logprobs=True)
+    )
+    [samples] = engine.generate_batch([request])
+    model, tokenizer = load_model(tiny_model_dir)
+    tolerance = 1e-3 if engine.kind == "hf" else 5e-2
+    for sample in samples:
+        prompt_ids = tokenizer(PROMPTS[sample.completion.prompt_index], add_special_tokens=False)[
+            "input_ids"
+        ]
+        ids = torch.tensor([prompt_ids + list(sample.token_ids)])
+        with torch.no_grad():
+            logprobs = torch.log_softmax(model(ids).logits[0].float(), dim=-1)
+        positions = range(len(prompt_ids) - 1, ids.shape[1] - 1)
+        expected = [logprobs[p, t].item() for p, t in zip(positions, sample.token_ids, strict=True)]
+        got = sample.completion.token_logprobs
+        assert len(got) == sample.completion.num_tokens == len(sample.token_ids)
+        assert got == pytest.approx(expected, abs=tolerance)
+        assert sample.completion.cumulative_logprob == pytest.approx(sum(expected), abs=0.01)
+    without = engine.generate(PROMPTS[:1], max_tokens=4, seed=2)
+    assert without[0].token_logprobs == ()
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        (SamplingParams(n=0), "n must be >= 1"),
+        (SamplingParams(temperature=-0.5), "temperature must be >= 0"),
+        (SamplingParams(top_p=0), "top_p must be in (0, 1]"),
+        (SamplingParams(max_tokens=0), "max_tokens must be >= 1"),
+        (SamplingParams(stop=("",)), "stop strings must not be empty"),
+    ],
+)
+def test_invalid_parameters_are_named(engine: Engine, params: SamplingParams, message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message.replace("(", r"\(").replace("]", r"\]")):
+        engine.generate_batch([GenerationRequest(("hi",), params)])
+
+
+def test_oversized_prompt_is_rejected(engine: Engine) -> None:
+    long_prompt = "step " * (engine.max_model_len + 10)
+    with pytest.raises(InvalidRequest, match="prompt 1 has .* tokens"):
+        engine.generate(["fine", long_prompt], max_tokens=4)
+    with pytest.raises(InvalidRequest, match="prompt 0 is empty"):
+        engine.generate([""], max_tokens=4)
+
+
+def test_chat_template_matches_the_tokenizer(engine: Engine, tiny_model_dir: Path) -> None:
+    _, tokenizer = load_model(tiny_model_dir)
+    messages = problem_messages("What is 2 + 2?")
+    expected = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert engine.chat_template().render(messages) == expected
+
+
+def test_hf_bf16_and_max_model_len(tiny_model_dir: Path) -> None:
+    engine = HFEngine(
+        EngineConfig(model_path=str(tiny_model_dir), dtype="bfloat16", max_model_len=12)
+    )
+    prompt = "Let's think"
+    [c] = engine.generate([prompt], max_tokens=50, temperature=0)
+    prompt_len = len(engine.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    assert c.num_tokens <= 12 - prompt_len  # generation stops at the context limit
+    assert engine.model.dtype == torch.bfloat16
+
+
+def test_directory_version_follows_content(tmp_path: Path, tiny_model_dir: Path) -> None:
+    other = build_tiny_model(tmp_path / "tiny-llama", TinyModelSpec(seed=1))
+    assert directory_version(tiny_model_dir) == directory_version(tiny_model_dir)
+    assert directory_version(other) != directory_version(tiny_model_dir)
+    assert directory_version(other).startswith("tiny-llama#")

@@ -1,0 +1,343 @@
+"""The generator service over real gRPC on loopback: remote = local, batching, errors,
+back-pressure, deadlines, background loading and hot swap under load."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from astro_core.engines import EngineConfig, GenerationRequest, InvalidRequest, load_engine
+from astro_core.engines.base import Engine
+from astro_core.protocols import Generator
+from services.generator.client import GeneratorClient
+from services.generator.server import SERVICE, GeneratorService, add_generator
+from services.protos.astro.v1 import common_pb2, generator_pb2, generator_pb2_grpc
+from services.runtime.client import sync_channel
+from services.runtime.config import ServiceConfig
+from services.testing import ServiceThread
+from tests.generator.conftest import DirCheckpointStore
+
+PROMPTS = ["Let's think step by step.", "Solve for x: 2x + 3 = 7", "The area", "1 2 3"]
+LONG_PROMPT = "Count:"  # greedy decoding from it runs to max_tokens on the tiny model
+
+
+@contextmanager
+def generator_service(
+    settings: dict[str, Any], store: Any = None, **config: Any
+) -> Iterator[tuple[ServiceThread, GeneratorService]]:
+    holder: list[GeneratorService] = []
+
+    def register(runtime: Any) -> list[str]:
+        holder.append(add_generator(runtime, store))
+        return [SERVICE]
+
+    service_config = ServiceConfig(
+        port=0, metrics_port=None, grace_seconds=1, settings=settings, **config
+    )
+    with ServiceThread("generator", register, service_config) as svc:
+        yield svc, holder[0]
+
+
+def stub_of(svc: ServiceThread) -> generator_pb2_grpc.GeneratorStub:
+    return generator_pb2_grpc.GeneratorStub(sync_channel(svc.client_config(retry_attempts=1)))
+
+
+def params(**fields: Any) -> generator_pb2.SamplingParams:
+    values: dict[str, Any] = {"n": 1, "max_tokens": 8, "temperature": 1.0, "top_p": 1.0}
+    return generator_pb2.SamplingParams(**{**values, **fields})
+
+
+@pytest.fixture(scope="module")
+def local_engine(tiny_model_dir: Path) -> Engine:
+    return load_engine(EngineConfig(model_path=str(tiny_model_dir)))
+
+
+@pytest.fixture(scope="module")
+def served(tiny_model_dir: Path) -> Iterator[tuple[ServiceThread, GeneratorService]]:
+    settings = {"model": {"path": str(tiny_model_dir)}, "max_wait_ms": 50}
+    with generator_service(settings) as running:
+        yield running
+
+
+def test_remote_generator_matches_local_engine(served: Any, local_engine: Engine) -> None:
+    svc, _ = served
+    with GeneratorClient(svc.client_config()) as client:
+        assert isinstance(client, Generator)
+        info = client.model_info()
+        assert (info.version, info.engine, info.device) == (local_engine.model_version, "hf", "cpu")
+        assert info.max_model_len == local_engine.max_model_len
+        assert client.chat_template() == local_engine.chat_template()
+        kwargs: dict[str, Any] = {"n": 2, "max_tokens": 8, "seed": 3, "logprobs": True}
+        assert client.generate(PROMPTS, **kwargs) == local_engine.generate(PROMPTS, **kwargs)
+        remote = client.generate_samples(PROMPTS[:1], max_tokens=6, temperature=0)
+        [local] = local_engine.generate_batch(
+            [GenerationRequest(tuple(PROMPTS[:1]), local_params(max_tokens=6, temperature=0))]
+        )
+        assert [s.token_ids for s in remote] == [s.token_ids for s in local]
+        assert client.generate([], max_tokens=4) == []
+
+
+def local_params(**fields: Any) -> Any:
+    from astro_core.engines import SamplingParams
+
+    return SamplingParams(**fields)
+
+
+def test_concurrent_calls_are_coalesced_into_batches(served: Any, local_engine: Engine) -> None:
+    svc, service = served
+    before = service.batcher.stats.largest_batch_calls
+    barrier = threading.Barrier(12)
+
+    def call(i: int) -> list[Any]:
+        with GeneratorClient(svc.client_config()) as client:
+            barrier.wait()
+            return client.generate([PROMPTS[i % 4]], n=2, max_tokens=6, seed=i)
+
+    with ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(call, range(12)))
+    for i, completions in enumerate(results):
+        assert completions == local_engine.generate([PROMPTS[i % 4]], n=2, max_tokens=6, seed=i)
+    assert max(before, service.batcher.stats.largest_batch_calls) >= 2
+
+
+@pytest.mark.parametrize(
+    ("request_fields", "message"),
+    [
+        ({"params": params(n=0)}, "n must be >= 1"),
+        ({"params": params(temperature=-0.1)}, "temperature must be >= 0"),
+        ({"params": params(top_p=1.5)}, "top_p must be in"),
+        ({"params": params(max_tokens=0)}, "max_tokens must be >= 1"),
+        ({}, "params: is required"),
+        (
+            {"prompts": ["ok", "step " * 9000], "params": params()},
+            "prompt 1 has .* tokens; the model accepts",
+        ),
+    ],
+)
+def test_bad_generate_requests_are_invalid_argument(
+    served: Any, request_fields: dict[str, Any], message: str
+) -> None:
+    svc, _ = served
+    fields = {"prompts": ["hello"], **request_fields}
+    with pytest.raises(grpc.RpcError) as err:
+        stub_of(svc).Generate(generator_pb2.GenerateRequest(**fields), timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert re.search(message, err.value.details()), err.value.details()
+
+
+def test_client_raises_invalid_request(served: Any) -> None:
+    svc, _ = served
+    with (
+        GeneratorClient(svc.client_config()) as client,
+        pytest.raises(InvalidRequest, match="temperature must be >= 0"),
+    ):
+        client.generate(["hi"], temperature=-1)
+
+
+def test_load_model_errors_leave_the_model_serving(served: Any, tmp_path: Path) -> None:
+    svc, _ = served
+    stub = stub_of(svc)
+    version = stub.GetModel(generator_pb2.GetModelRequest()).version
+    cases = [
+        (common_pb2.ModelRef(path=str(tmp_path / "nope")), grpc.StatusCode.NOT_FOUND, "nope"),
+        (common_pb2.ModelRef(path=str(tmp_path)), grpc.StatusCode.INVALID_ARGUMENT, "config.json"),
+        (common_pb2.ModelRef(), grpc.StatusCode.INVALID_ARGUMENT, "give a path or"),
+        (
+            common_pb2.ModelRef(name="tiny", alias="sft"),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "no checkpoint registry",
+        ),
+    ]
+    for ref, code, text in cases:
+        with pytest.raises(grpc.RpcError) as err:
+            stub.LoadModel(generator_pb2.LoadModelRequest(model=ref), timeout=30)
+        assert err.value.code() == code, err.value.details()
+        assert text in err.value.details()
+    assert stub.GetModel(generator_pb2.GetModelRequest()).version == version
+    reply = stub.Generate(generator_pb2.GenerateRequest(prompts=["hi"], params=params()))
+    assert reply.model_version == version and len(reply.completions) == 1
+
+
+def test_full_queue_answers_resource_exhausted(tiny_model_dir: Path) -> None:
+    settings = {
+        "model": {"path": str(tiny_model_dir)},
+        "max_queue": 2,
+        "max_batch_size": 1,
+        "max_wait_ms": 0,
+    }
+    with generator_service(settings) as (svc, _):
+        stub = stub_of(svc)
+        stub.GetModel(generator_pb2.GetModelRequest(), timeout=60)  # loaded
+        barrier = threading.Barrier(10)
+
+        def call(i: int) -> grpc.StatusCode:
+            request = generator_pb2.GenerateRequest(
+                prompts=[LONG_PROMPT], params=params(max_tokens=200, temperature=0)
+            )
+            barrier.wait()
+            try:
+                stub.Generate(request, timeout=120)
+            except grpc.RpcError as exc:
+                assert "queue is full" in exc.details()
+                return exc.code()
+            return grpc.StatusCode.OK
+
+        with ThreadPoolExecutor(10) as pool:
+            codes = list(pool.map(call, range(10)))
+    assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    assert codes.count(grpc.StatusCode.OK) >= 3  # one running + the two queued
+
+
+def test_expired_calls_are_dropped_and_health_answers_while_decoding(tiny_model_dir: Path) -> None:
+    settings = {"model": {"path": str(tiny_model_dir)}, "max_batch_size": 1, "max_wait_ms": 0}
+    with generator_service(settings) as (svc, service):
+        stub = stub_of(svc)
+        stub.GetModel(generator_pb2.GetModelRequest(), timeout=60)
+        long = generator_pb2.GenerateRequest(
+            prompts=[LONG_PROMPT], params=params(max_tokens=400, temperature=0)
+        )
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(stub.Generate, long, timeout=120)
+            deadline = time.monotonic() + 30
+            while not service.batcher.busy and time.monotonic() < deadline:
+                time.sleep(0.001)
+            # The engine decodes on its own thread: health answers meanwhile.
+            health = health_pb2_grpc.HealthStub(sync_channel(svc.client_config()))
+            reply = health.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=10)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            assert service.batcher.busy
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Generate(
+                    generator_pb2.GenerateRequest(prompts=["hi"], params=params()), timeout=0.1
+                )
+            assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert running.result().completions[0].num_tokens == 400
+        stub.Generate(generator_pb2.GenerateRequest(prompts=["hi"], params=params()), timeout=30)
+        assert service.batcher.stats.calls == 2  # the expired call never reached the engine
+
+
+def test_default_tiny_model_loads_in_the_background(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with generator_service({}, data_dir=str(data)) as (svc, _):
+        health = health_pb2_grpc.HealthStub(sync_channel(svc.client_config()))
+
+        def status(service: str) -> int:
+            return health.Check(health_pb2.HealthCheckRequest(service=service)).status
+
+        assert status("") == health_pb2.HealthCheckResponse.SERVING  # the process is up
+        seen = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            seen.append(status(SERVICE))
+            if seen[-1] == health_pb2.HealthCheckResponse.SERVING and len(seen) > 1:
+                break
+            time.sleep(0.02)
+        assert health_pb2.HealthCheckResponse.NOT_SERVING in seen
+        assert seen[-1] == health_pb2.HealthCheckResponse.SERVING
+        with GeneratorClient(svc.client_config()) as client:
+            info = client.model_info()
+            assert info.name == "tiny-llama"
+            assert Path(info.path) == (data / "models" / "tiny-llama").resolve()
+            assert info.chat_template.template.startswith("{{ bos_token }}")
+            assert len(client.generate(["hi"], n=3, max_tokens=4)) == 3
+
+
+def test_failed_first_load_reports_why_until_load_model(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    with generator_service({"model": {"path": str(tmp_path / "missing")}}) as (svc, service):
+        stub = stub_of(svc)
+        deadline = time.monotonic() + 30
+        while not service.load_error and time.monotonic() < deadline:
+            time.sleep(0.01)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Generate(generator_pb2.GenerateRequest(prompts=["hi"], params=params()))
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "missing does not exist" in err.value.details()
+        ref = common_pb2.ModelRef(path=str(tiny_model_dir))
+        info = stub.LoadModel(generator_pb2.LoadModelRequest(model=ref), timeout=60)
+        reply = stub.Generate(generator_pb2.GenerateRequest(prompts=["hi"], params=params()))
+        assert reply.model_version == info.version
+
+
+@pytest.mark.parametrize("swap", ["overlap", "drain"])
+def test_hot_swap_under_concurrent_load(
+    swap: str,
+    checkpoint_store: DirCheckpointStore,
+    tiny_model_dir: Path,
+    other_model_dir: Path,
+) -> None:
+    # What each version answers greedily, computed locally: a response must match the
+    # version it names, which proves the name is the model that produced it.
+    expected = {}
+    for version, path in (("tiny:1", tiny_model_dir), ("tiny:2", other_model_dir)):
+        engine = load_engine(EngineConfig(model_path=str(path)))
+        expected[version] = [c.text for c in engine.generate(PROMPTS, max_tokens=10, temperature=0)]
+    assert expected["tiny:1"] != expected["tiny:2"]
+
+    settings = {"model": {"name": "tiny", "alias": "base"}, "max_wait_ms": 5, "swap": swap}
+    with generator_service(settings, checkpoint_store) as (svc, _):
+        stop = threading.Event()
+        # (started, finished, prompt, version, text) of every call
+        results: list[tuple[float, float, int, str, str]] = []
+        errors: list[BaseException] = []
+
+        def worker(w: int) -> None:
+            with GeneratorClient(svc.client_config()) as client:
+                i = w
+                while not stop.is_set():
+                    k = i % len(PROMPTS)
+                    started = time.monotonic()
+                    try:
+                        [c] = client.generate([PROMPTS[k]], max_tokens=10, temperature=0)
+                    except BaseException as exc:  # noqa: BLE001 - every failure is a finding
+                        errors.append(exc)
+                        return
+                    results.append((started, time.monotonic(), k, c.model_version, c.text))
+                    i += 1
+
+        def wait_for(count: int) -> None:
+            deadline = time.monotonic() + 60
+            while len(results) < count and time.monotonic() < deadline and not errors:
+                time.sleep(0.01)
+
+        with GeneratorClient(svc.client_config()) as admin:
+            assert admin.model_info().version == "tiny:1"
+            threads = [threading.Thread(target=worker, args=(w,)) for w in range(6)]
+            for t in threads:
+                t.start()
+            wait_for(12)
+            swapped = admin.load_model(name="tiny", alias="sft")
+            after_first = time.monotonic()
+            wait_for(len(results) + 12)
+            before_second = time.monotonic()
+            back = admin.load_model(name="tiny", version=1)
+            after_second = time.monotonic()
+            wait_for(len(results) + 12)
+            stop.set()
+            for t in threads:
+                t.join(timeout=60)
+            with pytest.raises(grpc.RpcError) as err:
+                admin.load_model(name="nobody")
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+            assert "nobody" in err.value.details()
+    assert not errors, errors
+    assert (swapped.version, back.version) == ("tiny:2", "tiny:1")
+    assert checkpoint_store.pulls == 2  # tiny:1 was pulled once, then served from the cache
+    for _, _, k, version, text in results:
+        assert text == expected[version][k], (version, k)
+    assert {"tiny:1", "tiny:2"} <= {v for *_, v, _ in results}
+    # Calls made after a swap returned are served by the new model.
+    between = [v for s, f, _, v, _ in results if s > after_first and f < before_second]
+    assert between and set(between) == {"tiny:2"}
+    assert {v for s, _, _, v, _ in results if s > after_second} == {"tiny:1"}
