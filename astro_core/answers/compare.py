@@ -17,6 +17,7 @@ Rules (docs/verifier.md has the table):
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from decimal import Decimal
 from typing import Any
@@ -33,10 +34,20 @@ _POINTS = 4
 _MAX_ITEMS = 200  # elements of a set/tuple/matrix compared pairwise
 
 
-def answers_equal(gold: Answer, pred: Answer, *, percent_problem: bool = False) -> bool:
+def answers_equal(
+    gold: Answer,
+    pred: Answer,
+    *,
+    percent_problem: bool = False,
+    relation_for_set: bool = True,
+    strict_variables: bool = True,
+) -> bool:
     """Is `pred` the same answer as `gold`?
 
     percent_problem: the problem asks for a percent, so 0.28 also matches a gold 28%.
+    relation_for_set: see `values_equal`.
+    strict_variables: False renames the prediction's variables to the gold's when both have
+    the same number (matched in name order), so `f(y)` = `f(x)` (math-verify's strict=False).
     """
     if gold.letter is not None and gold.value is None or _is_letter_only(gold):
         return pred.letter == gold.letter or pred.text == gold.text
@@ -44,21 +55,43 @@ def answers_equal(gold: Answer, pred: Answer, *, percent_problem: bool = False) 
         return True
     if gold.value is None and gold.assigned is None or pred.value is None and pred.assigned is None:
         return False
-    if values_equal(gold.value, pred.value):
+    if not strict_variables:
+        pred = _renamed_like(pred, gold)
+    if values_equal(gold.value, pred.value, relation_for_set):
         return True
     if gold.assigned is not None and not _is_equation(pred.value):
-        if values_equal(gold.assigned, pred.assigned or pred.value):
+        if values_equal(gold.assigned, pred.assigned or pred.value, relation_for_set):
             return True
     if pred.assigned is not None and not _is_equation(gold.value):
-        if values_equal(gold.value, pred.assigned):
+        if values_equal(gold.value, pred.assigned, relation_for_set):
             return True
     if percent_problem and isinstance(gold.value, sympy.Expr):
         if isinstance(pred.value, sympy.Expr):
             hundred = sympy.Integer(100)
-            return values_equal(gold.value, pred.value * hundred) or values_equal(
+            return values_equal(gold.value, pred.value * hundred, relation_for_set) or values_equal(
                 gold.value * hundred, pred.value
             )
     return False
+
+
+def _renamed_like(pred: Answer, gold: Answer) -> Answer:
+    """`pred` with its free symbols renamed to gold's, paired in name order."""
+    gold_symbols = _symbols(gold.value)
+    pred_symbols = _symbols(pred.value)
+    if len(gold_symbols) != len(pred_symbols) or gold_symbols == pred_symbols:
+        return pred
+    mapping = dict(zip(pred_symbols, gold_symbols, strict=True))
+
+    def rename(value: Any) -> Any:
+        return value.xreplace(mapping) if isinstance(value, sympy.Basic) else value
+
+    return dataclasses.replace(pred, value=rename(pred.value), assigned=rename(pred.assigned))
+
+
+def _symbols(value: Any) -> list[Any]:
+    if not isinstance(value, sympy.Basic):
+        return []
+    return sorted(value.free_symbols, key=str)
 
 
 def _is_letter_only(answer: Answer) -> bool:
@@ -69,20 +102,28 @@ def _is_equation(value: Any) -> bool:
     return isinstance(value, sympy.Eq | sympy.And)
 
 
-def values_equal(a: Any, b: Any) -> bool:
-    """Equality of two parsed values (numbers, expressions, relations, sets, matrices)."""
+def values_equal(a: Any, b: Any, relation_for_set: bool = True) -> bool:
+    """Equality of two parsed values (numbers, expressions, relations, sets, matrices).
+
+    `a` is the gold side. relation_for_set: a one-variable inequality answer may equal the
+    set gold it describes (gold `[-2, 7]`, answer `-2 <= x <= 7`); False refuses that
+    direction only, as math-verify's default `allow_set_relation_comp=False` does (a gold
+    inequality still accepts its interval).
+    """
     if a is None or b is None:
         return False
     if isinstance(a, MatrixBase) or isinstance(b, MatrixBase):
-        return _matrices_equal(a, b)
+        return _matrices_equal(a, b, relation_for_set)
     if isinstance(a, sympy.Eq) and isinstance(b, sympy.Eq):
-        return _relations_equal(a, b)
+        return _relations_equal(a, b, relation_for_set)
     if isinstance(a, sympy.Rel) and isinstance(b, sympy.Rel):
-        return _relations_equal(a, b)
+        return _relations_equal(a, b, relation_for_set)
+    if not relation_for_set and isinstance(a, sympy.Set) and isinstance(b, sympy.Rel | sympy.And):
+        return False
     if _as_set(a) is not None or _as_set(b) is not None:
         set_a, set_b = _as_set(a), _as_set(b)
         if set_a is not None and set_b is not None and (set_a is not a or set_b is not b):
-            return values_equal(set_a, set_b)
+            return values_equal(set_a, set_b, relation_for_set)
     if isinstance(a, sympy.Interval) and isinstance(b, sympy.Interval):
         return (
             a.left_open == b.left_open
@@ -91,15 +132,15 @@ def values_equal(a: Any, b: Any) -> bool:
             and _expr_equal(a.end, b.end)
         )
     if isinstance(a, sympy.FiniteSet) and isinstance(b, sympy.FiniteSet):
-        return _unordered_equal(list(a.args), list(b.args))
+        return _unordered_equal(list(a.args), list(b.args), relation_for_set)
     if isinstance(a, sympy.Union) and isinstance(b, sympy.Union):
-        return _unordered_equal(list(a.args), list(b.args))
+        return _unordered_equal(list(a.args), list(b.args), relation_for_set)
     if _is_sequence(a) and _is_sequence(b):
-        return _ordered_equal(_items(a), _items(b))
+        return _ordered_equal(_items(a), _items(b), relation_for_set)
     if isinstance(a, sympy.FiniteSet) and len(a.args) == 1:
-        return values_equal(a.args[0], b)
+        return values_equal(a.args[0], b, relation_for_set)
     if isinstance(b, sympy.FiniteSet) and len(b.args) == 1:
-        return values_equal(a, b.args[0])
+        return values_equal(a, b.args[0], relation_for_set)
     if isinstance(a, sympy.Expr) and isinstance(b, sympy.Expr):
         return _expr_equal(a, b)
     return bool(a == b)
@@ -124,31 +165,30 @@ def _as_set(value: Any) -> Any:
     if isinstance(value, sympy.Set):
         return value
     if isinstance(value, sympy.Rel | sympy.And) and not isinstance(value, sympy.Eq | sympy.Ne):
-        functions = value.atoms(AppliedUndef)
-        if len(functions) == 1:  # 0 < f(x) < 1: f(x) is the variable
-            value = value.xreplace({functions.pop(): sympy.Dummy("t")})
-        symbols = value.free_symbols
-        if len(symbols) == 1:
-            try:
+        try:
+            functions = value.atoms(AppliedUndef)
+            if len(functions) == 1:  # 0 < f(x) < 1: f(x) is the variable
+                value = value.xreplace({functions.pop(): sympy.Dummy("t")})
+            if len(value.free_symbols) == 1:
                 return value.as_set()
-            except Exception:
-                return None
+        except Exception:  # odd relations (And of equations) are not sets
+            return None
     return None
 
 
-def _ordered_equal(xs: list[Any], ys: list[Any]) -> bool:
+def _ordered_equal(xs: list[Any], ys: list[Any], relation_for_set: bool) -> bool:
     if len(xs) != len(ys) or len(xs) > _MAX_ITEMS:
         return False
-    return all(values_equal(x, y) for x, y in zip(xs, ys, strict=True))
+    return all(values_equal(x, y, relation_for_set) for x, y in zip(xs, ys, strict=True))
 
 
-def _unordered_equal(xs: list[Any], ys: list[Any]) -> bool:
+def _unordered_equal(xs: list[Any], ys: list[Any], relation_for_set: bool) -> bool:
     if len(xs) != len(ys) or len(xs) > _MAX_ITEMS:
         return False
     remaining = list(ys)
     for x in xs:
         for i, y in enumerate(remaining):
-            if values_equal(x, y):
+            if values_equal(x, y, relation_for_set):
                 del remaining[i]
                 break
         else:
@@ -156,12 +196,12 @@ def _unordered_equal(xs: list[Any], ys: list[Any]) -> bool:
     return True
 
 
-def _matrices_equal(a: Any, b: Any) -> bool:
+def _matrices_equal(a: Any, b: Any, relation_for_set: bool) -> bool:
     if not (isinstance(a, MatrixBase) and isinstance(b, MatrixBase)) or a.shape != b.shape:
         return False
     if a.rows * a.cols > _MAX_ITEMS:
         return False
-    return all(values_equal(x, y) for x, y in zip(list(a), list(b), strict=True))
+    return all(values_equal(x, y, relation_for_set) for x, y in zip(list(a), list(b), strict=True))
 
 
 # --- numbers and expressions -------------------------------------------------------------
@@ -320,11 +360,15 @@ def _normal_form(rel: Any) -> tuple[type, sympy.Expr]:
     return kind, rhs - lhs
 
 
-def _relations_equal(a: Any, b: Any) -> bool:
+def _relations_equal(a: Any, b: Any, relation_for_set: bool) -> bool:
     if a == b:
         return True
     if not all(isinstance(x, sympy.Expr) for x in (a.lhs, a.rhs, b.lhs, b.rhs)):
-        return type(a) is type(b) and values_equal(a.lhs, b.lhs) and values_equal(a.rhs, b.rhs)
+        return (
+            type(a) is type(b)
+            and values_equal(a.lhs, b.lhs, relation_for_set)
+            and values_equal(a.rhs, b.rhs, relation_for_set)
+        )
     kind_a, ea = _normal_form(a)
     kind_b, eb = _normal_form(b)
     if kind_a is not kind_b:

@@ -16,9 +16,20 @@ class VerifierConfig(BaseModel):
     )
     fallback: Fallback = Field(
         "last_math",
-        description="Without a box or 'final answer is': last_math, last_number or none.",
+        description="Without a box or 'final answer is': last_math (last math span or "
+        "number), latex (last one-line math span only), last_number or none.",
     )
     max_response_chars: int = Field(
         100_000, gt=0, description="Longer responses keep only their last characters."
     )
     max_gold_chars: int = Field(10_000, gt=0, description="Longer gold answers are an error.")
+    relation_for_set: bool = Field(
+        True,
+        description="An inequality answer counts for the interval gold it describes "
+        "(gold [-2,7], answer -2<=x<=7); false refuses it, as math-verify's default.",
+    )
+    strict_variables: bool = Field(
+        True,
+        description="Variable names matter (f(x) != f(y)); false pairs the variables of "
+        "both answers in name order, as math-verify's strict=False.",
+    )

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-Fallback = Literal["none", "last_math", "last_number"]
+Fallback = Literal["none", "last_math", "latex", "last_number"]
 Source = Literal["boxed", "final_answer", "fallback", "whole", "none"]
 
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
@@ -23,6 +23,14 @@ _MATH_SPAN = re.compile(
     r"\$\$(?P<dd>[^$]{1,2000}?)\$\$"
     r"|\\\[(?P<br>.{1,2000}?)\\\]"
     r"|\\\((?P<pa>.{1,2000}?)\\\)"
+    r"|(?<![\\\d])\$(?P<d>(?:\\\$|[^$\n]){1,2000}?)(?<!\\)\$",
+    re.DOTALL,
+)
+# LaTeX spans only, the inline ones on one line (math-verify's LatexExtractionConfig).
+_LATEX_SPAN = re.compile(
+    r"\$\$(?P<dd>[^$]{1,2000}?)\$\$"
+    r"|\\\[(?P<br>.{1,2000}?)\\\]"
+    r"|\\\((?P<pa>[^\n]{1,2000}?)\\\)"
     r"|(?<![\\\d])\$(?P<d>(?:\\\$|[^$\n]){1,2000}?)(?<!\\)\$",
     re.DOTALL,
 )
@@ -141,6 +149,12 @@ def _last_math_or_number(text: str) -> str | None:
     return best[1] if best else None
 
 
+def _last_latex(text: str) -> str | None:
+    spans = [next(g for g in m.groups() if g is not None) for m in _LATEX_SPAN.finditer(text)]
+    spans = [s.strip() for s in spans if s.strip()]
+    return spans[-1] if spans else None
+
+
 def _last_number(text: str) -> str | None:
     numbers = _NUMBER.findall(text)
     return numbers[-1] if numbers else None
@@ -190,7 +204,8 @@ def extract_answer(text: str, fallback: Fallback = "last_math") -> Extraction:
     Order: the last box (with boxes joined to it by "and"/commas) or the last
     "final answer is X" / "answer: X", whichever comes later; then a response that is only
     an answer ("\\frac{10}{9}"); then `fallback`: "last_math" (the last $...$, \\(...\\),
-    \\[...\\] span or number, whichever comes last), "last_number", or "none".
+    \\[...\\] span or number, whichever comes last), "latex" (the last math span, inline
+    ones on one line), "last_number", or "none".
     """
     boxes = find_boxes(text)
     plain = strip_emphasis(text)
@@ -206,6 +221,8 @@ def extract_answer(text: str, fallback: Fallback = "last_math") -> Extraction:
     found = None
     if fallback == "last_math":
         found = _last_math_or_number(plain)
+    elif fallback == "latex":
+        found = _last_latex(plain)
     elif fallback == "last_number":
         found = _last_number(plain)
     if found:

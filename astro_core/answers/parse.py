@@ -85,7 +85,9 @@ def normalise_text(s: str) -> str:
     return s.lower()
 
 
-def _clean(raw: str) -> tuple[str, bool]:
+def clean_answer(raw: str) -> tuple[str, bool]:
+    """The answer without delimiters, trailing dots, "x \\in", percent and degree marks;
+    and whether it carried a percent."""
     s = raw.strip()
     s = re.sub(r"^\\\(|\\\)$|^\\\[|\\\]$", "", s).strip()
     s = s.strip("$").strip()
@@ -161,6 +163,43 @@ def drop_assignments(value: Any) -> Any:
     return value
 
 
+def install_two_stage_parsing() -> None:
+    """Make latex2sympy2_extended's ANTLR parser use ANTLR's two-stage strategy: SLL
+    prediction first, full LL only when SLL reports a syntax error.
+
+    Most of a check's time is ANTLR's full-context (LL) prediction, which is never cached.
+    ANTLR guarantees that an SLL parse without syntax errors is the parse LL would return,
+    so results do not change (tests/verifier/test_parse_speed.py compares both on the
+    shared datasets); inputs SLL cannot handle are parsed again with LL. Installed in the
+    worker processes only (idempotent), so the benchmark's in-process peer is unchanged.
+    """
+    from antlr4.atn.PredictionMode import PredictionMode
+    from latex2sympy2_extended import latex2sympy2
+
+    converter = latex2sympy2._Latex2Sympy
+    if getattr(converter, "_astro_two_stage", False):
+        return
+    create_parser, parse = converter.create_parser, converter.parse
+
+    def create_sll_parser(self: Any, latex: str) -> Any:
+        parser = create_parser(self, latex)
+        if getattr(self, "_astro_sll", False):
+            parser._interp.predictionMode = PredictionMode.SLL
+        return parser
+
+    def parse_two_stage(self: Any, latex: str) -> Any:
+        self._astro_sll = True
+        try:
+            return parse(self, latex)
+        except Exception:  # a syntax error under SLL: the full LL parse decides
+            self._astro_sll = False
+            return parse(self, latex)
+
+    converter.create_parser = create_sll_parser
+    converter.parse = parse_two_stage
+    converter._astro_two_stage = True
+
+
 @lru_cache(maxsize=4096)
 def _latex_value(latex: str) -> Any:
     from math_verify import LatexExtractionConfig, parse
@@ -197,7 +236,7 @@ def parse_answer(raw: str) -> Answer:
     """Parse one extracted answer (LaTeX or plain text)."""
     _logging_quiet()
     raw = raw[:MAX_ANSWER_CHARS]
-    cleaned, percent = _clean(raw)
+    cleaned, percent = clean_answer(raw)
     text = normalise_text(cleaned)
     letter = choice_letter(cleaned)
     if not cleaned or _HUGE.search(cleaned):

@@ -1,9 +1,11 @@
 """A pool of worker processes that checks answers with a hard per-item time limit.
 
 Why processes: sympy can spin for minutes (or forever) on a hostile answer, and a thread
-cannot be stopped. Each worker owns a pipe; a caller thread takes an idle worker, sends one
-item and waits at most `timeout_seconds`. If no verdict came, the worker is killed (SIGKILL)
-and replaced, and the item comes back `correct=False, reason="timeout"`. No signal.alarm, so
+cannot be stopped. Each worker owns a pipe; a caller thread takes an idle worker, sends it a
+chunk of items in one message, and waits at most `timeout_seconds` for each item's verdict
+(the worker sends each one as soon as it is decided). If a verdict does not come, the worker
+is killed (SIGKILL) and replaced, that item comes back `correct=False, reason="timeout"`, and
+the rest of the chunk goes to the fresh worker. No signal.alarm, so
 any thread may call the pool; many threads may call it at once.
 
 Workers are forked from a forkserver that has already imported sympy and math-verify, so a
@@ -22,16 +24,19 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from astro_core.answers.config import VerifierConfig
+from astro_core.answers.parse import install_two_stage_parsing
 from astro_core.answers.verify import Verdict, check, to_result
 from astro_core.protocols import RewardMapping, VerifyItem, VerifyResult
 
 _DEFAULT_REWARDS = RewardMapping()
 _PRELOAD = ["astro_core.answers.verify", "astro_core.answers.warmup"]
 _MEMORY_LIMIT_BYTES = 4 * 1024**3
+_MAX_CHUNK = 32
 
 
 def _worker_main(conn: Connection, config_json: str) -> None:
-    """Loop in a worker process: receive an item, send back a Verdict; None stops."""
+    """Loop in a worker process: receive (settings, items), send back one Verdict per item
+    as soon as it is decided (the caller times each one); None stops."""
     try:
         import resource
 
@@ -39,22 +44,31 @@ def _worker_main(conn: Connection, config_json: str) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (_MEMORY_LIMIT_BYTES, _MEMORY_LIMIT_BYTES))
     except (ImportError, ValueError, OSError):
         pass
-    config = VerifierConfig.model_validate_json(config_json)
+    install_two_stage_parsing()
+    default = VerifierConfig.model_validate_json(config_json)
+    settings: dict[str, VerifierConfig] = {}
     while True:
         try:
-            item = conn.recv()
+            message = conn.recv()
         except (EOFError, OSError):
             return
-        if item is None:
+        if message is None:
             return
-        try:
-            verdict = check(item, config)
-        except BaseException as exc:  # noqa: BLE001 - any failure is a verdict, not a crash
-            verdict = Verdict(False, "", f"error: {type(exc).__name__}: {exc}"[:300])
-        try:
-            conn.send(verdict)
-        except (OSError, ValueError):
-            return
+        settings_json, items = message
+        config = default
+        if settings_json is not None:
+            if settings_json not in settings:
+                settings[settings_json] = VerifierConfig.model_validate_json(settings_json)
+            config = settings[settings_json]
+        for item in items:
+            try:
+                verdict = check(item, config)
+            except BaseException as exc:  # noqa: BLE001 - any failure is a verdict, not a crash
+                verdict = Verdict(False, "", f"error: {type(exc).__name__}: {exc}"[:300])
+            try:
+                conn.send(verdict)
+            except (OSError, ValueError):
+                return
 
 
 class _Worker:
@@ -113,33 +127,54 @@ class VerifierPool:
 
     # -- verdicts (reasons without rewards) ----------------------------------------------
 
-    def check_batch(self, items: Sequence[VerifyItem]) -> list[Verdict]:
+    def check_batch(
+        self, items: Sequence[VerifyItem], settings: VerifierConfig | None = None
+    ) -> list[Verdict]:
+        """Verdicts in input order. `settings` overrides the pool's answer settings for this
+        call (fallback, set_relation_comp, strict_variables, ...); the pool keeps its own
+        `workers` and `timeout_seconds`."""
         if self._closed:
             raise RuntimeError("the verifier pool is closed")
-        futures = [self._executor.submit(self._check_one, item) for item in items]
-        return [f.result() for f in futures]
+        settings_json = None if settings is None else settings.model_dump_json()
+        size = self._chunk_size(len(items))
+        chunks = [list(items[i : i + size]) for i in range(0, len(items), size)]
+        futures = [self._executor.submit(self._check_chunk, c, settings_json) for c in chunks]
+        return [verdict for f in futures for verdict in f.result()]
 
     def check(self, item: VerifyItem) -> Verdict:
         return self.check_batch([item])[0]
 
-    def _check_one(self, item: VerifyItem) -> Verdict:
-        worker = self._idle.get()
-        try:
-            worker.conn.send(item)
-            if worker.conn.poll(self.config.timeout_seconds):
-                verdict: Verdict = worker.conn.recv()
-                if verdict.reason.startswith("error"):
-                    self._count("errors")
-                return verdict
-            worker = self._replace(worker)
-            self._count("timeouts")
-            return Verdict(False, "", "timeout")
-        except (EOFError, OSError, ValueError):
-            worker = self._replace(worker)
-            self._count("errors")
-            return Verdict(False, "", "error: worker died")
-        finally:
-            self._idle.put(worker)
+    def _chunk_size(self, n: int) -> int:
+        """Items per round trip: about 4 chunks per worker for balance, at most
+        _MAX_CHUNK so one slow chunk never holds back the rest for long."""
+        return max(1, min(_MAX_CHUNK, -(-n // (4 * self.config.workers))))
+
+    def _check_chunk(self, items: list[VerifyItem], settings_json: str | None) -> list[Verdict]:
+        """One round trip per chunk, one time limit per item. After a timeout or a dead
+        worker, the rest of the chunk goes to a fresh worker."""
+        verdicts: list[Verdict] = []
+        while len(verdicts) < len(items):
+            pending = items[len(verdicts) :]
+            worker = self._idle.get()
+            try:
+                worker.conn.send((settings_json, pending))
+                for _ in pending:
+                    if not worker.conn.poll(self.config.timeout_seconds):
+                        worker = self._replace(worker)
+                        self._count("timeouts")
+                        verdicts.append(Verdict(False, "", "timeout"))
+                        break
+                    verdict: Verdict = worker.conn.recv()
+                    if verdict.reason.startswith("error"):
+                        self._count("errors")
+                    verdicts.append(verdict)
+            except (EOFError, OSError, ValueError):
+                worker = self._replace(worker)
+                self._count("errors")
+                verdicts.append(Verdict(False, "", "error: worker died"))
+            finally:
+                self._idle.put(worker)
+        return verdicts
 
     def _replace(self, worker: _Worker) -> _Worker:
         worker.kill()

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from astro_core.answers.compare import answers_equal
 from astro_core.answers.config import VerifierConfig
 from astro_core.answers.extract import extract_answer, extract_gold
+from astro_core.answers.fast import quick_verdict
 from astro_core.answers.parse import parse_answer
 from astro_core.protocols import RewardMapping, VerifyItem, VerifyResult
 
@@ -46,10 +47,20 @@ def check(item: VerifyItem, config: VerifierConfig | None = None) -> Verdict:
     if not extraction.answer:
         return Verdict(False, "", "no answer")
     percent_problem = bool(_PERCENT_PROBLEM.search(item.problem))
+    gold_text = extract_gold(gold).answer
     try:
-        gold_answer = parse_answer(extract_gold(gold).answer)
+        quick = quick_verdict(gold_text, extraction.answer, percent_problem=percent_problem)
+        if quick is not None:  # plain numbers, letters, identical text: no parser needed
+            return Verdict(quick, extraction.answer, "equal" if quick else "not equal")
+        gold_answer = parse_answer(gold_text)
         pred_answer = parse_answer(extraction.answer)
-        equal = answers_equal(gold_answer, pred_answer, percent_problem=percent_problem)
+        equal = answers_equal(
+            gold_answer,
+            pred_answer,
+            percent_problem=percent_problem,
+            relation_for_set=config.relation_for_set,
+            strict_variables=config.strict_variables,
+        )
     except (RecursionError, MemoryError) as exc:
         return Verdict(False, extraction.answer, f"error: {type(exc).__name__}")
     except Exception as exc:  # sympy can fail in many ways on odd input: not equal

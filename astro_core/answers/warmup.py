@@ -2,12 +2,13 @@
 
 latex2sympy2_extended's ANTLR parser learns its prediction tables (a DFA cache shared by the
 process) as it parses; cold, it is about 2x slower. The pool's forkserver imports this module
-once, and every worker it forks starts with the warm tables (copy-on-write).
+once, and every worker it forks starts with the warm tables (copy-on-write) and with
+ANTLR's two-stage (SLL, then LL) prediction installed (`parse.install_two_stage_parsing`).
 """
 
 from __future__ import annotations
 
-from astro_core.answers.parse import _latex_value, parse_answer
+from astro_core.answers.parse import _latex_value, install_two_stage_parsing, parse_answer
 
 SAMPLES = [
     r"\frac{1}{2}",
@@ -78,6 +79,7 @@ SAMPLES = [
 
 
 def warm() -> None:
+    install_two_stage_parsing()
     for sample in SAMPLES:
         try:
             parse_answer(sample)

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from astro_core.answers import VerifierPool, check, extract_answer, is_equivalent
+from astro_core.answers import VerifierConfig, VerifierPool, check, extract_answer, is_equivalent
 from astro_core.protocols import RewardMapping, VerifyItem
 
-# Rows of answer_equivalence.jsonl whose label we do not follow, and why.
+# Rows of answer_equivalence.jsonl whose label we do not follow with our default settings,
+# and why. 31, 32, 187 and 254 agree under the row's own settings (next test).
 LABEL_EXCEPTIONS = {
     31: "'Answer $ \\n 9 \\n $' does answer 9; the label only says math-verify's inline-$ "
     "regex refuses a span over newlines",
@@ -34,6 +35,47 @@ def test_every_labelled_row_agrees(shared_data: Path, pool: VerifierPool) -> Non
     assert disagree == set(LABEL_EXCEPTIONS), {
         i: (rows[i]["gold"][:60], rows[i]["pred"][-60:], verdicts[i]) for i in disagree
     }
+
+
+# Rows that disagree even with the row's own math-verify settings mapped to ours.
+LABEL_EXCEPTIONS_WITH_ROW_SETTINGS = {218: LABEL_EXCEPTIONS[218], 264: LABEL_EXCEPTIONS[264]}
+
+
+def test_every_labelled_row_agrees_with_row_settings(shared_data: Path, pool: VerifierPool) -> None:
+    """Rows 31, 32 (latex-only extraction), 187 (allow_set_relation_comp=False) and 254
+    (strict=False) agree once ours runs with the equivalent settings."""
+    lines = (shared_data / "answer_equivalence.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    disagree = set()
+    for i, row in enumerate(rows):
+        types = row["match_types"]
+        settings = VerifierConfig(
+            fallback="latex" if isinstance(types, list) and "expr" not in types else "last_math",
+            relation_for_set=row["allow_set_relation_comp"],
+            strict_variables=row["strict"],
+        )
+        if check(VerifyItem(row["pred"], row["gold"]), settings).correct != row["equal"]:
+            disagree.add(i)
+    assert disagree == set(LABEL_EXCEPTIONS_WITH_ROW_SETTINGS)
+
+
+def test_settings_equivalent_to_math_verify_options() -> None:
+    interval_gold = VerifyItem(r"$-2 \le x \le 7$", r"[-2, 7]")
+    assert check(interval_gold).correct
+    assert not check(interval_gold, VerifierConfig(relation_for_set=False)).correct
+    relation_gold = VerifyItem(r"$[-2, 7]$", r"-2 \le x \le 7")  # this direction stays
+    assert check(relation_gold, VerifierConfig(relation_for_set=False)).correct
+    renamed = VerifyItem(r"$\boxed{y^2 + 1}$", "x^2 + 1")
+    assert not check(renamed).correct
+    assert check(renamed, VerifierConfig(strict_variables=False)).correct
+    assert not check(
+        VerifyItem(r"$\boxed{y^2 + 2}$", "x^2 + 1"), VerifierConfig(strict_variables=False)
+    ).correct
+    multiline = VerifyItem("Answer $ \n 9 \n $", "9")
+    assert check(multiline).correct
+    assert not check(multiline, VerifierConfig(fallback="latex")).correct
+    assert check(VerifyItem("so it is $9$ apples", "9"), VerifierConfig(fallback="latex")).correct
+    assert not check(VerifyItem("so it is 9 apples", "9"), VerifierConfig(fallback="latex")).correct
 
 
 # --- the faults named in the issue -------------------------------------------------------

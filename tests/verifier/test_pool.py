@@ -67,3 +67,28 @@ def test_results_keep_input_order(pool: VerifierPool) -> None:
     verdicts = pool.check_batch(items)
     assert [v.extracted for v in verdicts] == [str(n if n != 7 else 8) for n in range(50)]
     assert [v.correct for v in verdicts] == [n != 7 for n in range(50)]
+
+
+def test_timeout_inside_a_chunk_keeps_the_rest_of_the_chunk() -> None:
+    """Items travel in chunks; a stuck item still gets its own limit, and the items after it
+    in the same chunk are checked by the replacement worker."""
+    stuck = VerifyItem(r"\boxed{(10^{8})!}", r"(10^{8})! + 1")
+    items = [VerifyItem(rf"\boxed{{{n}}}", str(n)) for n in range(12)]
+    items[4] = stuck  # 12 items, 1 worker: chunks of 3, the stuck one in the middle
+    with VerifierPool(VerifierConfig(workers=1, timeout_seconds=0.5)) as pool:
+        verdicts = pool.check_batch(items)
+        assert [v.reason for v in verdicts] == ["equal"] * 4 + ["timeout"] + ["equal"] * 7
+        assert [v.extracted for v in verdicts[5:]] == [str(n) for n in range(5, 12)]
+        assert pool.timeouts == 1 and pool.replaced == 1 and pool.alive_workers() == 1
+
+
+def test_per_call_settings(pool: VerifierPool) -> None:
+    """check_batch(items, settings) overrides the answer settings for that call only."""
+    from astro_core.answers import VerifierConfig
+
+    item = VerifyItem("we get 3 and then 4 apples", "4")
+    strict = pool.config.model_copy(update={"fallback": "none"})
+    assert pool.check_batch([item])[0].correct  # default fallback: the last number
+    assert pool.check_batch([item], strict)[0].reason == "no answer"
+    assert pool.check_batch([item])[0].correct  # the pool's own settings are unchanged
+    assert isinstance(strict, VerifierConfig)
