@@ -1,24 +1,55 @@
 """SearchCoordinator and Runs: search state and run records in Redis.
 
-Keys: astro:search:* and astro:run:*.
+Keys: astro:search:* (services/coordinator/jobs.py) and astro:run:*. Runs is a placeholder
+until its issue lands.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from services.protos.astro.v1 import run_pb2, search_pb2
+from services.coordinator.jobs import JobStore
+from services.coordinator.search_service import SearchCoordinatorServicer
+from services.coordinator.settings import coordinator_settings
+from services.coordinator.worker import (
+    Backends,
+    SearchWorker,
+    grpc_backends,
+    load_backends_factory,
+)
+from services.protos.astro.v1 import run_pb2, search_pb2, search_pb2_grpc
 from services.runtime.placeholder import placeholder_handler
 from services.runtime.redis_service import attach_redis
 from services.runtime.server import ServiceRuntime
 
 
-async def register(runtime: ServiceRuntime) -> Sequence[str]:
+async def register(runtime: ServiceRuntime, backends: Backends | None = None) -> Sequence[str]:
+    """Serve SearchCoordinator (+ the Runs placeholder). `backends` replaces the generator and
+    verifier clients (e.g. a local engine and verifier pool in `astro search`)."""
     assert runtime.server is not None
-    await attach_redis(runtime)
-    services = [
-        search_pb2.DESCRIPTOR.services_by_name["SearchCoordinator"],
-        run_pb2.DESCRIPTOR.services_by_name["Runs"],
-    ]
-    runtime.server.add_generic_rpc_handlers([placeholder_handler(s) for s in services])
-    return [s.full_name for s in services]
+    settings = coordinator_settings(runtime.config.settings)
+    handle = await attach_redis(runtime)
+    jobs = JobStore(handle.new_client())
+    jobs.ensure_group()
+    search_pb2_grpc.add_SearchCoordinatorServicer_to_server(
+        SearchCoordinatorServicer(jobs, settings.default_preset), runtime.server
+    )
+    if settings.worker:
+        if backends is None:
+            factory = (
+                load_backends_factory(settings.backends) if settings.backends else grpc_backends
+            )
+            backends = factory(settings)
+        used = backends
+        worker = SearchWorker(jobs, used, settings)
+        worker.start()
+
+        def stop_worker() -> None:
+            worker.stop()
+            used.close()
+
+        runtime.on_shutdown(stop_worker)
+    runs = run_pb2.DESCRIPTOR.services_by_name["Runs"]
+    runtime.server.add_generic_rpc_handlers([placeholder_handler(runs)])
+    search = search_pb2.DESCRIPTOR.services_by_name["SearchCoordinator"]
+    return [search.full_name, runs.full_name]

@@ -1,0 +1,179 @@
+"""TreeStore on Redis: every node written as it is created, backups applied atomically.
+
+Per tree (key K), under `astro:search:tree:K:`:
+
+    meta   hash   problem_id, problem, gold, config (JSON), stats (JSON)
+    node   hash   node id -> the node's fixed fields as JSON (text, prior, answer, ..., tokens)
+    n      hash   node id -> visits          (changed only by the backup script)
+    q      hash   node id -> Q               (changed only by the backup script)
+    rv     hash   node id -> rollout value
+    kids   hash   node id -> comma-separated ids of its step children
+
+Adding nodes and backing up a path are each one Lua script, so they run atomically in
+Redis: concurrent backups through the same node never lose a visit or a value.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+
+from astro_core.search.store import StoredNode, TreeHeader
+from astro_core.trees import TreeNode
+
+PREFIX = "astro:search:"
+
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'problem_id', ARGV[1], 'problem', ARGV[2], 'gold', ARGV[3],
+           'config', ARGV[4], 'stats', ARGV[5])
+return 1
+"""
+
+# KEYS: node n q rv kids; ARGV: groups of (id, parent or '', kind, json, visits, q, rv)
+_ADD = """
+for i = 1, #ARGV, 7 do
+  local id, parent, kind = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  redis.call('HSET', KEYS[1], id, ARGV[i + 3])
+  redis.call('HSET', KEYS[2], id, ARGV[i + 4])
+  redis.call('HSET', KEYS[3], id, ARGV[i + 5])
+  redis.call('HSET', KEYS[4], id, ARGV[i + 6])
+  if parent ~= '' and kind == 'step' then
+    local kids = redis.call('HGET', KEYS[5], parent)
+    if not kids then
+      redis.call('HSET', KEYS[5], parent, id)
+    else
+      local known = false
+      for kid in string.gmatch(kids, '[^,]+') do
+        if kid == id then known = true end
+      end
+      if not known then redis.call('HSET', KEYS[5], parent, kids .. ',' .. id) end
+    end
+  end
+end
+return #ARGV / 7
+"""
+
+# KEYS: n q rv kids; ARGV: the path, root first. Leaf to root: N += 1, Q from the children.
+_BACKUP = """
+local out = {}
+for i = #ARGV, 1, -1 do
+  local id = ARGV[i]
+  local visits = redis.call('HINCRBY', KEYS[1], id, 1)
+  local weighted, count = 0, 0
+  local kids = redis.call('HGET', KEYS[4], id)
+  if kids then
+    for kid in string.gmatch(kids, '[^,]+') do
+      local n = tonumber(redis.call('HGET', KEYS[1], kid) or '0')
+      local q = tonumber(redis.call('HGET', KEYS[2], kid) or '0')
+      weighted = weighted + q * n
+      count = count + n
+    end
+  end
+  local rv = tonumber(redis.call('HGET', KEYS[3], id) or '0')
+  local q = string.format('%.17g', (weighted + rv) / (count + 1))
+  redis.call('HSET', KEYS[2], id, q)
+  out[#out + 1] = id
+  out[#out + 1] = visits
+  out[#out + 1] = q
+end
+return out
+"""
+
+_FIXED = ("id", "parent", "depth", "text", "kind", "prior", "terminal", "answer", "correct")
+
+
+class RedisTreeStore:
+    """The TreeStore Protocol on Redis (client must use decode_responses=True)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self._create = client.register_script(_CREATE)
+        self._add = client.register_script(_ADD)
+        self._backup = client.register_script(_BACKUP)
+
+    @staticmethod
+    def _key(key: str, part: str) -> str:
+        return f"{PREFIX}tree:{key}:{part}"
+
+    def keys_of(self, key: str) -> list[str]:
+        return [self._key(key, p) for p in ("meta", "node", "n", "q", "rv", "kids")]
+
+    def create_tree(self, key: str, header: TreeHeader) -> bool:
+        args = [
+            header.problem_id,
+            header.problem,
+            header.gold,
+            json.dumps(header.config),
+            json.dumps(header.stats),
+        ]
+        return bool(self._create(keys=[self._key(key, "meta")], args=args))
+
+    def header(self, key: str) -> TreeHeader | None:
+        meta: dict[str, str] = self.client.hgetall(self._key(key, "meta"))  # type: ignore[assignment]
+        if not meta:
+            return None
+        return TreeHeader(
+            problem_id=meta["problem_id"],
+            problem=meta["problem"],
+            gold=meta["gold"],
+            config=json.loads(meta.get("config") or "{}"),
+            stats=json.loads(meta.get("stats") or "{}"),
+        )
+
+    def add_nodes(self, key: str, nodes: Sequence[StoredNode]) -> None:
+        args: list[Any] = []
+        for stored in nodes:
+            node = stored.node
+            fixed = {name: getattr(node, name) for name in _FIXED}
+            fixed["tokens"] = stored.tokens
+            args += [
+                node.id,
+                node.parent or "",
+                node.kind,
+                json.dumps(fixed, ensure_ascii=False),
+                node.visits,
+                repr(float(node.q)),
+                repr(float(node.rollout_value)),
+            ]
+        if args:
+            keys = [self._key(key, p) for p in ("node", "n", "q", "rv", "kids")]
+            self._add(keys=keys, args=args)
+
+    def backup(self, key: str, path: Sequence[str]) -> dict[str, tuple[int, float]]:
+        keys = [self._key(key, p) for p in ("n", "q", "rv", "kids")]
+        flat = self._backup(keys=keys, args=list(path))
+        return {
+            str(flat[i]): (int(flat[i + 1]), float(flat[i + 2])) for i in range(0, len(flat), 3)
+        }
+
+    def load_nodes(self, key: str) -> list[StoredNode]:
+        pipe = self.client.pipeline(transaction=True)
+        for part in ("node", "n", "q", "rv"):
+            pipe.hgetall(self._key(key, part))
+        fixed_all, visits, qs, rvs = pipe.execute()
+        nodes = []
+        for node_id, raw in fixed_all.items():
+            fixed = json.loads(raw)
+            tokens = int(fixed.pop("tokens", 0))
+            node = TreeNode(
+                **fixed,
+                visits=int(visits.get(node_id, 0)),
+                q=float(qs.get(node_id, 0.0)),
+                rollout_value=float(rvs.get(node_id, 0.0)),
+            )
+            nodes.append(StoredNode(node, tokens))
+        nodes.sort(key=lambda s: (s.node.depth, s.node.id))
+        return nodes
+
+    def node_count(self, key: str) -> int:
+        return int(self.client.hlen(self._key(key, "node")))  # type: ignore[arg-type]
+
+    def set_stats(self, key: str, stats: dict[str, Any]) -> None:
+        self.client.hset(self._key(key, "meta"), "stats", json.dumps(stats))
+
+    def delete(self, key: str) -> None:
+        self.client.delete(*self.keys_of(key))

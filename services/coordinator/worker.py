@@ -1,0 +1,239 @@
+"""A coordinator replica's search loop: claim tasks, search their trees together, finish them.
+
+Each round the worker tops up its active trees from the task stream (stale tasks of dead
+replicas first), drops trees it no longer owns or whose search ended, advances the trees of
+each search with one batched MCTS round, and finishes trees that ran all their iterations:
+problem marked done once (atomically), task acknowledged. A heartbeat thread keeps the
+tasks it holds from looking idle while a long round runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from astro_core.prompts import ChatTemplate
+from astro_core.protocols import Generator, Verifier
+from astro_core.search.mcts import MCTS, TreeSearch
+from services.coordinator.jobs import JobStore, Task, tree_key
+from services.coordinator.settings import CoordinatorSettings
+
+log = logging.getLogger("astro.coordinator.worker")
+
+MAX_FAILURES = 3
+
+
+@dataclass
+class Backends:
+    """What the search talks to: a generator, a verifier, and the policy's chat template."""
+
+    generator: Generator
+    verifier: Verifier
+    template: Callable[[], ChatTemplate]
+    close: Callable[[], None] = lambda: None
+    # Make the generator serve a search's model (a StartSearch ModelRef as a dict).
+    load_model: Callable[[dict[str, Any]], None] | None = None
+
+
+def load_backends_factory(spec: str) -> Callable[[CoordinatorSettings], Backends]:
+    module_name, _, attr = spec.partition(":")
+    factory: Callable[[CoordinatorSettings], Backends] = getattr(
+        importlib.import_module(module_name), attr
+    )
+    return factory
+
+
+def consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class _Active:
+    task: Task
+    tree: TreeSearch
+
+
+@dataclass
+class SearchWorker:
+    jobs: JobStore
+    backends: Backends
+    settings: CoordinatorSettings
+    consumer: str = field(default_factory=consumer_name)
+
+    def __post_init__(self) -> None:
+        self.active: dict[str, _Active] = {}
+        self.drivers: dict[str, MCTS] = {}
+        self.failures: dict[str, int] = {}
+        self.loaded_model: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        for target, name in ((self._loop, "search-worker"), (self._beat, "search-heartbeat")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop after the current round; held tasks stay pending and are reclaimed later."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except Exception:  # keep serving; tasks not acknowledged are retried
+                log.exception("search round failed")
+                self._stop.wait(1.0)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.settings.heartbeat_seconds):
+            try:
+                with self._lock:
+                    held = list(self.active)
+                self.jobs.heartbeat(self.consumer, sorted(self.jobs.owned(self.consumer, held)))
+            except Exception:
+                log.exception("heartbeat failed")
+
+    # ---- one round -----------------------------------------------------------------------
+
+    def run_once(self) -> int:
+        """Claim, search one round, finish. Returns the number of trees advanced."""
+        self._claim()
+        if not self.active:
+            return 0
+        self._drop_lost_and_ended()
+        by_search: dict[str, list[_Active]] = {}
+        for item in self.active.values():
+            by_search.setdefault(item.task.search_id, []).append(item)
+        advanced = 0
+        for sid, items in by_search.items():
+            driver = self.drivers[sid]
+            before = driver.counters.generator_calls
+            try:
+                driver.step([i.tree for i in items])
+            except Exception as exc:
+                self._round_failed(sid, items, exc)
+                continue
+            self.failures.pop(sid, None)
+            self.jobs.add_generator_calls(sid, driver.counters.generator_calls - before)
+            advanced += len(items)
+            for item in items:
+                if driver.is_done(item.tree):
+                    self._finish(driver, item)
+        for sid in [s for s in self.drivers if s not in by_search]:
+            del self.drivers[sid]
+        return advanced
+
+    def _claim(self) -> None:
+        free = self.settings.max_active_trees - len(self.active)
+        block = None if self.active else int(self.settings.poll_seconds * 1000)
+        reclaim_ms = int(self.settings.reclaim_idle_seconds * 1000)
+        for task in self.jobs.claim(self.consumer, free, reclaim_ms, block):
+            if task.entry_id in self.active:
+                continue
+            if self.jobs.state(task.search_id) != "running" or self.jobs.is_done(
+                task.search_id, task.index
+            ):
+                self.jobs.ack([task.entry_id])
+                continue
+            driver = self._driver(task.search_id)
+            problem = self.jobs.problem(task.search_id, task.index)
+            tree = driver.open_tree(problem, tree_key(task.search_id, task.index))
+            with self._lock:
+                self.active[task.entry_id] = _Active(task, tree)
+
+    def _driver(self, sid: str) -> MCTS:
+        if sid not in self.drivers:
+            model = self.jobs.model(sid)
+            if any(model.values()) and self.backends.load_model is not None:
+                # One policy per generator at a time: the search's model is loaded first.
+                if model != self.loaded_model:
+                    self.backends.load_model(model)
+                    self.loaded_model = model
+            self.drivers[sid] = MCTS(
+                self.backends.generator,
+                self.backends.verifier,
+                self.jobs.trees,
+                self.jobs.config(sid),
+                self.backends.template(),
+            )
+        return self.drivers[sid]
+
+    def _drop_lost_and_ended(self) -> None:
+        owned = self.jobs.owned(self.consumer, list(self.active))
+        states = {
+            sid: self.jobs.state(sid) for sid in {a.task.search_id for a in self.active.values()}
+        }
+        for entry_id, item in list(self.active.items()):
+            if entry_id not in owned:  # another replica took it over: it is theirs now
+                self._forget(entry_id)
+            elif states[item.task.search_id] != "running":
+                self.jobs.ack([entry_id])
+                self._forget(entry_id)
+
+    def _finish(self, driver: MCTS, item: _Active) -> None:
+        tree = driver.finish(item.tree)
+        first = self.jobs.finish_problem(
+            item.task.search_id, item.task.index, tree.stats["solved"], self.consumer
+        )
+        if not first:
+            log.warning("problem already finished", extra={"task": item.task.entry_id})
+        self.jobs.ack([item.task.entry_id])
+        self._forget(item.task.entry_id)
+
+    def _round_failed(self, sid: str, items: list[_Active], exc: Exception) -> None:
+        """Forget the trees (their memory may be ahead of Redis); their tasks go idle and
+        are reclaimed from the stored trees. After repeated failures the search fails."""
+        log.error("search round failed", extra={"search_id": sid, "error": str(exc)})
+        for item in items:
+            self._forget(item.task.entry_id)
+        self.drivers.pop(sid, None)
+        self.failures[sid] = self.failures.get(sid, 0) + 1
+        if self.failures[sid] >= MAX_FAILURES:
+            self.jobs.end(sid, "failed", f"search round failed {MAX_FAILURES} times: {exc}")
+            self.jobs.ack([i.task.entry_id for i in items])
+            self.failures.pop(sid)
+
+    def _forget(self, entry_id: str) -> None:
+        with self._lock:
+            self.active.pop(entry_id, None)
+
+
+def grpc_backends(settings: CoordinatorSettings) -> Backends:
+    """The generator and verifier services, through their gRPC clients."""
+    from services.generator.client import GeneratorClient
+    from services.runtime.config import client_config_from_env
+    from services.verifier.client import VerifierClient
+
+    timeout = settings.generate_timeout_seconds
+    generator = GeneratorClient(client_config_from_env(settings.generator_address), timeout=timeout)
+    verifier = VerifierClient(
+        client_config_from_env(settings.verifier_address), timeout_seconds=timeout
+    )
+
+    def load_model(ref: dict[str, Any]) -> None:
+        generator.load_model(
+            ref.get("path", ""),
+            name=ref.get("name", ""),
+            version=int(ref.get("version", 0)),
+            alias=ref.get("alias", ""),
+        )
+
+    def close() -> None:
+        generator.close()
+        verifier.close()
+
+    return Backends(generator, verifier, generator.chat_template, close, load_model)

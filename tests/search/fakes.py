@@ -1,0 +1,132 @@
+"""TEST DOUBLES for unit tests of the search: a scripted generator and an exact-match verifier.
+
+They implement the Generator and Verifier Protocols in-process so that the steps, answers and
+log-probabilities of a search are known in advance and values can be computed by hand. The
+integration tests use the real generator and verifier services instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from astro_core.prompts import ChatTemplate
+from astro_core.protocols import Completion, RewardMapping, VerifyItem, VerifyResult
+from astro_core.search.answers import final_answer
+
+# A plain template whose answer part starts after "A: ", so the fake can read the steps back.
+TEMPLATE = ChatTemplate("Q: {{ messages[0]['content'] }}\nA: ")
+DELIMITER = "\n\n"
+
+Steps = tuple[str, ...]
+DEFAULT_REWARDS = RewardMapping()
+
+
+def steps_of(prompt: str) -> Steps:
+    """The steps already written in a continuation prompt."""
+    answer_part = prompt.split("\nA: ", 1)[1]
+    return tuple(s for s in answer_part.split(DELIMITER) if s)
+
+
+@dataclass
+class Call:
+    prompts: list[str]
+    n: int
+    stop: tuple[str, ...]
+    max_tokens: int
+
+
+@dataclass
+class ScriptedGenerator:
+    """TEST DOUBLE. `expand(steps)` gives (text, logprob) choices for the next step;
+    `rollout(steps)` gives whole continuations. Completion j of a prompt is choice j mod len."""
+
+    expand: Callable[[Steps], Sequence[tuple[str, float]]]
+    rollout: Callable[[Steps], Sequence[str]]
+    tokens_per_step: int = 3
+    calls: list[Call] = field(default_factory=list)
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        n: int = 1,
+        max_tokens: int = 256,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        stop: Sequence[str] = (),
+        seed: int | None = None,
+        logprobs: bool = False,
+    ) -> list[Completion]:
+        self.calls.append(Call(list(prompts), n, tuple(stop), max_tokens))
+        out = []
+        for index, prompt in enumerate(prompts):
+            steps = steps_of(prompt)
+            for j in range(n):
+                if stop:
+                    choices = self.expand(steps)
+                    text, logprob = choices[j % len(choices)]
+                else:
+                    texts = self.rollout(steps)
+                    text, logprob = texts[j % len(texts)], -1.0
+                out.append(
+                    Completion(
+                        prompt_index=index,
+                        text=text,
+                        num_tokens=self.tokens_per_step,
+                        finish_reason="stop",
+                        model_version="scripted",
+                        cumulative_logprob=logprob,
+                    )
+                )
+        return out
+
+
+@dataclass
+class ExactVerifier:
+    """TEST DOUBLE: correct when the last \\boxed{} equals the gold text exactly."""
+
+    batches: list[int] = field(default_factory=list)
+
+    def verify_batch(
+        self, items: Sequence[VerifyItem], rewards: RewardMapping = DEFAULT_REWARDS
+    ) -> list[VerifyResult]:
+        self.batches.append(len(items))
+        results = []
+        for item in items:
+            answer = final_answer(item.response)
+            ok = answer is not None and answer == item.gold
+            reward = rewards.correct if ok else rewards.incorrect
+            results.append(VerifyResult(ok, reward, answer or "", "equal" if ok else "not equal"))
+        return results
+
+
+def policy_expand(steps: Steps) -> list[tuple[str, float]]:
+    """A policy that proposes two openings, then right and wrong answers."""
+    if not steps:
+        return [("Let x be the number.", -1.0), ("Guess first.", -2.0)]
+    return [(f"So x is \\boxed{{1}} ({len(steps)}).", -1.0), ("Maybe more work.", -1.5)]
+
+
+def policy_rollout(steps: Steps) -> list[str]:
+    return ["Compute.\n\nThe answer is \\boxed{1}.", "I think \\boxed{7}."]
+
+
+def scripted_backends(settings: object) -> object:
+    """Coordinator `settings.backends` factory for service tests: the scripted policy and the
+    exact verifier. ASTRO_FAKE_GENERATE_DELAY (seconds) slows each generate call, so a test
+    can kill a replica mid-search."""
+    import os
+    import time
+
+    from services.coordinator.worker import Backends
+
+    delay = float(os.environ.get("ASTRO_FAKE_GENERATE_DELAY", "0"))
+    scripted = ScriptedGenerator(policy_expand, policy_rollout)
+
+    class SlowGenerator:
+        def generate(self, prompts: Sequence[str], **kw: object) -> list[Completion]:
+            time.sleep(delay)
+            return scripted.generate(prompts, **kw)  # type: ignore[arg-type]
+
+    return Backends(SlowGenerator(), ExactVerifier(), lambda: TEMPLATE)  # type: ignore[arg-type]

@@ -1,0 +1,155 @@
+"""`astro search` end to end: the real generator (tiny model), verifier and coordinator
+services on loopback, MATH-500 problems in, schema-valid trees out."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from astro_core.trees import read_trees
+from tests.conftest import REPO
+
+NODE_FIELDS = {
+    "id", "parent", "depth", "text", "kind", "prior", "visits", "q", "rollout_value",
+    "terminal", "answer", "correct",
+}  # fmt: skip
+
+
+def astro(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "astro_cli.main", *args],
+        cwd=REPO,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def check_trees(out: Path, shared_data: Path, count: int, iterations: int) -> None:
+    trees = list(read_trees(out))  # validates the format
+    gold = [json.loads(line) for line in (shared_data / "math500.jsonl").open()][:count]
+    assert [t.problem_id for t in trees] == [row["unique_id"] for row in gold]
+    assert [t.gold for t in trees] == [str(row["answer"]) for row in gold]
+    for line, tree in zip(out.read_text().splitlines(), trees, strict=True):
+        raw = json.loads(line)
+        assert set(raw) == {"problem_id", "problem", "gold", "config", "nodes", "stats"}
+        assert all(set(node) == NODE_FIELDS for node in raw["nodes"])
+        assert tree.config["iterations"] == iterations
+        assert tree.stats["iterations"] == iterations
+        root = tree.by_id()["0"]
+        assert (root.parent, root.text, root.visits) == (None, "", iterations)
+        assert any(n.kind == "rollout" for n in tree.nodes)
+        children = tree.children()
+        assert all(n.terminal for n in tree.nodes if n.kind == "rollout" and not children[n.id])
+        first = [n for n in children["0"] if n.kind == "step"]
+        assert abs(sum(n.prior for n in first) - 1) < 1e-6
+
+
+@pytest.mark.slow
+def test_astro_search_on_generator_and_verifier_services(
+    tmp_path: Path, shared_data: Path, tiny_model_dir: Path
+) -> None:
+    """The coordinator reaches the real generator and verifier services over gRPC."""
+    from astro_core.protocols import VerifyItem
+    from astro_core.search.mcts import SEARCH_REWARDS
+    from services.coordinator.server import register as coordinator
+    from services.coordinator.settings import CoordinatorSettings
+    from services.coordinator.worker import grpc_backends
+    from services.generator.server import register as generator
+    from services.health import check_health
+    from services.runtime.config import ServiceConfig
+    from services.runtime.redis_store import connect_redis
+    from services.testing import ServiceThread
+    from services.verifier.server import register as verifier
+
+    def config(**fields: object) -> ServiceConfig:
+        return ServiceConfig(port=0, metrics_port=None, grace_seconds=1, **fields)  # type: ignore[arg-type]
+
+    settings = {"model": {"path": str(tiny_model_dir)}}
+    with (
+        connect_redis(None, tmp_path / "redis") as redis,
+        ServiceThread("generator", generator, config(settings=settings)) as gen,
+        ServiceThread("verifier", verifier, config(settings={"workers": 1})) as ver,
+    ):
+        deadline = time.monotonic() + 120
+        while check_health(gen.client_config(), "astro.v1.Generator") != "SERVING":
+            assert time.monotonic() < deadline, "generator did not load the tiny model"
+            time.sleep(0.1)
+        addresses = {"generator_address": gen.address, "verifier_address": ver.address}
+        # the coordinator's own clients of both services (the tiny model never writes a
+        # \boxed{} answer, so check the verifier path directly too)
+        backends = grpc_backends(CoordinatorSettings.model_validate(addresses))
+        verdicts = backends.verifier.verify_batch(
+            [VerifyItem("so \\boxed{\\frac{1}{2}}", "0.5"), VerifyItem("\\boxed{3}", "4")],
+            SEARCH_REWARDS,
+        )
+        assert [(v.correct, v.reward) for v in verdicts] == [(True, 1.0), (False, 0.0)]
+        assert "assistant" in backends.template().render([{"role": "user", "content": "hi"}])
+        backends.close()
+        coord_config = config(redis_url=redis.url, settings={**addresses, "poll_seconds": 0.1})
+        with ServiceThread("coordinator", coordinator, coord_config) as coord:
+            out = tmp_path / "trees.jsonl"
+            search_config = tmp_path / "search.yaml"
+            search_config.write_text("iterations: 2\nmax_solution_tokens: 24\n")
+            result = astro(
+                "search", "--problems", str(shared_data / "math500.jsonl"), "--limit", "2",
+                "--config", str(search_config), "--out", str(out), "--coordinator", coord.address,
+            )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "wrote 2 trees" in result.stdout
+    check_trees(out, shared_data, count=2, iterations=2)
+
+
+@pytest.mark.slow
+def test_astro_search_in_process_writes_schema_valid_trees(
+    tmp_path: Path, shared_data: Path, tiny_model_dir: Path
+) -> None:
+    config = tmp_path / "search.yaml"
+    config.write_text("iterations: 3\n")
+    out = tmp_path / "trees.jsonl"
+    result = astro(
+        "search", "--problems", str(shared_data / "math500.jsonl"), "--limit", "3",
+        "--model", str(tiny_model_dir), "--preset", "tiny", "--config", str(config),
+        "--out", str(out),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "wrote 3 trees" in result.stdout
+    check_trees(out, shared_data, count=3, iterations=3)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--preset", "huge"], "--preset"),
+        (["--limit", "0"], "--limit"),
+        (["--config", "BAD"], " k: "),
+        (["--problems", "/no/such.jsonl"], "--problems"),
+    ],
+)
+def test_astro_search_bad_input_fails_in_one_line(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    problems = tmp_path / "p.jsonl"
+    problems.write_text(json.dumps({"problem": "1+1?", "answer": "2"}) + "\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("k: 0\n")
+    full = ["search", "--problems", str(problems), "--out", str(tmp_path / "t.jsonl")]
+    for index, arg in enumerate(args):
+        if arg == "BAD":
+            args[index] = str(bad)
+    for name, value in zip(args[::2], args[1::2], strict=True):
+        if name in full:
+            full[full.index(name) + 1] = value
+        else:
+            full += [name, value]
+    result = astro(*full, timeout=60)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]

@@ -1,0 +1,189 @@
+"""The MCTS algorithm against a scripted generator whose steps and answers are known."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from astro_core.problems import Problem
+from astro_core.search import MCTS, MemoryTreeStore, SearchConfig, TreeSearch
+from astro_core.search.mcts import sibling_priors
+from astro_core.trees import SearchTree, TreeNode
+from tests.search.fakes import TEMPLATE, ExactVerifier, ScriptedGenerator, Steps
+
+PROBLEM = Problem(id="p1", problem="What is 1?", answer="1")
+
+
+def config(**fields: object) -> SearchConfig:
+    base: dict[str, object] = dict(
+        c_puct=2.0, k=2, rollouts=2, iterations=2, max_depth=5, max_step_tokens=8,
+        max_solution_tokens=100, parallel_selections=1,
+    )  # fmt: skip
+    base.update(fields)
+    return SearchConfig.model_validate(base)
+
+
+def hand_script() -> ScriptedGenerator:
+    """Root -> a (logprob -1), b (-2); a -> c (answer 1, right), d (answer 5, wrong)."""
+
+    def expand(steps: Steps) -> list[tuple[str, float]]:
+        if steps == ():
+            return [("a", -1.0), ("b", -2.0)]
+        if steps == ("a",):
+            return [("c \\boxed{1}", -1.0), ("d \\boxed{5}", -1.0)]
+        return [("e", -1.0), ("f", -1.0)]
+
+    def rollout(steps: Steps) -> list[str]:
+        return {
+            (): ["\\boxed{1}", "\\boxed{2}"],  # root: 1/2
+            ("a",): ["x\n\n\\boxed{1}", "\\boxed{1}\n\ntrailing"],  # a: 2/2
+            ("b",): ["y\n\n\\boxed{1}", "\\boxed{3}"],  # b: 1/2
+        }.get(steps, ["\\boxed{0}"])
+
+    return ScriptedGenerator(expand, rollout)
+
+
+def run_one(cfg: SearchConfig, gen: ScriptedGenerator) -> tuple[SearchTree, ExactVerifier]:
+    verifier = ExactVerifier()
+    mcts = MCTS(gen, verifier, MemoryTreeStore(), cfg, TEMPLATE)
+    [tree] = mcts.run([PROBLEM])
+    tree.validate()
+    return tree, verifier
+
+
+def test_puct_picks_expected_child() -> None:
+    tree = TreeSearch(key="t", problem=PROBLEM, chat_prompt="")
+    tree.add(TreeNode("0", None, 0, "", visits=10), 0)
+    tree.add(TreeNode("0.0", "0", 1, "A", prior=0.2, visits=4, q=0.5), 1)
+    tree.add(TreeNode("0.1", "0", 1, "B", prior=0.8, visits=1, q=0.3), 1)
+    # c=2: A 0.5 + 2*0.2*sqrt(10)/5 = 0.753, B 0.3 + 2*0.8*sqrt(10)/2 = 2.83
+    assert tree.select(config(c_puct=2.0)) == ["0", "0.1"]
+    tree.pending.clear()
+    # c=0.1: A 0.5126, B 0.4265 -> exploitation wins
+    assert tree.select(config(c_puct=0.1)) == ["0", "0.0"]
+    tree.pending.clear()
+    # c=0: pure Q; a pending selection through A counts as a loss and steers the next to B
+    cfg = config(c_puct=0.0, virtual_loss=4.0)
+    assert tree.select(cfg) == ["0", "0.0"]
+    assert tree.select(cfg) == ["0", "0.1"]  # A: 0.5*4/(4+4) = 0.25 < 0.3
+
+
+def test_priors_are_softmax_of_step_logprobs() -> None:
+    priors = sibling_priors([-1.0, -2.0])
+    assert priors[0] == pytest.approx(math.e**-1 / (math.e**-1 + math.e**-2))
+    assert sum(priors) == pytest.approx(1.0)
+
+
+def test_values_after_backup_equal_hand_computed_numbers() -> None:
+    tree, _ = run_one(config(iterations=2), hand_script())
+    nodes = tree.by_id()
+    root, a, b = nodes["0"], nodes["0.0"], nodes["0.1"]  # 0.2, 0.3: the root's rollouts
+    assert (a.text, b.text) == ("a", "b")
+    assert a.prior == pytest.approx(1 / (1 + math.e**-1))
+    assert root.rollout_value == 0.5 and a.rollout_value == 1.0 and b.rollout_value == 0.5
+    # iteration 2 selected a (1 + 2*0.731*1/2 beats 0.5 + 2*0.269/2) and expanded c (right), d
+    c, d = nodes["0.0.2"], nodes["0.0.3"]  # a's rollout chains took 0.0.0 and 0.0.1
+    assert (c.terminal, c.answer, c.correct, c.q) == (True, "1", True, 1.0)
+    assert (d.terminal, d.answer, d.correct, d.q) == (True, "5", False, 0.0)
+    # a: N = 1 + 1, Q = (1*1 + 0*1 + 1) / (2 + 1)
+    assert a.visits == 2 and a.q == pytest.approx(2 / 3)
+    assert b.visits == 1 and b.q == pytest.approx(0.5)
+    # root after iteration 1: (1 + 0.5 + 0.5)/3; after 2: (2/3*2 + 0.5*1 + 0.5) / (3 + 1)
+    assert root.visits == 2 and root.q == pytest.approx(7 / 12)
+    assert tree.stats["iterations"] == 2 and tree.stats["solved"] is True
+
+
+def test_tree_holds_correct_and_incorrect_terminals_and_rollout_chains() -> None:
+    tree, _ = run_one(config(iterations=2), hand_script())
+    terminals = tree.terminals()
+    assert any(t.correct for t in terminals) and any(t.correct is False for t in terminals)
+    rollouts = [n for n in tree.nodes if n.kind == "rollout"]
+    # a's first rollout is a chain "x" -> "\boxed{1}"; the second stops at its answer step
+    nodes = tree.by_id()
+    assert nodes["0.0.0"].kind == "rollout"
+    assert nodes["0.0.0"].text == "x" and not nodes["0.0.0"].terminal
+    assert nodes["0.0.0.0"].terminal and nodes["0.0.0.0"].correct is True
+    assert nodes["0.0.1"].terminal and "0.0.1.0" not in nodes  # "trailing" was cut
+    assert all(n.rollout_value in (0.0, 1.0) for n in rollouts)
+    for terminal in terminals:
+        assert terminal.answer is not None or terminal.correct is None
+
+
+def test_depth_limit_makes_terminals_and_caps_rollouts() -> None:
+    def expand(steps: Steps) -> list[tuple[str, float]]:
+        return [(f"s{len(steps)}a", -1.0), (f"s{len(steps)}b", -1.5)]
+
+    def rollout(steps: Steps) -> list[str]:
+        return ["r1\n\nr2\n\nr3\n\nr4"]  # never an answer
+
+    gen = ScriptedGenerator(expand, rollout)
+    tree, verifier = run_one(config(max_depth=2, iterations=6), gen)
+    assert max(n.depth for n in tree.nodes) == 2
+    for node in tree.nodes:
+        if node.depth == 2 and node.kind == "step":
+            assert node.terminal and node.answer is None and node.correct is None
+        if node.kind == "step" and node.depth == 1:
+            assert not node.terminal
+    # no answers anywhere: nothing to verify, every value 0
+    assert verifier.batches == [] and all(n.q == 0.0 for n in tree.nodes)
+    assert tree.stats["iterations"] == 6
+
+
+def test_selecting_a_terminal_backs_up_without_generating() -> None:
+    def expand(steps: Steps) -> list[tuple[str, float]]:
+        return [("\\boxed{1}", -1.0)]  # the only child is a right answer
+
+    gen = ScriptedGenerator(expand, lambda steps: ["\\boxed{1}"])
+    tree, _ = run_one(config(k=1, iterations=4), gen)
+    # round 1 expands the root (1 expand + 1 rollout call for the root); rounds 2-4 only
+    # re-select the terminal child and back it up
+    assert len(gen.calls) == 2
+    child = tree.by_id()["0.0"]
+    assert child.terminal and child.visits == 4 and child.q == 1.0
+    assert tree.by_id()["0"].visits == 4
+
+
+def test_token_limit_makes_terminals() -> None:
+    def expand(steps: Steps) -> list[tuple[str, float]]:
+        return [("step", -1.0)]
+
+    gen = ScriptedGenerator(expand, lambda steps: ["more"], tokens_per_step=5)
+    tree, _ = run_one(config(k=1, max_step_tokens=5, max_solution_tokens=10, iterations=4), gen)
+    by_id = tree.by_id()
+    step_nodes = [n for n in tree.nodes if n.kind == "step" and n.id != "0"]
+    assert max(n.depth for n in step_nodes) == 2  # 5 + 5 tokens reach the limit
+    assert all(n.terminal for n in step_nodes if n.depth == 2)
+    assert by_id[step_nodes[0].id].terminal is False
+
+
+def test_many_trees_share_generator_calls() -> None:
+    gen = hand_script()
+    verifier = ExactVerifier()
+    problems = [Problem(id=f"p{i}", problem=f"What is {i}?", answer="1") for i in range(5)]
+    cfg = config(iterations=3, parallel_selections=2, virtual_loss=3.0)
+    trees = MCTS(gen, verifier, MemoryTreeStore(), cfg, TEMPLATE).run(problems)
+    assert [t.problem_id for t in trees] == [p.id for p in problems]
+    # every call carries the prompts of all five trees: never one prompt per call
+    assert all(len(call.prompts) >= 5 for call in gen.calls)
+    assert all(call.n == cfg.k for call in gen.calls if call.stop)
+    assert all(call.n == cfg.rollouts for call in gen.calls if not call.stop)
+    for tree in trees:
+        tree.validate()
+        assert tree.stats["iterations"] == 3
+        # with two selections a round, virtual loss put round 2's selections on both children
+        ids = {n.id for n in tree.nodes if n.kind == "step"}
+        assert {"0.0.2", "0.1.2"} <= ids
+
+
+def test_search_resumes_from_the_store() -> None:
+    store = MemoryTreeStore()
+    first = MCTS(hand_script(), ExactVerifier(), store, config(iterations=1), TEMPLATE)
+    [one] = first.run([PROBLEM], keys=["k"])
+    second = MCTS(hand_script(), ExactVerifier(), store, config(iterations=2), TEMPLATE)
+    resumed = second.open_tree(PROBLEM, "k")
+    assert resumed.iterations_done == 1 and len(resumed.nodes) == len(one.nodes)
+    [two] = second.run([PROBLEM], keys=["k"])
+    old = {n.id: n.text for n in one.nodes}
+    assert all(two.by_id()[i].text == text for i, text in old.items())
+    assert two.by_id()["0"].visits == 2 and two.by_id()["0"].q == pytest.approx(7 / 12)
