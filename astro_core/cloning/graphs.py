@@ -96,9 +96,17 @@ class Graph:
         return "\n".join(lines) + "\n"
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
 def quote(text: str) -> str:
-    """A DOT double-quoted string; newlines become centred line breaks."""
-    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    """A DOT double-quoted string; newlines become centred line breaks.
+
+    Model text can hold control characters (a NUL ends the string for Graphviz), so they
+    are shown as U+FFFD."""
+    escaped = (
+        _CONTROL.sub("\ufffd", text).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    )
     return f'"{escaped}"'
 
 

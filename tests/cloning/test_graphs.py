@@ -114,6 +114,19 @@ def test_awkward_text_is_escaped(tmp_path: Path) -> None:
     assert svg_counts(render(trace_graph(text), tmp_path / "t.svg"))[0] == 3
 
 
+def test_control_characters_from_a_model_render(tmp_path: Path) -> None:
+    """Regression: a random model's step held NUL and other control bytes, which cut the DOT
+    string short in Graphviz ("badly delimited number")."""
+    text = "a\x00b\x01c\x17d\x7fe\tf"
+    tree = SearchTree(
+        "ctl", "p", "1", [node("0", ""), node("0.1", text), node("0.1.0", text + "\x00")]
+    )
+    graph = tree_graph(tree)
+    assert "\x00" not in graph.to_dot()
+    assert len(parse_dot(graph.to_dot()).nodes) == 3
+    assert svg_counts(render(graph, tmp_path / "ctl.svg")) == (3, 2)
+
+
 def test_render_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(GraphRenderError, match="syntax error"):
         render("digraph { a -> ", tmp_path / "broken.svg")
