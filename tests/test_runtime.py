@@ -239,3 +239,20 @@ def test_a_held_service_reports_not_serving_until_released() -> None:
         assert check_health(svc.client_config(), "astro.v1.Verifier") == "NOT_SERVING"
         svc.run(svc.runtime.set_serving("astro.v1.Verifier", True))
         assert check_health(svc.client_config(), "astro.v1.Verifier") == "SERVING"
+
+
+def test_cancelled_calls_are_counted_as_cancelled() -> None:
+    with ServiceThread("echo", register_echo) as svc:
+        port = svc.runtime.metrics_port
+        assert port
+        with pytest.raises(grpc.RpcError) as err:
+            verify(svc.client_config(retry_attempts=1), sleep=3.0, timeout=0.3)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        line = (
+            'astro_grpc_requests_total{code="CANCELLED",'
+            'method="/astro.v1.Verifier/Verify",service="echo"}'
+        )
+        deadline = time.monotonic() + 10
+        while _metric(port, line) != 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _metric(port, line) == 1

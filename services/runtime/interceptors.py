@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import inspect
 import time
@@ -145,6 +146,9 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                     async for item in behavior(request, context):
                         yield item
                     code = _code_name(context, "OK")
+                except asyncio.CancelledError:
+                    code = "CANCELLED"  # the client went away or the server is stopping
+                    raise
                 except BaseException:
                     code = _code_name(context, "UNKNOWN")
                     raise
@@ -163,6 +167,9 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                     result = await result
                 code = _code_name(context, "OK")
                 return result
+            except asyncio.CancelledError:
+                code = "CANCELLED"
+                raise
             except BaseException:
                 code = _code_name(context, "UNKNOWN")
                 raise
