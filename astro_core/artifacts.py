@@ -13,10 +13,12 @@ import hashlib
 import json
 import os
 import posixpath
+import shutil
 import threading
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
@@ -314,3 +316,20 @@ class ArtifactRoot:
         fs, path = url_to_fs(url)
         if fs.exists(path):
             fs.rm(path, recursive=True)
+
+    def sweep_temporary(self, older_than_seconds: float) -> list[str]:
+        """Remove `.tmp-…` leftovers of writers that died, on a local root; returns them.
+        Only old ones: a younger one may belong to an upload still running elsewhere."""
+        fs, root = url_to_fs(self.url)
+        if not isinstance(fs, LocalFileSystem) or not os.path.isdir(root):
+            return []
+        cutoff = time.time() - older_than_seconds
+        removed = []
+        for leftover in sorted(Path(root).glob(f"*/{TMP_PREFIX}*")):
+            if leftover.lstat().st_mtime < cutoff:
+                if leftover.is_dir() and not leftover.is_symlink():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    leftover.unlink(missing_ok=True)
+                removed.append(str(leftover))
+        return removed

@@ -143,62 +143,45 @@ def search(
 def run_search(
     address: str, problems: list[Any], preset: str, config_yaml: str, model: dict[str, Any]
 ) -> list[Any]:
-    """Start the search, show its progress, return the exported trees."""
+    """Start the search, show its progress bar, return the exported trees (SearchTree).
+    Errors end the command with one line (the coordinator's message)."""
     import grpc
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from services.coordinator.convert import tree_from_proto
-    from services.protos.astro.v1 import common_pb2, search_pb2
-    from services.protos.astro.v1.search_pb2_grpc import SearchCoordinatorStub
-    from services.runtime.client import sync_channel
-    from services.runtime.config import client_config_from_env
+    from services.coordinator.client import SearchClient
 
-    channel = sync_channel(client_config_from_env(address), default_timeout=60)
-    stub = SearchCoordinatorStub(channel)
-    request = search_pb2.StartSearchRequest(
-        problems=[
-            common_pb2.Problem(id=p.id, problem=p.problem, answer=p.answer, metadata=p.metadata)
-            for p in problems
-        ],
-        preset=preset,
-        config_yaml=config_yaml,
-        model=common_pb2.ModelRef(**model),
-    )
     sid = ""
-    try:
-        sid = stub.StartSearch(request).search_id
-        columns: list[Any] = [
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-        ]
-        with Progress(*columns, transient=False) as bar:
-            task = bar.add_task("searching", total=len(problems))
+    with SearchClient(address) as client:
+        try:
+            sid = client.start(problems, preset=preset, config_yaml=config_yaml, model=model)
+            columns: list[Any] = [
+                "[progress.description]{task.description}",
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+            ]
             state = "running"
-            watch = search_pb2.GetSearchRequest(search_id=sid)
-            for event in stub.WatchSearch(watch, timeout=7 * 24 * 3600):
-                nodes = int(event.metrics.get("nodes", 0))
-                solved = event.metrics.get("solved_fraction", 0.0)
-                bar.update(
-                    task,
-                    completed=event.done,
-                    description=f"searching ({nodes} nodes, {solved:.0%} solved)",
-                )
-                state = event.state
-        if state != "succeeded":
-            status = stub.GetSearch(watch)
-            fail(f"search {sid} ended {state}: {status.message}", code=1)
-        return [tree_from_proto(t) for t in stub.ExportTrees(watch, timeout=600)]
-    except grpc.RpcError as exc:
-        fail(f"coordinator at {address}: {exc.code().name}: {exc.details()}", code=1)
-    except KeyboardInterrupt:
-        if sid:
-            with contextlib.suppress(grpc.RpcError):
-                stub.CancelSearch(search_pb2.GetSearchRequest(search_id=sid), timeout=5)
-        fail(f"interrupted; search {sid} cancelled", code=130)
-    finally:
-        channel.close()
+            with Progress(*columns, transient=False) as bar:
+                task = bar.add_task("searching", total=len(problems))
+                for event in client.watch(sid):
+                    nodes = int(event.metrics.get("nodes", 0))
+                    solved = event.metrics.get("solved_fraction", 0.0)
+                    bar.update(
+                        task,
+                        completed=event.done,
+                        description=f"searching ({nodes} nodes, {solved:.0%} solved)",
+                    )
+                    state = event.state
+            if state != "succeeded":
+                fail(f"search {sid} ended {state}: {client.status(sid).message}", code=1)
+            return client.export(sid)
+        except grpc.RpcError as exc:
+            fail(f"coordinator at {address}: {exc.code().name}: {exc.details()}", code=1)
+        except KeyboardInterrupt:
+            if sid:
+                with contextlib.suppress(grpc.RpcError):
+                    client.cancel(sid, timeout=5)
+            fail(f"interrupted; search {sid} cancelled", code=130)
 
 
 def register(app: typer.Typer) -> None:

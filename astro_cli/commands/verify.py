@@ -36,6 +36,8 @@ def _checker(workers: int, timeout: float, verifier: str | None) -> Iterator[Any
     from astro_core.answers import VerifierConfig, VerifierPool
 
     if verifier:
+        import grpc
+
         from services.runtime.config import client_config_from_env
         from services.verifier.client import VerifierClient
 
@@ -44,6 +46,8 @@ def _checker(workers: int, timeout: float, verifier: str | None) -> Iterator[Any
             yield lambda items: [
                 (r.correct, r.extracted_answer, r.reason) for r in client.verify_batch(items)
             ]
+        except grpc.RpcError as exc:
+            fail(f"verifier at {verifier}: {exc.code().name}: {exc.details()}", code=1)
         finally:
             client.close()
         return

@@ -10,7 +10,7 @@ worker process with a hard time limit. `check` is the single-item logic it runs.
 from astro_core.answers.config import VerifierConfig
 from astro_core.answers.extract import Extraction, extract_answer, extract_gold
 from astro_core.answers.parse import Answer, parse_answer
-from astro_core.answers.pool import VerifierPool
+from astro_core.answers.pool import VerifierPool, shared_pool
 from astro_core.answers.verify import Verdict, check, is_equivalent, to_result
 
 __all__ = [
@@ -24,5 +24,6 @@ __all__ = [
     "extract_gold",
     "is_equivalent",
     "parse_answer",
+    "shared_pool",
     "to_result",
 ]

@@ -14,6 +14,7 @@ replacement is ready in milliseconds and never inherits the caller's threads (gR
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing
 import queue
 import threading
@@ -212,3 +213,23 @@ class VerifierPool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# Short: a comparison that runs past it only means two answers count as distinct.
+SHARED_POOL_TIMEOUT_SECONDS = 1.0
+_shared_pool: VerifierPool | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_pool() -> VerifierPool:
+    """A process-wide one-worker pool with a short time limit, started on first use and
+    closed at exit: for tools that compare a few answers outside a verifier service (procedure
+    cloning), where an in-process sympy call could hang on a hostile answer."""
+    global _shared_pool
+    with _shared_lock:
+        if _shared_pool is None:
+            _shared_pool = VerifierPool(
+                VerifierConfig(workers=1, timeout_seconds=SHARED_POOL_TIMEOUT_SECONDS)
+            )
+            atexit.register(_shared_pool.close)
+        return _shared_pool

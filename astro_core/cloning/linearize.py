@@ -12,6 +12,7 @@ move lands: ["0", "0.1", "0.1.0", "0", "0.2", "0.2.1"] tries 0.1.0, restarts, en
 
 from __future__ import annotations
 
+import functools
 import random
 import re
 from collections.abc import Sequence
@@ -44,18 +45,24 @@ def normalize_answer(answer: str | None) -> str:
     return text.lower()
 
 
+@functools.lru_cache(maxsize=4096)  # a tree's answers are compared pairwise, again and again
 def same_answer(a: str | None, b: str | None) -> bool:
-    """Whether two final answers are the same: equal strings, else mathematically equal."""
+    """Whether two final answers are the same: equal strings or numbers, else mathematically
+    equal. The sympy comparison runs in a worker process with a time limit (a hostile answer
+    such as `(10^{8})!` would otherwise hang cloning); past it, the answers count as distinct."""
     if normalize_answer(a) == normalize_answer(b):
         return True
     if not (a and a.strip() and b and b.strip()):
         return False
-    from astro_core.answers import is_equivalent  # sympy: imported only when needed
+    # sympy and the worker pool: imported only when needed
+    from astro_core.answers import shared_pool
+    from astro_core.answers.fast import quick_verdict
+    from astro_core.protocols import VerifyItem
 
-    try:
-        return is_equivalent(a, b)
-    except Exception:  # an answer sympy cannot handle is simply not equal
-        return False
+    quick = quick_verdict(a, b)
+    if quick is not None:
+        return quick
+    return shared_pool().check(VerifyItem(response=f"\\boxed{{{b}}}", gold=a)).correct
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import grpc
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from astro_core.checkpoints import CheckpointError, CheckpointStore
 from astro_core.config import ConfigError, format_validation_error
@@ -32,6 +32,7 @@ from astro_core.engines import (
 )
 from astro_core.paths import data_dir, default_tiny_model_dir
 from services.generator.batcher import Batcher, BatcherClosed, QueueFull
+from services.generator.follow import AliasFollower
 from services.protos.astro.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 from services.runtime.server import ServiceRuntime
 
@@ -57,6 +58,11 @@ class GeneratorSettings(BaseModel):
     cache_dir: str = Field(
         "", description="Where registered checkpoints are pulled; default <data_dir>/models."
     )
+    follow_alias: str = Field(
+        "",
+        description="Hot-load model.name's version under this alias whenever it moves "
+        '(e.g. "latest": every new checkpoint); needs registry_address.',
+    )
     max_batch_size: int = Field(64, ge=1, description="Most sequences (prompts x n) per batch.")
     max_wait_ms: float = Field(
         10.0, ge=0, description="How long the oldest queued call waits for others to join it."
@@ -69,6 +75,12 @@ class GeneratorSettings(BaseModel):
         description="LoadModel: overlap loads beside the old model (hf default); drain "
         "frees it first (vllm default: one model in GPU memory).",
     )
+
+    @model_validator(mode="after")
+    def _following_needs_a_name(self) -> GeneratorSettings:
+        if self.follow_alias and not self.model.name:
+            raise ValueError("follow_alias needs model.name (the registered model to follow)")
+        return self
 
 
 def sampling_params(message: generator_pb2.SamplingParams) -> SamplingParams:
@@ -140,6 +152,7 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
         self._load_lock = asyncio.Lock()
         self._loaded: EngineConfig | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.follower: AliasFollower | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -151,6 +164,8 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
         task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
+        if self.follower is not None:
+            await asyncio.to_thread(self.follower.stop)
         for task in list(self._tasks):
             task.cancel()
         await self.batcher.close()
@@ -170,9 +185,29 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
         except Exception as exc:
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.error("loading the first model failed: %s", self.load_error)
+        else:
+            log.info("model loaded", extra={"version": engine.model_version})
+            await self.runtime.set_serving(SERVICE, True)
+        self._start_following()
+
+    def _start_following(self) -> None:
+        """After the first load (even a failed one: the alias may appear later)."""
+        alias = self.settings.follow_alias
+        if not alias:
             return
-        log.info("model loaded", extra={"version": engine.model_version})
-        await self.runtime.set_serving(SERVICE, True)
+        self.follower = AliasFollower(
+            self.store,  # type: ignore[arg-type]  # add_generator checked it can watch
+            self.settings.model.name,
+            alias,
+            self._load_followed,
+            asyncio.get_running_loop(),
+        )
+        self.follower.start()
+
+    async def _load_followed(self, source: ModelSource) -> Engine:
+        engine = await self.load(source)
+        await self.runtime.set_serving(SERVICE, True)  # also when the first load had failed
+        return engine
 
     # -- models ------------------------------------------------------------------------------
 
@@ -315,6 +350,8 @@ def add_generator(
         raise ConfigError(format_validation_error(exc, source="settings")) from exc
     if store is None and settings.registry_address:
         store = connect_registry(settings.registry_address)
+    if settings.follow_alias and not hasattr(store, "watch"):
+        raise ConfigError("settings.follow_alias needs settings.registry_address (a registry)")
     service = GeneratorService(runtime, settings, store)
     generator_pb2_grpc.add_GeneratorServicer_to_server(service, runtime.server)
     service.start()

@@ -70,6 +70,12 @@ class RegistrySettings(BaseModel):
         1 << 20, gt=0, le=16 << 20, description="File bytes per DownloadCheckpoint message."
     )
     watch_poll_ms: int = Field(1000, gt=0, description="Longest single wait for new events.")
+    sweep_temporary_hours: float = Field(
+        24.0,
+        ge=0,
+        description="At start, remove `.tmp-` leftovers of dead writers older than this "
+        "(local roots); 0 turns the sweep off.",
+    )
 
     @field_validator("key_prefix")
     @classmethod
@@ -334,7 +340,14 @@ async def register(runtime: ServiceRuntime) -> Sequence[str]:
     root = settings.artifact_root or str(
         Path(runtime.config.data_dir or data_dir()) / "checkpoints"
     )
+    artifacts = ArtifactRoot(root)
+    if settings.sweep_temporary_hours:
+        swept = await asyncio.to_thread(
+            artifacts.sweep_temporary, settings.sweep_temporary_hours * 3600
+        )
+        if swept:
+            log.info("removed %d leftovers of dead writers", len(swept), extra={"paths": swept})
     meta = RedisMetadata(client, settings.key_prefix, settings.events_maxlen)
-    servicer = RegistryServicer(meta, ArtifactRoot(root), settings)
+    servicer = RegistryServicer(meta, artifacts, settings)
     registry_pb2_grpc.add_CheckpointRegistryServicer_to_server(servicer, runtime.server)
     return [registry_pb2.DESCRIPTOR.services_by_name["CheckpointRegistry"].full_name]

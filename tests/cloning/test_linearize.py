@@ -148,3 +148,24 @@ def test_merge_paths_backtracks_to_the_divergence_point() -> None:
     assert merge_paths(tree, ["0.2", "0.1.1"]) == ("0", "0.2", "0", "0.1", "0.1.1")
     with pytest.raises(ValueError, match="at least one"):
         merge_paths(tree, [])
+
+
+def test_hostile_wrong_answers_do_not_hang_cloning() -> None:
+    """Regression: comparing `(10^{8})!` with `(10^{8})! + 1` ran sympy in-process and never
+    returned. The comparison now has the verifier's time limit, past which the two answers
+    count as distinct, so both may appear in one trace."""
+    import dataclasses
+    import time
+
+    tree = apples_tree()
+    hostile = {"0.0.0": "(10^{8})!", "0.1.0": "(10^{8})! + 1"}
+    tree.nodes = [
+        dataclasses.replace(n, answer=hostile[n.id]) if n.id in hostile else n for n in tree.nodes
+    ]
+    started = time.monotonic()
+    assert not same_answer("(10^{8})!", "(10^{8})! + 1")
+    lins = sample_linearizations(tree, CloningConfig(seed=0, k=2, traces_per_problem=4))
+    assert time.monotonic() - started < 60  # a few 1 s time limits, never a hang
+    assert lins and all(lin.correct_terminal in {"0.0.1.0", "0.1.1"} for lin in lins)
+    for lin in lins:
+        check_invariants(tree, lin, CloningConfig(seed=0, k=2))

@@ -25,7 +25,7 @@ from services.protos.astro.v1 import common_pb2, generator_pb2, generator_pb2_gr
 from services.runtime.client import sync_channel
 from services.runtime.config import ServiceConfig
 from services.testing import ServiceThread
-from tests.generator.conftest import DirCheckpointStore
+from tests.generator.conftest import Registry
 
 PROMPTS = ["Let's think step by step.", "Solve for x: 2x + 3 = 7", "The area", "1 2 3"]
 LONG_PROMPT = "Count:"  # greedy decoding from it runs to max_tokens on the tiny model
@@ -273,7 +273,7 @@ def test_failed_first_load_reports_why_until_load_model(
 @pytest.mark.parametrize("swap", ["overlap", "drain"])
 def test_hot_swap_under_concurrent_load(
     swap: str,
-    checkpoint_store: DirCheckpointStore,
+    registry: Registry,
     tiny_model_dir: Path,
     other_model_dir: Path,
 ) -> None:
@@ -286,7 +286,7 @@ def test_hot_swap_under_concurrent_load(
     assert expected["tiny:1"] != expected["tiny:2"]
 
     settings = {"model": {"name": "tiny", "alias": "base"}, "max_wait_ms": 5, "swap": swap}
-    with generator_service(settings, checkpoint_store) as (svc, _):
+    with generator_service(settings, registry.client) as (svc, _):
         stop = threading.Event()
         # (started, finished, prompt, version, text) of every call
         results: list[tuple[float, float, int, str, str]] = []
@@ -333,7 +333,7 @@ def test_hot_swap_under_concurrent_load(
             assert "nobody" in err.value.details()
     assert not errors, errors
     assert (swapped.version, back.version) == ("tiny:2", "tiny:1")
-    assert checkpoint_store.pulls == 2  # tiny:1 was pulled once, then served from the cache
+    assert registry.client.pulls == 2  # tiny:1 was pulled once, then served from the cache
     for _, _, k, version, text in results:
         assert text == expected[version][k], (version, k)
     assert {"tiny:1", "tiny:2"} <= {v for *_, v, _ in results}
@@ -341,3 +341,88 @@ def test_hot_swap_under_concurrent_load(
     between = [v for s, f, _, v, _ in results if s > after_first and f < before_second]
     assert between and set(between) == {"tiny:2"}
     assert {v for s, _, _, v, _ in results if s > after_second} == {"tiny:1"}
+
+
+def test_registry_address_setting_loads_registered_checkpoints(
+    registry: Registry, other_model_dir: Path, tmp_path: Path
+) -> None:
+    """The deployed path: the generator dials the registry named in its settings, starts on
+    a checkpoint by alias, swaps by version, and reports NOT_FOUND for what is not there."""
+    local = load_engine(EngineConfig(model_path=str(other_model_dir)))
+    expected = [c.text for c in local.generate(PROMPTS, max_tokens=10, temperature=0)]
+    local.close()
+    settings = {
+        "model": {"name": "tiny", "alias": "sft"},
+        "registry_address": registry.address,
+        "cache_dir": str(tmp_path / "cache"),
+    }
+    with generator_service(settings) as (svc, _), GeneratorClient(svc.client_config()) as client:
+        info = client.model_info()
+        assert (info.name, info.version) == ("tiny", "tiny:2")
+        completions = client.generate(PROMPTS, max_tokens=10, temperature=0)
+        assert [c.text for c in completions] == expected
+        assert {c.model_version for c in completions} == {"tiny:2"}
+        assert client.load_model(name="tiny", version=1).version == "tiny:1"
+        with pytest.raises(grpc.RpcError) as err:
+            client.load_model(name="tiny", version=3)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND and "tiny:3" in err.value.details()
+        assert client.model_info().version == "tiny:1"
+    # each version was pulled into the cache once, sha256-verified by the client
+    assert sorted(p.name for p in (tmp_path / "cache" / "tiny").iterdir()) == ["1", "2"]
+
+
+def wait_for_version(client: GeneratorClient, version: str, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    seen = ""
+    while time.monotonic() < deadline:
+        seen = client.model_info().version
+        if seen == version:
+            break
+        time.sleep(0.1)
+    return seen
+
+
+def test_follow_alias_hot_loads_each_new_checkpoint(
+    registry: Registry, tiny_model_dir: Path, other_model_dir: Path, tmp_path: Path
+) -> None:
+    """With follow_alias, a registration that moves the alias (the trainer's new checkpoint)
+    or an explicit alias move is served without any LoadModel call."""
+    expected = {}
+    for version, path in (("tiny:2", other_model_dir), ("tiny:3", tiny_model_dir)):
+        local = load_engine(EngineConfig(model_path=str(path)))
+        expected[version] = [c.text for c in local.generate(PROMPTS, max_tokens=10, temperature=0)]
+        local.close()
+    settings = {
+        "model": {"name": "tiny", "alias": "best"},
+        "follow_alias": "best",
+        "registry_address": registry.address,
+        "cache_dir": str(tmp_path / "cache"),
+    }
+    registry.client.set_alias("tiny", 2, "best")
+    with generator_service(settings) as (svc, _), GeneratorClient(svc.client_config()) as client:
+        assert wait_for_version(client, "tiny:2") == "tiny:2"
+        # a new checkpoint under the followed alias
+        registry.client.register("tiny", tiny_model_dir, stage="grpo", aliases=["best"])
+        assert wait_for_version(client, "tiny:3") == "tiny:3"
+        completions = client.generate(PROMPTS, max_tokens=10, temperature=0)
+        assert [c.text for c in completions] == expected["tiny:3"]
+        # a move of another alias changes nothing; moving the followed one back does
+        registry.client.set_alias("tiny", 1, "sft")
+        registry.client.set_alias("tiny", 2, "best")
+        assert wait_for_version(client, "tiny:2") == "tiny:2"
+        completions = client.generate(PROMPTS, max_tokens=10, temperature=0)
+        assert [c.text for c in completions] == expected["tiny:2"]
+        assert {c.model_version for c in completions} == {"tiny:2"}
+    # tiny:1 only ever had the "sft" move: it was never pulled, so never loaded
+    assert sorted(p.name for p in (tmp_path / "cache" / "tiny").iterdir()) == ["2", "3"]
+
+
+def test_follow_alias_needs_a_registry_and_a_name(tiny_model_dir: Path) -> None:
+    from astro_core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="follow_alias needs settings.registry_address"):
+        with generator_service({"model": {"name": "tiny"}, "follow_alias": "latest"}):
+            pass
+    with pytest.raises(ConfigError, match="follow_alias needs model.name"):
+        with generator_service({"model": {"path": str(tiny_model_dir)}, "follow_alias": "x"}):
+            pass

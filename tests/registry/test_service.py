@@ -337,6 +337,28 @@ def test_killed_uploader_leaves_no_registered_checkpoint(
     assert client.register("tiny", source).version == 1
 
 
+def test_restart_sweeps_old_leftovers_of_dead_writers(
+    registry_env: RegistryEnv, tmp_path: Path
+) -> None:
+    """A registry killed mid-write leaves `.tmp-` directories; the next start removes the old
+    ones and keeps young ones (an upload of another replica may still be running)."""
+    root = Path(registry_env.artifact_root)
+    old = make_tree(root / "tiny" / ".tmp-20260101T000000Z-dead-0001")
+    young = make_tree(root / "tiny" / ".tmp-20260101T000000Z-busy-0002")
+    two_days_ago = time.time() - 48 * 3600
+    os.utime(old, (two_days_ago, two_days_ago))
+    service = registry_env.start()
+    try:
+        with RegistryClient(service.client_config()) as client:
+            info = client.register("tiny", make_tree(tmp_path / "a"))
+            kept = sorted(p.name for p in (root / "tiny").iterdir())
+            assert not old.exists() and young.exists()
+            assert len(kept) == 2 and young.name in kept  # the young leftover and version 1
+            assert client.pull("tiny", tmp_path / "pulled").is_dir() and info.version == 1
+    finally:
+        service.stop()
+
+
 def test_fsspec_artifact_root_and_shared_storage(redis_handle: RedisHandle, tmp_path: Path) -> None:
     """Artifacts under a memory:// root; a source registered by URL instead of uploaded."""
     bucket = f"memory://astro-reg-{uuid.uuid4().hex}"

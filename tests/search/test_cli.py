@@ -121,7 +121,22 @@ def test_astro_search_in_process_writes_schema_valid_trees(
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "wrote 3 trees" in result.stdout
+    # the progress bar's last frame: problems done of total, nodes, solved share
+    assert "searching (" in result.stdout and "3/3" in result.stdout
     check_trees(out, shared_data, count=3, iterations=3)
+    # procedure cloning and the graph tools read exactly what search wrote
+    from astro_core.cloning import CloningConfig, clone_trees
+    from astro_core.cloning.graphs import tree_graph
+
+    trees = list(read_trees(out))
+    summary = clone_trees(trees, CloningConfig()).summary
+    assert summary["trees"] == 3  # the tiny model never solves: no traces, but no error
+    for tree in trees:
+        graph = tree_graph(tree)
+        assert {n.id for n in graph.nodes} == {n.id for n in tree.nodes}
+    drawn = astro("graph", "--tree", f"{out}:2", "--out", str(tmp_path / "tree.dot"), timeout=60)
+    assert drawn.returncode == 0, drawn.stderr
+    assert trees[1].problem_id in (tmp_path / "tree.dot").read_text()
 
 
 @pytest.mark.parametrize(

@@ -67,6 +67,11 @@ def test_search_runs_to_trees(stub: SearchCoordinatorStub) -> None:
     ]
     assert [t.problem_id for t in trees] == ["q0", "q1", "q2"]
     assert status.nodes == sum(len(t.nodes) for t in trees)
+    # elapsed runs from StartSearch to the end of the search, then stays put
+    assert status.elapsed_seconds > 0
+    time.sleep(0.2)
+    later = stub.GetSearch(search_pb2.GetSearchRequest(search_id=sid))
+    assert later.elapsed_seconds == pytest.approx(status.elapsed_seconds)
     for tree in trees:
         assert tree.stats["iterations"] == 4 and tree.config["iterations"] == 4
         assert any(n.correct for n in tree.terminals())
@@ -84,23 +89,37 @@ def test_search_runs_to_trees(stub: SearchCoordinatorStub) -> None:
 @pytest.mark.parametrize(
     ("fields", "named"),
     [
-        ({"config_yaml": "k: 0"}, "k"),
-        ({"config_yaml": "no_such_knob: 1"}, "no_such_knob"),
-        ({"config_yaml": "[1, 2]"}, "config_yaml"),
-        ({"preset": "huge"}, "preset"),
-        ({"problems": [common_pb2.Problem(problem="2+2?", answer="")]}, "problems[0].answer"),
-        ({"problems": [common_pb2.Problem(problem=" ", answer="1")]}, "problems[0].problem"),
-        ({"problems": []}, "problems"),
-        ({"dataset_path": "/no/such/file.jsonl"}, "dataset_path"),
-        ({"limit": -1}, "limit"),
+        ({"config_yaml": "k: 0"}, "config_yaml: invalid config: k: "),
+        ({"config_yaml": "temperature: hot"}, "config_yaml: invalid config: temperature: "),
+        ({"config_yaml": "no_such_knob: 1"}, "config_yaml: invalid config: no_such_knob: "),
+        (
+            {"config_yaml": "max_step_tokens: 500\nmax_solution_tokens: 100"},
+            "max_step_tokens must not exceed max_solution_tokens",
+        ),
+        ({"config_yaml": "[1, 2]"}, "config_yaml: must be a mapping"),
+        ({"config_yaml": ": :"}, "config_yaml: not valid YAML"),
+        ({"preset": "huge"}, "preset: unknown preset 'huge'"),
+        ({"problems": [common_pb2.Problem(problem="2+2?", answer="")]}, "problems[0].answer: "),
+        ({"problems": [common_pb2.Problem(problem=" ", answer="1")]}, "problems[0].problem: "),
+        ({"problems": []}, "problems: no problems"),
+        ({"dataset_path": "/no/such/file.jsonl"}, "dataset_path: file not found"),
+        ({"dataset_path": "MISSING_ANSWER"}, "field 'answer' is missing"),
+        ({"problems": [], "dataset_path": "MISSING_ANSWER", "limit": -1}, "limit: "),
+        ({"dataset_path": "/no/such/file.jsonl", "problems": problems(1)}, "not both"),
     ],
 )
 def test_bad_requests_name_the_field(
-    stub: SearchCoordinatorStub, fields: dict[str, object], named: str
+    stub: SearchCoordinatorStub, fields: dict[str, object], named: str, tmp_path: Path
 ) -> None:
     request = search_pb2.StartSearchRequest(problems=problems(1))
+    no_answer = tmp_path / "no_answer.jsonl"
+    no_answer.write_text(json.dumps({"problem": "1+1?"}) + "\n")
+    if "dataset_path" in fields and "problems" not in fields:
+        del request.problems[:]  # a dataset instead of inline problems
     for name, value in fields.items():
-        if name == "problems":
+        if value == "MISSING_ANSWER":
+            request.dataset_path = str(no_answer)
+        elif name == "problems":
             del request.problems[:]
             request.problems.extend(value)  # type: ignore[arg-type]
         else:
@@ -137,3 +156,47 @@ def test_dataset_path_limit_unknown_ids_and_cancel(
     with pytest.raises(grpc.RpcError) as info:
         stub.GetTree(search_pb2.GetTreeRequest(search_id=sid, problem_id="zzz"))
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_client_searches_a_dataset_with_config_and_trees_feed_cloning_and_graphs(
+    search_redis_url: str, tmp_path: Path
+) -> None:
+    """SearchClient end to end: a dataset path + config, progress until done, export; the
+    exported trees go through the JSONL file into procedure cloning and the tree graph."""
+    from astro_core.cloning import CloningConfig, clone_trees
+    from astro_core.cloning.graphs import tree_graph
+    from astro_core.trees import read_trees, write_trees
+    from services.coordinator.client import SearchClient
+
+    data = tmp_path / "p.jsonl"
+    data.write_text(
+        "".join(json.dumps({"problem": f"{i} / {i}?", "answer": "1"}) + "\n" for i in range(4))
+    )
+    with coordinator(search_redis_url) as svc, SearchClient(svc.client_config()) as client:
+        sid = client.start(
+            dataset_path=str(data), limit=3, preset="tiny", config_yaml="iterations: 3\nk: 3"
+        )
+        events = list(client.watch(sid))
+        assert events[-1].state == "succeeded" and (events[-1].done, events[-1].total) == (3, 3)
+        assert events[-1].metrics["nodes"] > 0 and events[-1].metrics["generator_calls"] > 0
+        status = client.status(sid)
+        trees = client.export(sid)
+        assert client.tree(sid, trees[0].problem_id).to_dict() == trees[0].to_dict()
+        with pytest.raises(grpc.RpcError) as info:
+            client.status("nope")
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert status.problems_done == 3 and status.solved_fraction == 1.0
+    assert len(trees) == 3
+    for tree in trees:
+        assert tree.config["k"] == 3 and tree.config["iterations"] == 3
+        first = [n for n in tree.children()["0"] if n.kind == "step"]
+        assert len(first) == 3  # k=3 from the config over the preset's k=2
+    out = tmp_path / "trees.jsonl"
+    write_trees(out, trees)
+    again = list(read_trees(out))
+    result = clone_trees(again, CloningConfig())
+    assert result.summary["trees"] == 3 and result.summary["trees_traced"] == 3
+    assert {r.problem_id for r in result.records} == {t.problem_id for t in trees}
+    for tree in again:
+        dot = tree_graph(tree).to_dot()
+        assert all(f'"{n.id}"' in dot for n in tree.nodes)

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from astro_core.problems import Problem
+from astro_core.protocols import Completion
 from astro_core.search import MCTS, MemoryTreeStore, SearchConfig, TreeSearch
+from astro_core.search.config import load_search_config
 from astro_core.search.mcts import sibling_priors
 from astro_core.trees import SearchTree, TreeNode
-from tests.search.fakes import TEMPLATE, ExactVerifier, ScriptedGenerator, Steps
+from tests.search.fakes import TEMPLATE, ExactVerifier, ScriptedGenerator, Steps, steps_of
 
 PROBLEM = Problem(id="p1", problem="What is 1?", answer="1")
 
@@ -166,6 +171,14 @@ def test_many_trees_share_generator_calls() -> None:
     assert [t.problem_id for t in trees] == [p.id for p in problems]
     # every call carries the prompts of all five trees: never one prompt per call
     assert all(len(call.prompts) >= 5 for call in gen.calls)
+    # round 1 expands each fresh root once; round 2 runs two selections in every tree at
+    # once (virtual loss sends the second down the other child): 10 prompts in one call,
+    # and 1 + 2 selections finish the 3 iterations in two rounds
+    expands = [call for call in gen.calls if call.stop]
+    assert [len(call.prompts) for call in expands] == [5, 10]
+    for index in range(5):
+        mine = [steps_of(pr) for pr in expands[1].prompts if f"What is {index}?" in pr]
+        assert sorted(mine) == [("a",), ("b",)]
     assert all(call.n == cfg.k for call in gen.calls if call.stop)
     assert all(call.n == cfg.rollouts for call in gen.calls if not call.stop)
     for tree in trees:
@@ -187,3 +200,34 @@ def test_search_resumes_from_the_store() -> None:
     old = {n.id: n.text for n in one.nodes}
     assert all(two.by_id()[i].text == text for i, text in old.items())
     assert two.by_id()["0"].visits == 2 and two.by_id()["0"].q == pytest.approx(7 / 12)
+
+
+def test_real_engine_gets_every_trees_prompts_in_each_call(tiny_model_dir: Path) -> None:
+    """The batching holds with the real HF engine (tiny model) behind the driver: each
+    generate call carries the prompts of every tree that has a leaf to grow this round."""
+    from astro_core.engines import EngineConfig, load_engine
+
+    engine = load_engine(EngineConfig(kind="hf", model_path=str(tiny_model_dir)))
+    calls: list[list[str]] = []
+
+    class Recording:
+        def generate(self, prompts: Sequence[str], **kw: Any) -> list[Completion]:
+            calls.append(list(prompts))
+            return engine.generate(prompts, **kw)
+
+    try:
+        problems = [Problem(id=f"p{i}", problem=f"What is {i} + {i}?", answer=str(2 * i))
+                    for i in range(3)]  # fmt: skip
+        cfg = load_search_config("tiny", overrides={"iterations": 2})
+        mcts = MCTS(Recording(), ExactVerifier(), MemoryTreeStore(), cfg, engine.chat_template())
+        trees = mcts.run(problems)
+    finally:
+        engine.close()
+    assert len(calls) == mcts.counters.generator_calls >= 2
+    first_expand = calls[0]  # every fresh root, in one call
+    assert [sum(f"What is {i} + {i}?" in p for p in first_expand) for i in range(3)] == [1, 1, 1]
+    for prompts in calls:
+        assert len({p.split("What is ", 1)[1][:5] for p in prompts}) == 3  # all three trees
+    for tree in trees:
+        tree.validate()
+        assert tree.stats["iterations"] == 2

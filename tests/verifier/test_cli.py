@@ -51,3 +51,48 @@ def test_file_mode_rejects_bad_lines(tmp_path: Path) -> None:
     source.write_text('{"gold": "1"}\n')
     result = runner.invoke(app, ["verify", "--file", str(source), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "pred" in result.output
+
+
+def test_checks_on_a_running_verifier_service(tmp_path: Path) -> None:
+    """--verifier HOST:PORT sends the checks to a real service; both modes agree with the
+    local pool, and an unreachable service is a one-line error with a non-zero exit."""
+    from services.runtime.config import ServiceConfig
+    from services.testing import ServiceThread
+    from services.verifier.server import register
+    from tests.conftest import free_port
+
+    config = ServiceConfig(port=0, metrics_port=None, settings={"workers": 1})
+    with ServiceThread("verifier", register, config) as svc:
+        one = runner.invoke(
+            app,
+            [
+                "verify",
+                "--gold",
+                "025",
+                "--response",
+                r"so $\boxed{25}$",
+                "--verifier",
+                svc.address,
+            ],
+        )
+        assert one.exit_code == 0, one.output
+        assert json.loads(one.stdout) == {"equal": True, "extracted": "25", "reason": "equal"}
+        wrong = runner.invoke(
+            app, ["verify", "--gold", "3", "--response", r"\boxed{4}", "--verifier", svc.address]
+        )
+        assert wrong.exit_code == 1 and json.loads(wrong.stdout)["equal"] is False
+        source = tmp_path / "in.jsonl"
+        rows = [{"gold": "1/2", "pred": r"\boxed{0.5}"}, {"gold": "[0,1)", "pred": "[0,1]"}]
+        source.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        out = tmp_path / "out.jsonl"
+        result = runner.invoke(
+            app, ["verify", "--file", str(source), "--out", str(out), "--verifier", svc.address]
+        )
+        assert result.exit_code == 0, result.output
+        written = [json.loads(line) for line in out.read_text().splitlines()]
+        assert [w["equal"] for w in written] == [True, False]
+    nobody = f"127.0.0.1:{free_port()}"
+    down = runner.invoke(app, ["verify", "--gold", "3", "--response", "3", "--verifier", nobody])
+    assert down.exit_code == 1
+    [line] = down.output.strip().splitlines()
+    assert line.startswith(f"error: verifier at {nobody}: UNAVAILABLE")
