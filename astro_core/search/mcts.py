@@ -197,17 +197,12 @@ class MCTS:
             chat_prompt=self.template.render(problem_messages(problem.problem)),
         )
         header = TreeHeader(problem.id, problem.problem, problem.answer, self.config_dict())
-        if self.store.create_tree(key, header):
-            root = TreeNode(id=ROOT_ID, parent=None, depth=0, text="")
-            self.store.add_nodes(key, [StoredNode(root)])
+        root = TreeNode(id=ROOT_ID, parent=None, depth=0, text="")
+        if self.store.create_tree(key, header, StoredNode(root)):
             tree.add(root, 0)
             return tree
         for stored in self.store.load_nodes(key):
             tree.add(stored.node, stored.tokens)
-        if ROOT_ID not in tree.nodes:  # created but the root write was lost
-            root = TreeNode(id=ROOT_ID, parent=None, depth=0, text="")
-            self.store.add_nodes(key, [StoredNode(root)])
-            tree.add(root, 0)
         stored_header = self.store.header(key)
         tree.generator_calls = int(
             (stored_header.stats if stored_header else {}).get("generator_calls", 0)

@@ -50,8 +50,9 @@ def backed_up_q(children: Sequence[tuple[float, int]], rollout_value: float) -> 
 
 @runtime_checkable
 class TreeStore(Protocol):
-    def create_tree(self, key: str, header: TreeHeader) -> bool:
-        """Write the header unless the tree exists; True when it was created now."""
+    def create_tree(self, key: str, header: TreeHeader, root: StoredNode) -> bool:
+        """Write the header and the root node together (a reader never sees a tree without
+        its root) unless the tree exists; True when it was created now."""
         ...
 
     def header(self, key: str) -> TreeHeader | None: ...
@@ -82,12 +83,12 @@ class MemoryTreeStore:
         self._nodes: dict[str, dict[str, StoredNode]] = {}
         self._kids: dict[str, dict[str, list[str]]] = {}
 
-    def create_tree(self, key: str, header: TreeHeader) -> bool:
+    def create_tree(self, key: str, header: TreeHeader, root: StoredNode) -> bool:
         with self._lock:
             if key in self._headers:
                 return False
             self._headers[key] = replace(header)
-            self._nodes[key] = {}
+            self._nodes[key] = {root.node.id: StoredNode(replace(root.node), root.tokens)}
             self._kids[key] = {}
             return True
 

@@ -26,10 +26,12 @@ from astro_core.trees import TreeNode
 
 PREFIX = "astro:search:"
 
+# KEYS: meta node n q rv; ARGV: the header's 5 fields, then the root's (id, json, visits, q, rv)
 _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'problem_id', ARGV[1], 'problem', ARGV[2], 'gold', ARGV[3],
            'config', ARGV[4], 'stats', ARGV[5])
+for i = 2, 5 do redis.call('HSET', KEYS[i], ARGV[6], ARGV[5 + i]) end
 return 1
 """
 
@@ -86,6 +88,22 @@ return out
 _FIXED = ("id", "parent", "depth", "text", "kind", "prior", "terminal", "answer", "correct")
 
 
+def _node_args(stored: StoredNode) -> list[Any]:
+    """One node as the scripts take it: id, parent or '', kind, fixed fields, visits, q, rv."""
+    node = stored.node
+    fixed = {name: getattr(node, name) for name in _FIXED}
+    fixed["tokens"] = stored.tokens
+    return [
+        node.id,
+        node.parent or "",
+        node.kind,
+        json.dumps(fixed, ensure_ascii=False),
+        node.visits,
+        repr(float(node.q)),
+        repr(float(node.rollout_value)),
+    ]
+
+
 class RedisTreeStore:
     """The TreeStore Protocol on Redis (client must use decode_responses=True)."""
 
@@ -102,15 +120,22 @@ class RedisTreeStore:
     def keys_of(self, key: str) -> list[str]:
         return [self._key(key, p) for p in ("meta", "node", "n", "q", "rv", "kids")]
 
-    def create_tree(self, key: str, header: TreeHeader) -> bool:
+    def create_tree(self, key: str, header: TreeHeader, root: StoredNode) -> bool:
+        node_id, _, _, fixed, visits, q, rv = _node_args(root)
         args = [
             header.problem_id,
             header.problem,
             header.gold,
             json.dumps(header.config),
             json.dumps(header.stats),
+            node_id,
+            fixed,
+            visits,
+            q,
+            rv,
         ]
-        return bool(self._create(keys=[self._key(key, "meta")], args=args))
+        keys = [self._key(key, p) for p in ("meta", "node", "n", "q", "rv")]
+        return bool(self._create(keys=keys, args=args))
 
     def header(self, key: str) -> TreeHeader | None:
         meta: dict[str, str] = self.client.hgetall(self._key(key, "meta"))  # type: ignore[assignment]
@@ -125,20 +150,7 @@ class RedisTreeStore:
         )
 
     def add_nodes(self, key: str, nodes: Sequence[StoredNode]) -> None:
-        args: list[Any] = []
-        for stored in nodes:
-            node = stored.node
-            fixed = {name: getattr(node, name) for name in _FIXED}
-            fixed["tokens"] = stored.tokens
-            args += [
-                node.id,
-                node.parent or "",
-                node.kind,
-                json.dumps(fixed, ensure_ascii=False),
-                node.visits,
-                repr(float(node.q)),
-                repr(float(node.rollout_value)),
-            ]
+        args = [arg for stored in nodes for arg in _node_args(stored)]
         if args:
             keys = [self._key(key, p) for p in ("node", "n", "q", "rv", "kids")]
             self._add(keys=keys, args=args)

@@ -31,16 +31,36 @@ def test_search_on_redis_matches_memory(redis_handle: Any) -> None:
     assert loaded == on_redis.by_id()
     header = store.header(key)
     assert header is not None and header.stats["iterations"] == 2
-    assert store.create_tree(key, TreeHeader("x", "y", "z")) is False
+    other_root = StoredNode(TreeNode("0", None, 0, "overwritten?", visits=99))
+    assert store.create_tree(key, TreeHeader("x", "y", "z"), other_root) is False
+    assert {s.node.id: s.node for s in store.load_nodes(key)} == loaded  # nothing overwritten
     store.delete(key)
+
+
+@pytest.mark.parametrize("kind", ["redis", "memory"])
+def test_a_created_tree_always_has_its_root(redis_handle: Any, kind: str) -> None:
+    """Regression: the header and the root were two writes, so a reader (GetTree, a replica
+    taking over) could see a tree without a root node."""
+    store = RedisTreeStore(redis_handle.new_client()) if kind == "redis" else MemoryTreeStore()
+    key = f"test-{uuid.uuid4().hex}"
+    root = TreeNode("0", None, 0, "", visits=3, q=0.5, rollout_value=0.25)
+    assert store.create_tree(key, TreeHeader("p", "problem", "1"), StoredNode(root, tokens=7))
+    [stored] = store.load_nodes(key)
+    assert stored.node == root and stored.tokens == 7
+    assert store.header(key) == TreeHeader("p", "problem", "1")
+    if isinstance(store, RedisTreeStore):
+        store.delete(key)  # the REDIS_URL server may be shared
 
 
 def test_concurrent_backups_lose_no_update(redis_handle: Any) -> None:
     store = RedisTreeStore(redis_handle.new_client())
     key = f"test-{uuid.uuid4().hex}"
-    store.create_tree(key, TreeHeader("p", "problem", "1"))
+    store.create_tree(
+        key,
+        TreeHeader("p", "problem", "1"),
+        StoredNode(TreeNode("0", None, 0, "", rollout_value=0.5)),
+    )
     nodes = [
-        TreeNode("0", None, 0, "", rollout_value=0.5),
         TreeNode("0.0", "0", 1, "a", visits=1, q=1.0, rollout_value=1.0),
         TreeNode("0.1", "0", 1, "b", visits=1, q=0.0, rollout_value=0.0),
         TreeNode("0.0.0", "0.0", 2, "c", visits=1, q=0.25, rollout_value=0.25),
