@@ -138,6 +138,29 @@ def test_serve_rejects_bad_config(tmp_path: Path) -> None:
     assert "port" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    ("service", "settings", "field"),
+    [
+        ("verifier", "max_batch_items: lots", "max_batch_items"),
+        ("verifier", "timeout_secs: 5", "timeout_secs"),  # a typo is not silently ignored
+        ("generator", "max_queue: 0", "max_queue"),
+        ("generator", "follow_alias: latest", "follow_alias"),
+        ("registry", "sweep_temporary_hours: -1", "sweep_temporary_hours"),
+        ("coordinator", "max_active_trees: 0", "max_active_trees"),
+    ],
+)
+def test_serve_rejects_bad_settings_in_one_line(
+    tmp_path: Path, service: str, settings: str, field: str
+) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(f"port: 0\nmetrics_port: null\nsettings:\n  {settings}\n")
+    env = {**os.environ, "REDIS_URL": EXTERNAL_REDIS_URL}
+    result = astro("serve", service, "--config", str(config), env=env)
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {service}: ") and field in line
+
+
 def test_serve_sigterm_exits_zero(tmp_path: Path) -> None:
     ready = tmp_path / "ready.json"
     proc = subprocess.Popen(

@@ -51,7 +51,10 @@ def serve(
     except ConfigError as exc:
         fail(str(exc))
     setup_json_logging(service, service_config.log_level)
-    asyncio.run(run_service(service, load_register(service), service_config))
+    try:
+        asyncio.run(run_service(service, load_register(service), service_config))
+    except ConfigError as exc:  # a bad `settings:` value, found when the service registers
+        fail(f"{service}: {exc}")
 
 
 def up(

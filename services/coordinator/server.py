@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from services.coordinator.jobs import JobStore
 from services.coordinator.search_service import SearchCoordinatorServicer
-from services.coordinator.settings import coordinator_settings
+from services.coordinator.settings import CoordinatorSettings
 from services.coordinator.worker import (
     Backends,
     SearchWorker,
@@ -18,6 +18,7 @@ from services.coordinator.worker import (
     load_backends_factory,
 )
 from services.protos.astro.v1 import run_pb2, search_pb2, search_pb2_grpc
+from services.runtime.config import parse_settings
 from services.runtime.placeholder import placeholder_handler
 from services.runtime.redis_service import attach_redis
 from services.runtime.server import ServiceRuntime
@@ -27,7 +28,7 @@ async def register(runtime: ServiceRuntime, backends: Backends | None = None) ->
     """Serve SearchCoordinator (+ the Runs placeholder). `backends` replaces the generator and
     verifier clients (e.g. a local engine and verifier pool in `astro search`)."""
     assert runtime.server is not None
-    settings = coordinator_settings(runtime.config.settings)
+    settings = parse_settings(CoordinatorSettings, runtime.config.settings)
     handle = await attach_redis(runtime)
     jobs = JobStore(handle.new_client())
     jobs.ensure_group()

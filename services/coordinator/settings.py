@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import BaseModel, ConfigDict, Field
-
-from astro_core.config import ConfigError, format_validation_error
 
 
 class CoordinatorSettings(BaseModel):
@@ -35,12 +31,3 @@ class CoordinatorSettings(BaseModel):
         description="'module:function' returning Backends (generator, verifier, template) "
         "instead of the gRPC clients; for embedding and tests.",
     )
-
-
-def coordinator_settings(raw: dict[str, Any]) -> CoordinatorSettings:
-    from pydantic import ValidationError
-
-    try:
-        return CoordinatorSettings.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source="settings")) from exc

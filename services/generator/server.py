@@ -34,6 +34,7 @@ from astro_core.paths import data_dir, default_tiny_model_dir
 from services.generator.batcher import Batcher, BatcherClosed, QueueFull
 from services.generator.follow import AliasFollower
 from services.protos.astro.v1 import common_pb2, generator_pb2, generator_pb2_grpc
+from services.runtime.config import parse_settings
 from services.runtime.server import ServiceRuntime
 
 log = logging.getLogger("astro.generator")
@@ -344,10 +345,7 @@ def add_generator(
     """Add the Generator to runtime and start loading its model; `store` overrides
     settings.registry_address (tests pass an in-process store)."""
     assert runtime.server is not None
-    try:
-        settings = GeneratorSettings.model_validate(runtime.config.settings)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, source="settings")) from exc
+    settings = parse_settings(GeneratorSettings, runtime.config.settings)
     if store is None and settings.registry_address:
         store = connect_registry(settings.registry_address)
     if settings.follow_alias and not hasattr(store, "watch"):

@@ -43,6 +43,7 @@ from astro_core.paths import data_dir
 from services.protos.astro.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 from services.registry.messages import event_message, info_from_entry, to_message
 from services.registry.metadata import RedisMetadata, check_event_id
+from services.runtime.config import parse_settings
 from services.runtime.redis_service import attach_redis
 from services.runtime.server import ServiceRuntime
 
@@ -333,7 +334,7 @@ async def _file_chunks(url: str, chunk_bytes: int) -> AsyncIterator[tuple[bytes,
 
 async def register(runtime: ServiceRuntime) -> Sequence[str]:
     assert runtime.server is not None
-    settings = RegistrySettings.model_validate(runtime.config.settings)
+    settings = parse_settings(RegistrySettings, runtime.config.settings)
     handle = await attach_redis(runtime)
     client = aioredis.Redis.from_url(handle.url, decode_responses=True)
     runtime.on_shutdown(client.aclose)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
-from astro_core.config import ConfigError, load_config
+from astro_core.config import ConfigError, format_validation_error, load_config
+
+SettingsT = TypeVar("SettingsT", bound=BaseModel)
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -100,6 +103,15 @@ def load_service_config(
 ) -> ServiceConfig:
     """defaults < YAML < ASTRO_* env < explicit overrides (e.g. --port)."""
     return load_config(ServiceConfig, path, overrides=overrides)
+
+
+def parse_settings(model: type[SettingsT], raw: Mapping[str, Any]) -> SettingsT:
+    """A service's `settings:` section as its pydantic model; a bad value is a ConfigError
+    naming the field (`astro serve` prints it as one line)."""
+    try:
+        return model.model_validate(dict(raw))
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source="settings")) from exc
 
 
 def client_config_from_env(address: str, **fields: Any) -> ClientConfig:

@@ -1,9 +1,8 @@
 """Verifier: answer extraction and equivalence in a pool of worker processes.
 
-Settings (ServiceConfig.settings): `workers` (2), `timeout_seconds` (5.0), `fallback`
-("last_math"), `max_response_chars` (100,000 kept per response), `max_gold_chars` (10,000),
-`max_request_response_chars` (4,000,000: a longer response is INVALID_ARGUMENT) and
-`max_batch_items` (10,000).
+Settings (ServiceConfig.settings, `VerifierSettings`): the pool's `VerifierConfig` fields
+(`workers`, `timeout_seconds`, `fallback`, ...) plus the request limits
+`max_request_response_chars` and `max_batch_items`.
 """
 
 from __future__ import annotations
@@ -15,14 +14,24 @@ from typing import Any
 
 import grpc
 from prometheus_client import Counter, Histogram
+from pydantic import ConfigDict, Field
 
 from astro_core.answers import Verdict, VerifierConfig, VerifierPool
 from astro_core.protocols import RewardMapping, VerifyItem
 from services.protos.astro.v1 import verifier_pb2, verifier_pb2_grpc
+from services.runtime.config import parse_settings
 from services.runtime.server import ServiceRuntime
 
-DEFAULT_MAX_REQUEST_RESPONSE_CHARS = 4_000_000
-DEFAULT_MAX_BATCH_ITEMS = 10_000
+
+class VerifierSettings(VerifierConfig):
+    """The verifier's section of ServiceConfig.settings: the pool's settings plus limits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_request_response_chars: int = Field(
+        4_000_000, gt=0, description="A longer response is refused with INVALID_ARGUMENT."
+    )
+    max_batch_items: int = Field(10_000, gt=0, description="Most items in one VerifyBatch.")
 
 
 class InvalidRequest(ValueError):
@@ -71,14 +80,12 @@ def _rewards(message: verifier_pb2.RewardMapping, default: RewardMapping) -> Rew
 
 class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
     def __init__(
-        self, pool: VerifierPool, metrics: VerifierMetrics, settings: dict[str, Any]
+        self, pool: VerifierPool, metrics: VerifierMetrics, settings: VerifierSettings
     ) -> None:
         self.pool = pool
         self.metrics = metrics
-        self.max_response = int(
-            settings.get("max_request_response_chars", DEFAULT_MAX_REQUEST_RESPONSE_CHARS)
-        )
-        self.max_items = int(settings.get("max_batch_items", DEFAULT_MAX_BATCH_ITEMS))
+        self.max_response = settings.max_request_response_chars
+        self.max_items = settings.max_batch_items
 
     def _item(self, request: verifier_pb2.VerifyRequest, index: int | None) -> VerifyItem:
         where = "" if index is None else f"items[{index}]: "
@@ -138,16 +145,10 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
         return verifier_pb2.VerifyBatchResponse(results=results)
 
 
-def pool_config(settings: dict[str, Any]) -> VerifierConfig:
-    """The pool's settings from the service settings (unknown keys are the service's own)."""
-    fields = VerifierConfig.model_fields
-    return VerifierConfig.model_validate({k: v for k, v in settings.items() if k in fields})
-
-
 def register(runtime: ServiceRuntime) -> Sequence[str]:
     assert runtime.server is not None
-    settings = dict(runtime.config.settings)
-    pool = VerifierPool(pool_config(settings))
+    settings = parse_settings(VerifierSettings, runtime.config.settings)
+    pool = VerifierPool(settings)  # a VerifierConfig; workers ignore the service's limits
     runtime.on_shutdown(pool.close)
     servicer = VerifierServicer(pool, VerifierMetrics(runtime.metrics.registry), settings)
     verifier_pb2_grpc.add_VerifierServicer_to_server(servicer, runtime.server)
