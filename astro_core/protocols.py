@@ -10,7 +10,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol, runtime_checkable
 
-FinishReason = Literal["stop", "length"]
+# Why a completion ended: the model emitted end-of-sequence ("eos": it considers the text
+# finished), a stop string was found ("stop_string": the text is cut before it), or the
+# token budget ran out ("length").
+FinishReason = Literal["eos", "stop_string", "length"]
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,8 @@ class Completion:
     model_version: str
     cumulative_logprob: float = 0.0
     token_logprobs: tuple[float, ...] = field(default=())
+    # The generated token ids, exactly as sampled (trainers use them, never re-tokenized text).
+    token_ids: tuple[int, ...] = field(default=())
 
 
 @runtime_checkable
@@ -31,6 +36,7 @@ class Generator(Protocol):
     """Anything that turns prompts into completions: a local engine or a remote generator.
 
     Returns a flat list where the n completions of prompt i sit at [i*n, (i+1)*n).
+    `max_tokens` is one budget for every prompt, or one per prompt (same length as prompts).
     """
 
     def generate(
@@ -38,7 +44,7 @@ class Generator(Protocol):
         prompts: Sequence[str],
         *,
         n: int = 1,
-        max_tokens: int = 256,
+        max_tokens: int | Sequence[int] = 256,
         temperature: float = 1.0,
         top_p: float = 1.0,
         stop: Sequence[str] = (),

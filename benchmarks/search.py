@@ -78,7 +78,7 @@ class SequentialMCTS(MCTS):
                         max_tokens=min(cfg.max_step_tokens, budget - tokens),
                     )  # fmt: skip
                     # A step cut by the delimiter ends a step; one cut by length goes on.
-                    ended = step.finish_reason == "stop"
+                    ended = step.finish_reason != "length"
                     text += step.text + (cfg.step_delimiter if ended else "")
                     tokens += step.num_tokens
                     steps += int(ended)

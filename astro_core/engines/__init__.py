@@ -11,8 +11,8 @@ from astro_core.engines.base import (
     Engine,
     GenerationRequest,
     InvalidRequest,
-    Sample,
     SamplingParams,
+    request_of,
 )
 from astro_core.engines.config import EngineConfig
 from astro_core.engines.factory import load_engine
@@ -26,8 +26,8 @@ __all__ = [
     "ModelNotFound",
     "ModelSource",
     "ResolvedModel",
-    "Sample",
     "SamplingParams",
     "load_engine",
+    "request_of",
     "resolve_model",
 ]

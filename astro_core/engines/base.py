@@ -12,7 +12,7 @@ import hashlib
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -52,18 +52,43 @@ class SamplingParams:
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """Prompts (final text) to complete with one set of sampling parameters."""
+    """Prompts (final text) to complete with one set of sampling parameters.
+
+    `max_tokens`, when given, is a budget per prompt that replaces `params.max_tokens`
+    (search rollouts each have their own remaining solution budget, yet share one batch).
+    """
 
     prompts: tuple[str, ...]
     params: SamplingParams = SamplingParams()
+    max_tokens: tuple[int, ...] = ()
+
+    def budget(self, prompt_index: int) -> int:
+        """The token budget of one prompt."""
+        return self.max_tokens[prompt_index] if self.max_tokens else self.params.max_tokens
+
+    def check(self) -> None:
+        """Raise InvalidRequest naming the first field out of range."""
+        self.params.check()
+        if self.max_tokens:
+            if len(self.max_tokens) != len(self.prompts):
+                raise InvalidRequest(
+                    f"max_tokens has {len(self.max_tokens)} budgets for "
+                    f"{len(self.prompts)} prompts; give one per prompt"
+                )
+            low = min(self.max_tokens)
+            if low < 1:
+                raise InvalidRequest(f"max_tokens must be >= 1, got {low}")
 
 
-@dataclass(frozen=True)
-class Sample:
-    """A completion together with the token ids it was generated as."""
-
-    completion: Completion
-    token_ids: tuple[int, ...]
+def request_of(
+    prompts: Sequence[str], max_tokens: int | Sequence[int], params: SamplingParams
+) -> GenerationRequest:
+    """A GenerationRequest from the Generator Protocol's arguments (one or per-prompt budgets)."""
+    if isinstance(max_tokens, int):
+        return GenerationRequest(tuple(prompts), replace(params, max_tokens=max_tokens))
+    budgets = tuple(int(b) for b in max_tokens)
+    # params.max_tokens stays a valid number; the per-prompt budgets are what the engine uses.
+    return GenerationRequest(tuple(prompts), params, budgets)
 
 
 class Engine(Protocol):
@@ -81,7 +106,7 @@ class Engine(Protocol):
         prompts: Sequence[str],
         *,
         n: int = 1,
-        max_tokens: int = 256,
+        max_tokens: int | Sequence[int] = 256,
         temperature: float = 1.0,
         top_p: float = 1.0,
         stop: Sequence[str] = (),
@@ -89,8 +114,8 @@ class Engine(Protocol):
         logprobs: bool = False,
     ) -> list[Completion]: ...
 
-    def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[list[Sample]]:
-        """One list of samples per request, prompt i's n samples at [i*n, (i+1)*n)."""
+    def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
+        """One list of completions per request, prompt i's n completions at [i*n, (i+1)*n)."""
         ...
 
     def check_request(self, request: GenerationRequest) -> None:
@@ -124,26 +149,26 @@ class EngineBase(ABC):
         prompts: Sequence[str],
         *,
         n: int = 1,
-        max_tokens: int = 256,
+        max_tokens: int | Sequence[int] = 256,
         temperature: float = 1.0,
         top_p: float = 1.0,
         stop: Sequence[str] = (),
         seed: int | None = None,
         logprobs: bool = False,
     ) -> list[Completion]:
-        params = SamplingParams(n, max_tokens, temperature, top_p, tuple(stop), seed, logprobs)
-        [samples] = self.generate_batch([GenerationRequest(tuple(prompts), params)])
-        return [s.completion for s in samples]
+        params = SamplingParams(n, 1, temperature, top_p, tuple(stop), seed, logprobs)
+        [completions] = self.generate_batch([request_of(prompts, max_tokens, params)])
+        return completions
 
     @abstractmethod
-    def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[list[Sample]]: ...
+    def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]: ...
 
     def check_request(self, request: GenerationRequest) -> None:
         self.encode_request(request)
 
     def encode_request(self, request: GenerationRequest) -> list[list[int]]:
         """Token ids of each prompt, after checking the request; raises InvalidRequest."""
-        request.params.check()
+        request.check()
         with self.tokenizer_lock:
             ids = [encode_prompt(self.tokenizer, p) for p in request.prompts]
         for i, prompt_ids in enumerate(ids):

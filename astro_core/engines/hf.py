@@ -26,7 +26,6 @@ from transformers import DynamicCache
 from astro_core.engines.base import (
     EngineBase,
     GenerationRequest,
-    Sample,
     SamplingParams,
     derive_seed,
     directory_version,
@@ -106,24 +105,24 @@ class HFEngine(EngineBase):
         if self.device.startswith("cuda"):
             torch.cuda.empty_cache()
 
-    def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[list[Sample]]:
+    def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
         rows: list[_Row] = []
         for r, request in enumerate(requests):
             ids = self.encode_request(request)
             p = request.params
             for i, prompt_ids in enumerate(ids):
-                budget = min(p.max_tokens, self.max_model_len - len(prompt_ids))
+                budget = min(request.budget(i), self.max_model_len - len(prompt_ids))
                 for j in range(p.n):
                     seed = derive_seed(p.seed, i, j) if p.seed is not None else None
                     rows.append(_Row(r, i, j, prompt_ids, p, budget, random.Random(seed)))
         for start in range(0, len(rows), self.max_num_seqs):
             self._decode(rows[start : start + self.max_num_seqs])
-        results: list[list[Sample]] = [[] for _ in requests]
+        results: list[list[Completion]] = [[] for _ in requests]
         for row in rows:  # rows were built request by request, prompt by prompt, sample by sample
             results[row.request].append(self._sample_of(row))
         return results
 
-    def _sample_of(self, row: _Row) -> Sample:
+    def _sample_of(self, row: _Row) -> Completion:
         if row.text is None:
             row.text = self._decode_text(row.tokens)
         want_logprobs = row.params.logprobs
@@ -135,8 +134,9 @@ class HFEngine(EngineBase):
             model_version=self.model_version,
             cumulative_logprob=float(sum(row.logprobs)) if want_logprobs else 0.0,
             token_logprobs=tuple(row.logprobs) if want_logprobs else (),
+            token_ids=tuple(row.tokens),
         )
-        return Sample(completion, tuple(row.tokens))
+        return completion
 
     def _decode_text(self, tokens: Sequence[int]) -> str:
         with self.tokenizer_lock:
@@ -253,10 +253,10 @@ class HFEngine(EngineBase):
     def _finished(self, row: _Row) -> bool:
         """Whether the token just added ends the row: EOS, a stop string or the budget."""
         if row.tokens[-1] in self.eos_ids:
-            row.finish = "stop"
+            row.finish = "eos"
             return True
         if row.params.stop and self._hit_stop(row):
-            row.finish = "stop"
+            row.finish = "stop_string"
             return True
         return len(row.tokens) >= row.budget
 

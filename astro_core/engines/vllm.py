@@ -20,7 +20,6 @@ from typing import Any
 from astro_core.engines.base import (
     EngineBase,
     GenerationRequest,
-    Sample,
     derive_seed,
     directory_version,
 )
@@ -66,7 +65,7 @@ class VLLMEngine(EngineBase):
         self.model_name = config.model_name or path.name
         self.model_version = config.model_version or directory_version(path)
 
-    def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[list[Sample]]:
+    def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
         prompts: list[dict[str, Any]] = []
         params: list[Any] = []
         owners: list[tuple[int, int, bool]] = []  # (request, prompt index, logprobs wanted)
@@ -79,7 +78,7 @@ class VLLMEngine(EngineBase):
                     params.append(
                         self._vllm.SamplingParams(
                             n=1,
-                            max_tokens=min(p.max_tokens, self.max_model_len - len(prompt_ids)),
+                            max_tokens=min(request.budget(i), self.max_model_len - len(prompt_ids)),
                             temperature=p.temperature,
                             top_p=p.top_p,
                             stop=list(p.stop) or None,
@@ -90,12 +89,12 @@ class VLLMEngine(EngineBase):
                     )
                     owners.append((r, i, p.logprobs))
         outputs = self._llm.generate(prompts, params, use_tqdm=False)
-        results: list[list[Sample]] = [[] for _ in requests]
+        results: list[list[Completion]] = [[] for _ in requests]
         for (r, i, want_logprobs), output in zip(owners, outputs, strict=True):
             results[r].append(self._sample_of(output.outputs[0], i, want_logprobs))
         return results
 
-    def _sample_of(self, out: Any, prompt_index: int, want_logprobs: bool) -> Sample:
+    def _sample_of(self, out: Any, prompt_index: int, want_logprobs: bool) -> Completion:
         token_ids = tuple(int(t) for t in out.token_ids)
         logprobs: tuple[float, ...] = ()
         if want_logprobs and out.logprobs is not None:
@@ -103,7 +102,12 @@ class VLLMEngine(EngineBase):
             logprobs = tuple(
                 float(step[t].logprob) for step, t in zip(out.logprobs, token_ids, strict=True)
             )
-        finish: FinishReason = "length" if out.finish_reason == "length" else "stop"
+        # vLLM says "stop" for both; stop_reason is the matched stop string, None for EOS.
+        finish: FinishReason = (
+            "length"
+            if out.finish_reason == "length"
+            else ("eos" if out.stop_reason is None else "stop_string")
+        )
         completion = Completion(
             prompt_index=prompt_index,
             text=str(out.text),
@@ -112,8 +116,9 @@ class VLLMEngine(EngineBase):
             model_version=self.model_version,
             cumulative_logprob=float(sum(logprobs)),
             token_logprobs=logprobs,
+            token_ids=token_ids,
         )
-        return Sample(completion, token_ids)
+        return completion
 
     def close(self) -> None:
         engine_core = getattr(self._llm.llm_engine, "engine_core", None)

@@ -314,7 +314,7 @@ class MCTS:
                     answer is not None
                     or node.depth >= cfg.max_depth
                     or base_tokens + tokens >= cfg.max_solution_tokens
-                    or (not text and completion.finish_reason == "stop")
+                    or (not text and completion.finish_reason != "length")
                 )
                 tree.add(node, tokens)
                 to_value.append(_Pending(tree, node, tokens))

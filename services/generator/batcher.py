@@ -20,7 +20,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from astro_core.engines import Engine, GenerationRequest, InvalidRequest, Sample
+from astro_core.engines import Engine, GenerationRequest, InvalidRequest
+from astro_core.protocols import Completion
 
 log = logging.getLogger("astro.generator")
 
@@ -37,7 +38,7 @@ class BatcherClosed(Exception):
 class _Call:
     request: GenerationRequest
     enqueued: float
-    future: asyncio.Future[tuple[list[Sample], str]]
+    future: asyncio.Future[tuple[list[Completion], str]]
     abandoned: bool = False  # the caller gave up (deadline, cancel): skip it
 
     @property
@@ -92,7 +93,7 @@ class Batcher:
 
     async def submit(
         self, request: GenerationRequest, timeout: float | None = None
-    ) -> tuple[list[Sample], str]:
+    ) -> tuple[list[Completion], str]:
         """Queue a request; returns its samples and the model version that produced them.
 
         Raises QueueFull at once when the queue is full, TimeoutError when `timeout`

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from astro_core.engines import InvalidRequest, Sample
+from astro_core.engines import InvalidRequest
 from astro_core.prompts import ChatTemplate
 from astro_core.protocols import Completion, FinishReason
 from services.protos.astro.v1 import common_pb2, generator_pb2, generator_pb2_grpc
@@ -58,8 +58,17 @@ def _model_info(message: generator_pb2.ModelInfo) -> ModelInfo:
     )
 
 
-def _sample(message: generator_pb2.Completion) -> Sample:
-    finish: FinishReason = "length" if message.finish_reason == "length" else "stop"
+_FINISH_REASONS: dict[str, FinishReason] = {
+    "eos": "eos",
+    "stop_string": "stop_string",
+    "length": "length",
+}
+
+
+def _completion(message: generator_pb2.Completion) -> Completion:
+    finish = _FINISH_REASONS.get(message.finish_reason)
+    if finish is None:
+        raise ValueError(f"the generator sent an unknown finish_reason {message.finish_reason!r}")
     completion = Completion(
         prompt_index=message.prompt_index,
         text=message.text,
@@ -68,8 +77,9 @@ def _sample(message: generator_pb2.Completion) -> Sample:
         model_version=message.model_version,
         cumulative_logprob=message.cumulative_logprob,
         token_logprobs=tuple(message.token_logprobs),
+        token_ids=tuple(message.token_ids),
     )
-    return Sample(completion, tuple(message.token_ids))
+    return completion
 
 
 class GeneratorClient:
@@ -97,56 +107,36 @@ class GeneratorClient:
         prompts: Sequence[str],
         *,
         n: int = 1,
-        max_tokens: int = 256,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        stop: Sequence[str] = (),
-        seed: int | None = None,
-        logprobs: bool = False,
-    ) -> list[Completion]:
-        samples = self.generate_samples(
-            prompts,
-            n=n,
-            max_tokens=max_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            stop=stop,
-            seed=seed,
-            logprobs=logprobs,
-        )
-        return [s.completion for s in samples]
-
-    def generate_samples(
-        self,
-        prompts: Sequence[str],
-        *,
-        n: int = 1,
-        max_tokens: int = 256,
+        max_tokens: int | Sequence[int] = 256,
         temperature: float = 1.0,
         top_p: float = 1.0,
         stop: Sequence[str] = (),
         seed: int | None = None,
         logprobs: bool = False,
         timeout: float | None = None,
-    ) -> list[Sample]:
-        """Like generate, with the generated token ids (what a trainer needs)."""
+    ) -> list[Completion]:
+        """The Generator Protocol over gRPC; each completion carries its token ids."""
+        per_prompt = [] if isinstance(max_tokens, int) else [int(b) for b in max_tokens]
         params = generator_pb2.SamplingParams(
             n=n,
-            max_tokens=max_tokens,
+            # a valid number when budgets are per prompt (the server uses those instead)
+            max_tokens=max_tokens if isinstance(max_tokens, int) else 1,
             temperature=temperature,
             top_p=top_p,
             stop=list(stop),
             seed=seed,
             logprobs=logprobs,
         )
-        request = generator_pb2.GenerateRequest(prompts=list(prompts), params=params)
+        request = generator_pb2.GenerateRequest(
+            prompts=list(prompts), params=params, max_tokens_per_prompt=per_prompt
+        )
         try:
             reply = self.stub.Generate(request, timeout=timeout or self.timeout)
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 raise InvalidRequest(exc.details()) from exc
             raise
-        return [_sample(c) for c in reply.completions]
+        return [_completion(c) for c in reply.completions]
 
     def model_info(self) -> ModelInfo:
         return _model_info(self.stub.GetModel(generator_pb2.GetModelRequest()))

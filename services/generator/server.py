@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import grpc
 from pydantic import BaseModel, Field, ValidationError, model_validator
@@ -31,6 +31,7 @@ from astro_core.engines import (
     resolve_model,
 )
 from astro_core.paths import data_dir, default_tiny_model_dir
+from astro_core.protocols import Completion
 from services.generator.batcher import Batcher, BatcherClosed, QueueFull
 from services.generator.follow import AliasFollower
 from services.protos.astro.v1 import common_pb2, generator_pb2, generator_pb2_grpc
@@ -96,8 +97,7 @@ def sampling_params(message: generator_pb2.SamplingParams) -> SamplingParams:
     )
 
 
-def completion_message(sample: Any) -> generator_pb2.Completion:
-    c = sample.completion
+def completion_message(c: Completion) -> generator_pb2.Completion:
     return generator_pb2.Completion(
         prompt_index=c.prompt_index,
         text=c.text,
@@ -106,7 +106,7 @@ def completion_message(sample: Any) -> generator_pb2.Completion:
         token_logprobs=c.token_logprobs,
         finish_reason=c.finish_reason,
         model_version=c.model_version,
-        token_ids=sample.token_ids,
+        token_ids=c.token_ids,
     )
 
 
@@ -274,7 +274,11 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
                 f"generator queue is full ({self.batcher.max_queue} requests waiting); retry later",
             )
         engine = await self._engine(context)
-        job = GenerationRequest(tuple(request.prompts), sampling_params(request.params))
+        job = GenerationRequest(
+            tuple(request.prompts),
+            sampling_params(request.params),
+            tuple(request.max_tokens_per_prompt),
+        )
         try:
             await asyncio.to_thread(engine.check_request, job)
         except InvalidRequest as exc:

@@ -58,7 +58,25 @@ def test_max_tokens_and_finish_reasons(engine: Engine) -> None:
     out = engine.generate(PROMPTS, n=4, max_tokens=6, seed=3)
     for c in out:
         assert 1 <= c.num_tokens <= 6
-        assert c.finish_reason == ("length" if c.num_tokens == 6 else "stop")
+        # no stop strings were given: a completion ends at EOS or at its budget
+        assert c.finish_reason == ("length" if c.num_tokens == 6 else "eos")
+        assert len(c.token_ids) == c.num_tokens
+
+
+def test_per_prompt_budgets_share_one_batch(engine: Engine) -> None:
+    budgets = [1, 3, 7, 12][: len(PROMPTS)]
+    prompts = PROMPTS[: len(budgets)]
+    full = engine.generate(prompts, max_tokens=max(budgets), temperature=0)
+    cut = engine.generate(prompts, max_tokens=budgets, temperature=0)
+    for budget, whole, part in zip(budgets, full, cut, strict=True):
+        assert part.num_tokens <= budget
+        # greedy decoding: a smaller budget gives a prefix of the larger one's tokens
+        assert part.token_ids == whole.token_ids[:budget]
+        assert part.finish_reason == ("length" if part.num_tokens == budget else "eos")
+    with pytest.raises(InvalidRequest, match="one per prompt"):
+        engine.generate(prompts, max_tokens=budgets[:-1])
+    with pytest.raises(InvalidRequest, match="max_tokens must be >= 1"):
+        engine.generate(prompts[:2], max_tokens=[0, 4])
 
 
 def test_stop_strings_cut_exactly(engine: Engine) -> None:
@@ -80,7 +98,7 @@ def test_stop_strings_cut_exactly(engine: Engine) -> None:
         [c] = cut
         assert c.text == text[: text.index(stop)]
         assert stop not in c.text
-        assert c.finish_reason == "stop"
+        assert c.finish_reason == "stop_string"
         assert c.num_tokens <= completion.num_tokens
 
 
@@ -92,8 +110,8 @@ def test_seeded_rows_do_not_depend_on_batch_mates(engine: Engine) -> None:
     c = GenerationRequest((PROMPTS[2],), SamplingParams(max_tokens=5, temperature=0))
     together = engine.generate_batch([a, b, c])
     alone = [engine.generate_batch([r])[0] for r in (a, b, c)]
-    assert [[s.completion.text for s in r] for r in together] == [
-        [s.completion.text for s in r] for r in alone
+    assert [[done.text for done in r] for r in together] == [
+        [done.text for done in r] for r in alone
     ]
 
 
@@ -116,22 +134,24 @@ def test_logprobs_match_a_forward_pass(engine: Engine, tiny_model_dir: Path) -> 
     request = GenerationRequest(
         tuple(PROMPTS[:2]), SamplingParams(n=2, max_tokens=10, seed=2, logprobs=True)
     )
-    [samples] = engine.generate_batch([request])
+    [completions] = engine.generate_batch([request])
     model, tokenizer = load_model(tiny_model_dir)
     tolerance = 1e-3 if engine.kind == "hf" else 5e-2
-    for sample in samples:
-        prompt_ids = tokenizer(PROMPTS[sample.completion.prompt_index], add_special_tokens=False)[
+    for completion in completions:
+        prompt_ids = tokenizer(PROMPTS[completion.prompt_index], add_special_tokens=False)[
             "input_ids"
         ]
-        ids = torch.tensor([prompt_ids + list(sample.token_ids)])
+        ids = torch.tensor([prompt_ids + list(completion.token_ids)])
         with torch.no_grad():
             logprobs = torch.log_softmax(model(ids).logits[0].float(), dim=-1)
         positions = range(len(prompt_ids) - 1, ids.shape[1] - 1)
-        expected = [logprobs[p, t].item() for p, t in zip(positions, sample.token_ids, strict=True)]
-        got = sample.completion.token_logprobs
-        assert len(got) == sample.completion.num_tokens == len(sample.token_ids)
+        expected = [
+            logprobs[p, t].item() for p, t in zip(positions, completion.token_ids, strict=True)
+        ]
+        got = completion.token_logprobs
+        assert len(got) == completion.num_tokens == len(completion.token_ids)
         assert got == pytest.approx(expected, abs=tolerance)
-        assert sample.completion.cumulative_logprob == pytest.approx(sum(expected), abs=0.01)
+        assert completion.cumulative_logprob == pytest.approx(sum(expected), abs=0.01)
     without = engine.generate(PROMPTS[:1], max_tokens=4, seed=2)
     assert without[0].token_logprobs == ()
 

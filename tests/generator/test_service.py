@@ -79,12 +79,21 @@ def test_remote_generator_matches_local_engine(served: Any, local_engine: Engine
         assert client.chat_template() == local_engine.chat_template()
         kwargs: dict[str, Any] = {"n": 2, "max_tokens": 8, "seed": 3, "logprobs": True}
         assert client.generate(PROMPTS, **kwargs) == local_engine.generate(PROMPTS, **kwargs)
-        remote = client.generate_samples(PROMPTS[:1], max_tokens=6, temperature=0)
+        remote = client.generate(PROMPTS[:1], max_tokens=6, temperature=0)
         [local] = local_engine.generate_batch(
             [GenerationRequest(tuple(PROMPTS[:1]), local_params(max_tokens=6, temperature=0))]
         )
-        assert [s.token_ids for s in remote] == [s.token_ids for s in local]
+        assert [c.token_ids for c in remote] == [c.token_ids for c in local]
+        assert all(c.token_ids for c in remote)
         assert client.generate([], max_tokens=4) == []
+        budgets = [2, 5, 9, 3][: len(PROMPTS)]
+        per_prompt = client.generate(PROMPTS[: len(budgets)], max_tokens=budgets, temperature=0)
+        assert per_prompt == local_engine.generate(
+            PROMPTS[: len(budgets)], max_tokens=budgets, temperature=0
+        )
+        assert all(c.num_tokens <= b for c, b in zip(per_prompt, budgets, strict=True))
+        with pytest.raises(InvalidRequest, match="one per prompt"):
+            client.generate(PROMPTS[:2], max_tokens=[3])
 
 
 def local_params(**fields: Any) -> Any:

@@ -74,7 +74,7 @@ class ScriptedGenerator:
                         prompt_index=index,
                         text=text,
                         num_tokens=self.tokens_per_step,
-                        finish_reason="stop",
+                        finish_reason="stop_string" if stop else "eos",
                         model_version="scripted",
                         cumulative_logprob=logprob,
                     )

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from services.protos.astro.v1 import common_pb2 as astro_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61stro/v1/generator.proto\x12\x08\x61stro.v1\x1a\x15\x61stro/v1/common.proto\"\x8f\x01\n\x0eSamplingParams\x12\t\n\x01n\x18\x01 \x01(\r\x12\x12\n\nmax_tokens\x18\x02 \x01(\r\x12\x13\n\x0btemperature\x18\x03 \x01(\x01\x12\r\n\x05top_p\x18\x04 \x01(\x01\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x11\n\x04seed\x18\x06 \x01(\x03H\x00\x88\x01\x01\x12\x10\n\x08logprobs\x18\x07 \x01(\x08\x42\x07\n\x05_seed\"`\n\x0fGenerateRequest\x12\x0f\n\x07prompts\x18\x01 \x03(\t\x12(\n\x06params\x18\x02 \x01(\x0b\x32\x18.astro.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\xb9\x01\n\nCompletion\x12\x14\n\x0cprompt_index\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x12\n\nnum_tokens\x18\x03 \x01(\r\x12\x1a\n\x12\x63umulative_logprob\x18\x04 \x01(\x01\x12\x16\n\x0etoken_logprobs\x18\x05 \x03(\x01\x12\x15\n\rfinish_reason\x18\x06 \x01(\t\x12\x15\n\rmodel_version\x18\x07 \x01(\t\x12\x11\n\ttoken_ids\x18\x08 \x03(\r\"T\n\x10GenerateResponse\x12)\n\x0b\x63ompletions\x18\x01 \x03(\x0b\x32\x14.astro.v1.Completion\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"5\n\x10LoadModelRequest\x12!\n\x05model\x18\x01 \x01(\x0b\x32\x12.astro.v1.ModelRef\"\x11\n\x0fGetModelRequest\"\xac\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\x15\n\rchat_template\x18\x06 \x01(\t\x12\x15\n\rmax_model_len\x18\x07 \x01(\r\x12\x11\n\tbos_token\x18\x08 \x01(\t\x12\x11\n\teos_token\x18\t \x01(\t2\xc8\x01\n\tGenerator\x12\x41\n\x08Generate\x12\x19.astro.v1.GenerateRequest\x1a\x1a.astro.v1.GenerateResponse\x12<\n\tLoadModel\x12\x1a.astro.v1.LoadModelRequest\x1a\x13.astro.v1.ModelInfo\x12:\n\x08GetModel\x12\x19.astro.v1.GetModelRequest\x1a\x13.astro.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61stro/v1/generator.proto\x12\x08\x61stro.v1\x1a\x15\x61stro/v1/common.proto\"\x8f\x01\n\x0eSamplingParams\x12\t\n\x01n\x18\x01 \x01(\r\x12\x12\n\nmax_tokens\x18\x02 \x01(\r\x12\x13\n\x0btemperature\x18\x03 \x01(\x01\x12\r\n\x05top_p\x18\x04 \x01(\x01\x12\x0c\n\x04stop\x18\x05 \x03(\t\x12\x11\n\x04seed\x18\x06 \x01(\x03H\x00\x88\x01\x01\x12\x10\n\x08logprobs\x18\x07 \x01(\x08\x42\x07\n\x05_seed\"\x7f\n\x0fGenerateRequest\x12\x0f\n\x07prompts\x18\x01 \x03(\t\x12(\n\x06params\x18\x02 \x01(\x0b\x32\x18.astro.v1.SamplingParams\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x1d\n\x15max_tokens_per_prompt\x18\x04 \x03(\r\"\xb9\x01\n\nCompletion\x12\x14\n\x0cprompt_index\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x12\n\nnum_tokens\x18\x03 \x01(\r\x12\x1a\n\x12\x63umulative_logprob\x18\x04 \x01(\x01\x12\x16\n\x0etoken_logprobs\x18\x05 \x03(\x01\x12\x15\n\rfinish_reason\x18\x06 \x01(\t\x12\x15\n\rmodel_version\x18\x07 \x01(\t\x12\x11\n\ttoken_ids\x18\x08 \x03(\r\"T\n\x10GenerateResponse\x12)\n\x0b\x63ompletions\x18\x01 \x03(\x0b\x32\x14.astro.v1.Completion\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"5\n\x10LoadModelRequest\x12!\n\x05model\x18\x01 \x01(\x0b\x32\x12.astro.v1.ModelRef\"\x11\n\x0fGetModelRequest\"\xac\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x0e\n\x06\x65ngine\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\x15\n\rchat_template\x18\x06 \x01(\t\x12\x15\n\rmax_model_len\x18\x07 \x01(\r\x12\x11\n\tbos_token\x18\x08 \x01(\t\x12\x11\n\teos_token\x18\t \x01(\t2\xc8\x01\n\tGenerator\x12\x41\n\x08Generate\x12\x19.astro.v1.GenerateRequest\x1a\x1a.astro.v1.GenerateResponse\x12<\n\tLoadModel\x12\x1a.astro.v1.LoadModelRequest\x1a\x13.astro.v1.ModelInfo\x12:\n\x08GetModel\x12\x19.astro.v1.GetModelRequest\x1a\x13.astro.v1.ModelInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,17 +35,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SAMPLINGPARAMS']._serialized_start=62
   _globals['_SAMPLINGPARAMS']._serialized_end=205
   _globals['_GENERATEREQUEST']._serialized_start=207
-  _globals['_GENERATEREQUEST']._serialized_end=303
-  _globals['_COMPLETION']._serialized_start=306
-  _globals['_COMPLETION']._serialized_end=491
-  _globals['_GENERATERESPONSE']._serialized_start=493
-  _globals['_GENERATERESPONSE']._serialized_end=577
-  _globals['_LOADMODELREQUEST']._serialized_start=579
-  _globals['_LOADMODELREQUEST']._serialized_end=632
-  _globals['_GETMODELREQUEST']._serialized_start=634
-  _globals['_GETMODELREQUEST']._serialized_end=651
-  _globals['_MODELINFO']._serialized_start=654
-  _globals['_MODELINFO']._serialized_end=826
-  _globals['_GENERATOR']._serialized_start=829
-  _globals['_GENERATOR']._serialized_end=1029
+  _globals['_GENERATEREQUEST']._serialized_end=334
+  _globals['_COMPLETION']._serialized_start=337
+  _globals['_COMPLETION']._serialized_end=522
+  _globals['_GENERATERESPONSE']._serialized_start=524
+  _globals['_GENERATERESPONSE']._serialized_end=608
+  _globals['_LOADMODELREQUEST']._serialized_start=610
+  _globals['_LOADMODELREQUEST']._serialized_end=663
+  _globals['_GETMODELREQUEST']._serialized_start=665
+  _globals['_GETMODELREQUEST']._serialized_end=682
+  _globals['_MODELINFO']._serialized_start=685
+  _globals['_MODELINFO']._serialized_end=857
+  _globals['_GENERATOR']._serialized_start=860
+  _globals['_GENERATOR']._serialized_end=1060
 # @@protoc_insertion_point(module_scope)

@@ -26,14 +26,16 @@ class SamplingParams(_message.Message):
     def __init__(self, n: _Optional[int] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., stop: _Optional[_Iterable[str]] = ..., seed: _Optional[int] = ..., logprobs: _Optional[bool] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompts", "params", "request_id")
+    __slots__ = ("prompts", "params", "request_id", "max_tokens_per_prompt")
     PROMPTS_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_PER_PROMPT_FIELD_NUMBER: _ClassVar[int]
     prompts: _containers.RepeatedScalarFieldContainer[str]
     params: SamplingParams
     request_id: str
-    def __init__(self, prompts: _Optional[_Iterable[str]] = ..., params: _Optional[_Union[SamplingParams, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    max_tokens_per_prompt: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, prompts: _Optional[_Iterable[str]] = ..., params: _Optional[_Union[SamplingParams, _Mapping]] = ..., request_id: _Optional[str] = ..., max_tokens_per_prompt: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Completion(_message.Message):
     __slots__ = ("prompt_index", "text", "num_tokens", "cumulative_logprob", "token_logprobs", "finish_reason", "model_version", "token_ids")
