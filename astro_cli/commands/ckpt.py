@@ -134,7 +134,7 @@ def register_command(
     registry: Registry = None,
 ) -> None:
     """Register DIRECTORY as the next version of NAME; prints the new version number."""
-    from astro_core.artifacts import is_client_side
+    from astro_core.checkpoints.artifacts import is_client_side
 
     if is_client_side(directory) and "://" not in directory and not Path(directory).is_dir():
         fail(f"{directory} is not a directory")

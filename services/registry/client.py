@@ -24,13 +24,6 @@ from typing import Any, TypeVar
 
 import grpc
 
-from astro_core.artifacts import (
-    CHUNK_BYTES,
-    StagedTree,
-    hash_tree,
-    is_client_side,
-    iter_tree_chunks,
-)
 from astro_core.checkpoints import (
     CheckpointError,
     CheckpointEvent,
@@ -38,6 +31,13 @@ from astro_core.checkpoints import (
     CheckpointInUse,
     CheckpointNotFound,
     IntegrityError,
+)
+from astro_core.checkpoints.artifacts import (
+    CHUNK_BYTES,
+    StagedTree,
+    hash_tree,
+    is_client_side,
+    iter_tree_chunks,
 )
 from services.protos.astro.v1 import registry_pb2, registry_pb2_grpc
 from services.registry.messages import event_from_message, from_message

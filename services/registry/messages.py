@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from astro_core.checkpoint_store import info_from_record
 from astro_core.checkpoints import CheckpointEvent, CheckpointInfo
+from astro_core.checkpoints.local import info_from_record
 from services.protos.astro.v1 import common_pb2, registry_pb2
 from services.registry.metadata import Entry, Event
 

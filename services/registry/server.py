@@ -20,16 +20,6 @@ import grpc
 import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from astro_core.artifacts import (
-    ArtifactRoot,
-    StagedTree,
-    compare_digests,
-    copy_tree,
-    hash_tree,
-    join_url,
-    url_to_fs,
-)
-from astro_core.checkpoint_store import check_request, check_settable_alias, new_record
 from astro_core.checkpoints import (
     LATEST,
     CheckpointError,
@@ -39,6 +29,16 @@ from astro_core.checkpoints import (
     check_name,
     check_stage,
 )
+from astro_core.checkpoints.artifacts import (
+    ArtifactRoot,
+    StagedTree,
+    compare_digests,
+    copy_tree,
+    hash_tree,
+    join_url,
+    url_to_fs,
+)
+from astro_core.checkpoints.local import check_request, check_settable_alias, new_record
 from astro_core.paths import data_dir
 from services.protos.astro.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 from services.registry.messages import event_message, info_from_entry, to_message

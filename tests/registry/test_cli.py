@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from astro_cli.main import app
-from astro_core.artifacts import hash_tree
+from astro_core.checkpoints.artifacts import hash_tree
 from services.runtime.redis_store import connect_redis
 from services.testing import ServiceThread
 from tests.conftest import REPO

@@ -15,13 +15,13 @@ from pathlib import Path
 import grpc
 import pytest
 
-from astro_core.artifacts import hash_tree
 from astro_core.checkpoints import (
     CheckpointInUse,
     CheckpointNotFound,
     CheckpointStore,
     IntegrityError,
 )
+from astro_core.checkpoints.artifacts import hash_tree
 from services.protos.astro.v1 import registry_pb2, registry_pb2_grpc
 from services.registry.client import RegistryClient
 from services.runtime.client import sync_channel

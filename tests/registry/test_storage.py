@@ -16,8 +16,6 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from astro_core.artifacts import StagedTree, copy_tree, hash_tree, iter_tree_chunks
-from astro_core.checkpoint_store import LocalCheckpointStore
 from astro_core.checkpoints import (
     CheckpointError,
     CheckpointInUse,
@@ -26,6 +24,8 @@ from astro_core.checkpoints import (
     IntegrityError,
     parse_ref,
 )
+from astro_core.checkpoints.artifacts import StagedTree, copy_tree, hash_tree, iter_tree_chunks
+from astro_core.checkpoints.local import LocalCheckpointStore
 from tests.conftest import REPO
 from tests.registry.conftest import artifact_dirs, make_tree
 
@@ -157,8 +157,8 @@ KILLED_WRITER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from astro_core import artifacts
-    from astro_core.checkpoint_store import LocalCheckpointStore
+    from astro_core.checkpoints import artifacts
+    from astro_core.checkpoints.local import LocalCheckpointStore
 
     root, source, marker = sys.argv[1:4]
     end_file = artifacts.StagedTree.end_file

@@ -25,15 +25,6 @@ from typing import Any
 
 from fsspec.implementations.local import LocalFileSystem
 
-from astro_core.artifacts import (
-    ArtifactRoot,
-    copy_tree,
-    hash_tree,
-    join_url,
-    read_json,
-    url_to_fs,
-    write_atomic,
-)
 from astro_core.checkpoints import (
     LATEST,
     CheckpointInfo,
@@ -41,6 +32,15 @@ from astro_core.checkpoints import (
     CheckpointNotFound,
     check_name,
     check_stage,
+)
+from astro_core.checkpoints.artifacts import (
+    ArtifactRoot,
+    copy_tree,
+    hash_tree,
+    join_url,
+    read_json,
+    url_to_fs,
+    write_atomic,
 )
 
 METADATA_FILE = "registry.json"

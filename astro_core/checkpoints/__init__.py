@@ -1,6 +1,7 @@
-"""The checkpoint seam: where trained models are registered and fetched from.
+"""Checkpoints: the `CheckpointStore` seam (here), files on any filesystem (`artifacts`) and
+the server-less store (`local.LocalCheckpointStore`).
 
-The registry service's gRPC client and an in-process store both implement `CheckpointStore`;
+The registry service's gRPC client and the in-process store both implement `CheckpointStore`;
 the trainer registers through it and the generator loads through it.
 """
 
