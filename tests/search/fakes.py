@@ -11,7 +11,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from astro_core.prompts import ChatTemplate
-from astro_core.protocols import Completion, RewardMapping, VerifyItem, VerifyResult
+from astro_core.protocols import (
+    Completion,
+    FinishReason,
+    RewardMapping,
+    VerifyItem,
+    VerifyResult,
+)
 from astro_core.search.answers import final_answer
 
 # A plain template whose answer part starts after "A: ", so the fake can read the steps back.
@@ -33,17 +39,35 @@ class Call:
     prompts: list[str]
     n: int
     stop: tuple[str, ...]
-    max_tokens: int
+    budgets: tuple[int, ...]  # max_tokens of each prompt
+
+
+def budgets_of(max_tokens: int | Sequence[int], count: int) -> tuple[int, ...]:
+    """The Generator Protocol's max_tokens as one budget per prompt."""
+    if isinstance(max_tokens, int):
+        return (max_tokens,) * count
+    budgets = tuple(max_tokens)
+    assert len(budgets) == count, "one budget per prompt"
+    return budgets
+
+
+# A step choice: (text, logprob), or (text, logprob, "eos") for a step the model ended with
+# its end-of-sequence token instead of the step delimiter.
+Choice = tuple[str, float] | tuple[str, float, FinishReason]
 
 
 @dataclass
 class ScriptedGenerator:
-    """TEST DOUBLE. `expand(steps)` gives (text, logprob) choices for the next step;
-    `rollout(steps)` gives whole continuations. Completion j of a prompt is choice j mod len."""
+    """TEST DOUBLE. `expand(steps)` gives the choices for the next step; `rollout(steps)`
+    gives whole continuations. Completion j of a prompt is choice j mod len. A completion
+    takes `tokens_of(text)` tokens (default `tokens_per_step`), or its prompt's budget if that
+    is less (then it ends with "length"). Expansions end at the stop string unless the choice
+    says "eos"; rollouts end with EOS."""
 
-    expand: Callable[[Steps], Sequence[tuple[str, float]]]
+    expand: Callable[[Steps], Sequence[Choice]]
     rollout: Callable[[Steps], Sequence[str]]
     tokens_per_step: int = 3
+    tokens_of: Callable[[str], int] | None = None
     calls: list[Call] = field(default_factory=list)
 
     def generate(
@@ -51,30 +75,37 @@ class ScriptedGenerator:
         prompts: Sequence[str],
         *,
         n: int = 1,
-        max_tokens: int = 256,
+        max_tokens: int | Sequence[int] = 256,
         temperature: float = 1.0,
         top_p: float = 1.0,
         stop: Sequence[str] = (),
         seed: int | None = None,
         logprobs: bool = False,
     ) -> list[Completion]:
-        self.calls.append(Call(list(prompts), n, tuple(stop), max_tokens))
+        budgets = budgets_of(max_tokens, len(prompts))
+        self.calls.append(Call(list(prompts), n, tuple(stop), budgets))
         out = []
         for index, prompt in enumerate(prompts):
             steps = steps_of(prompt)
             for j in range(n):
+                finish: FinishReason = "eos"
                 if stop:
                     choices = self.expand(steps)
-                    text, logprob = choices[j % len(choices)]
+                    choice = choices[j % len(choices)]
+                    text, logprob = choice[0], choice[1]
+                    finish = choice[2] if len(choice) == 3 else "stop_string"
                 else:
                     texts = self.rollout(steps)
                     text, logprob = texts[j % len(texts)], -1.0
+                tokens = self.tokens_of(text) if self.tokens_of else self.tokens_per_step
+                if tokens > budgets[index]:
+                    tokens, finish = budgets[index], "length"
                 out.append(
                     Completion(
                         prompt_index=index,
                         text=text,
-                        num_tokens=self.tokens_per_step,
-                        finish_reason="stop_string" if stop else "eos",
+                        num_tokens=tokens,
+                        finish_reason=finish,
                         model_version="scripted",
                         cumulative_logprob=logprob,
                     )
