@@ -72,14 +72,26 @@ def test_puct_picks_expected_child() -> None:
     tree.add(TreeNode("0.1", "0", 1, "B", prior=0.8, visits=1, q=0.3), 1)
     # c=2: A 0.5 + 2*0.2*sqrt(10)/5 = 0.753, B 0.3 + 2*0.8*sqrt(10)/2 = 2.83
     assert tree.select(config(c_puct=2.0)) == ["0", "0.1"]
-    tree.pending.clear()
+    tree.end_round()
     # c=0.1: A 0.5126, B 0.4265 -> exploitation wins
     assert tree.select(config(c_puct=0.1)) == ["0", "0.0"]
-    tree.pending.clear()
-    # c=0: pure Q; a pending selection through A counts as a loss and steers the next to B
+    tree.end_round()
+    # c=0: pure Q. Give A two children so that one selection does not close it: a pending
+    # selection through A counts as a loss and steers the next one to B ...
+    tree.add(TreeNode("0.0.0", "0.0", 2, "A1", prior=0.5, visits=2, q=0.5), 1)
+    tree.add(TreeNode("0.0.1", "0.0", 2, "A2", prior=0.5, visits=2, q=0.5), 1)
     cfg = config(c_puct=0.0, virtual_loss=4.0)
-    assert tree.select(cfg) == ["0", "0.0"]
+    assert tree.select(cfg) == ["0", "0.0", "0.0.0"]
     assert tree.select(cfg) == ["0", "0.1"]  # A: 0.5*4/(4+4) = 0.25 < 0.3
+    tree.end_round()
+    # ... without virtual loss it goes down A again, to the leaf not taken yet
+    cfg = config(c_puct=0.0, virtual_loss=0.0)
+    assert tree.select(cfg) == ["0", "0.0", "0.0.0"]
+    assert tree.select(cfg) == ["0", "0.0", "0.0.1"]
+    assert tree.select(cfg) == ["0", "0.1"]
+    assert tree.select(cfg) is None  # every leaf is taken this round
+    tree.end_round()
+    assert tree.select(cfg) == ["0", "0.0", "0.0.0"]
 
 
 def test_priors_are_softmax_of_step_logprobs() -> None:
