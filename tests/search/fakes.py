@@ -7,6 +7,8 @@ integration tests use the real generator and verifier services instead.
 
 from __future__ import annotations
 
+import random
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -161,3 +163,95 @@ def scripted_backends(settings: object) -> object:
             return scripted.generate(prompts, **kw)  # type: ignore[arg-type]
 
     return Backends(SlowGenerator(), ExactVerifier(), lambda: TEMPLATE)  # type: ignore[arg-type]
+
+
+TOKENS_MARK = re.compile(r" t(\d+)$")
+
+
+def solution_tokens(steps: Steps) -> int:
+    """Tokens of a solution prefix written by RandomPolicy (each step ends with " t<n>")."""
+    total = 0
+    for step in steps:
+        found = TOKENS_MARK.search(step)
+        assert found, f"step {step!r} was not written by RandomPolicy"
+        total += int(found.group(1))
+    return total
+
+
+@dataclass
+class RandomPolicy:
+    """TEST DOUBLE: a Generator whose completions are random, yet the same for the same
+    (seed, prompt, sample). Steps have random lengths and may state a right or wrong answer,
+    end with EOS (marked "[end]"), come back empty, or run out of budget ("length"); rollouts
+    are a few steps that may end in an answer. Every step ends with " t<tokens>", the tokens
+    it reports, so the budgets of each call are checked against the solution it continues:
+    no prompt may be given more than its solution has left, or than a step may take."""
+
+    seed: int
+    max_step_tokens: int
+    max_solution_tokens: int
+    answers: str = "123"
+    calls: list[Call] = field(default_factory=list)
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        n: int = 1,
+        max_tokens: int | Sequence[int] = 256,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        stop: Sequence[str] = (),
+        seed: int | None = None,
+        logprobs: bool = False,
+    ) -> list[Completion]:
+        budgets = budgets_of(max_tokens, len(prompts))
+        self.calls.append(Call(list(prompts), n, tuple(stop), budgets))
+        out = []
+        for index, (prompt, budget) in enumerate(zip(prompts, budgets, strict=True)):
+            steps = steps_of(prompt)
+            assert not any("[end]" in s for s in steps), f"a solution the model ended: {steps}"
+            used = solution_tokens(steps)
+            assert 1 <= budget and used + budget <= self.max_solution_tokens, (used, budget)
+            if stop:
+                assert budget <= self.max_step_tokens
+            for j in range(n):
+                rng = random.Random(f"{self.seed}|{bool(stop)}|{steps}|{j}")
+                make = self._step if stop else self._rollout
+                text, drawn, finish = make(rng)
+                if drawn > budget:  # cut before the model could end it
+                    text, drawn, finish = text.replace("[end]", "[cut]"), budget, "length"
+                out.append(
+                    Completion(
+                        prompt_index=index,
+                        text=f"{text} t{drawn}" if text else "",
+                        num_tokens=drawn,
+                        finish_reason=finish,
+                        model_version="random",
+                        cumulative_logprob=-rng.uniform(0.1, 8.0),
+                    )
+                )
+        return out
+
+    def _answer(self, rng: random.Random) -> str:
+        return f"so \\boxed{{{rng.choice(self.answers)}}}"
+
+    def _step(self, rng: random.Random) -> tuple[str, int, FinishReason]:
+        drawn = rng.randint(1, self.max_step_tokens + 2)
+        kind = rng.choice(["step", "step", "step", "answer", "eos", "eos answer", "empty"])
+        if kind == "step":
+            return f"w{rng.randint(0, 9)}", drawn, "stop_string"
+        if kind == "answer":
+            return self._answer(rng), drawn, "stop_string"
+        if kind == "eos":
+            return "[end]", drawn, "eos"
+        if kind == "eos answer":
+            return f"[end] {self._answer(rng)}", drawn, "eos"
+        return "", 1, "stop_string"  # the model wrote the delimiter at once
+
+    def _rollout(self, rng: random.Random) -> tuple[str, int, FinishReason]:
+        parts = [f"r{rng.randint(0, 9)}" for _ in range(rng.randint(0, 3))]
+        if rng.random() < 0.6:
+            parts.append(self._answer(rng))
+        drawn = rng.randint(1, self.max_solution_tokens + 4)
+        return DELIMITER.join(parts), drawn, "eos"
