@@ -43,7 +43,7 @@ class SearchConfig(BaseModel):
         1.0, ge=0, description="Losses a pending selection adds to each node on its path."
     )
     parallel_selections: int = Field(
-        1, ge=1, le=64, description="Selections per tree per round, kept apart by virtual loss."
+        1, ge=1, le=64, description="Selections per tree per round, each at a distinct leaf."
     )
 
     @model_validator(mode="after")
