@@ -33,8 +33,8 @@ def coordinator(redis_url: str, **settings: object) -> ServiceThread:
 
 
 @pytest.fixture
-def stub(search_redis_url: str) -> Iterator[SearchCoordinatorStub]:
-    with coordinator(search_redis_url) as svc:
+def stub(search_redis_url: str, tmp_path: Path) -> Iterator[SearchCoordinatorStub]:
+    with coordinator(search_redis_url, dataset_roots=[str(tmp_path)]) as svc:
         yield SearchCoordinatorStub(sync_channel(svc.client_config(), default_timeout=30))
 
 
@@ -102,7 +102,7 @@ def test_search_runs_to_trees(stub: SearchCoordinatorStub) -> None:
         ({"problems": [common_pb2.Problem(problem="2+2?", answer="")]}, "problems[0].answer: "),
         ({"problems": [common_pb2.Problem(problem=" ", answer="1")]}, "problems[0].problem: "),
         ({"problems": []}, "problems: no problems"),
-        ({"dataset_path": "/no/such/file.jsonl"}, "dataset_path: file not found"),
+        ({"dataset_path": "/no/such/file.jsonl"}, "dataset_path: no dataset '/no/such/file"),
         ({"dataset_path": "MISSING_ANSWER"}, "field 'answer' is missing"),
         ({"problems": [], "dataset_path": "MISSING_ANSWER", "limit": -1}, "limit: "),
         ({"dataset_path": "/no/such/file.jsonl", "problems": problems(1)}, "not both"),
@@ -172,7 +172,11 @@ def test_client_searches_a_dataset_with_config_and_trees_feed_cloning_and_graphs
     data.write_text(
         "".join(json.dumps({"problem": f"{i} / {i}?", "answer": "1"}) + "\n" for i in range(4))
     )
-    with coordinator(search_redis_url) as svc, SearchClient(svc.client_config()) as client:
+    roots = [str(tmp_path)]
+    with (
+        coordinator(search_redis_url, dataset_roots=roots) as svc,
+        SearchClient(svc.client_config()) as client,
+    ):
         sid = client.start(
             dataset_path=str(data), limit=3, preset="tiny", config_yaml="iterations: 3\nk: 3"
         )
@@ -200,3 +204,79 @@ def test_client_searches_a_dataset_with_config_and_trees_feed_cloning_and_graphs
     for tree in again:
         dot = tree_graph(tree).to_dot()
         assert all(f'"{n.id}"' in dot for n in tree.nodes)
+
+
+def start_error(stub: SearchCoordinatorStub, dataset_path: str, **fields: object) -> str:
+    """The INVALID_ARGUMENT message StartSearch gives for dataset_path (within 10 s)."""
+    request = search_pb2.StartSearchRequest(dataset_path=dataset_path, **fields)  # type: ignore[arg-type]
+    with pytest.raises(grpc.RpcError) as info:
+        stub.StartSearch(request, timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, info.value.details()
+    return str(info.value.details())
+
+
+def test_dataset_paths_stay_inside_the_dataset_roots(
+    stub: SearchCoordinatorStub, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Regression: StartSearch read any file the coordinator could (dataset_path=/dev/zero
+    read gigabytes past the client's deadline) and its errors told which paths exist.
+    The stub's only dataset root is tmp_path."""
+    import os
+
+    row = json.dumps({"problem": "1 / 1?", "answer": "1"}) + "\n"
+    (tmp_path / "p.jsonl").write_text(row * 3)
+    outside = tmp_path_factory.mktemp("outside") / "secret.jsonl"
+    outside.write_text(row)
+    (tmp_path / "to_outside.jsonl").symlink_to(outside)
+    (tmp_path / "to_inside.jsonl").symlink_to(tmp_path / "p.jsonl")
+
+    def anonymous(message: str, path: str) -> str:
+        return message.replace(repr(path), "PATH")
+
+    # outside the roots, through a symlink, up and out, a device, a missing file: one answer
+    missing = anonymous(
+        start_error(stub, str(tmp_path / "missing.jsonl")), str(tmp_path / "missing.jsonl")
+    )
+    assert missing == (
+        "dataset_path: no dataset PATH in the coordinator's dataset roots (setting dataset_roots)"
+    )
+    for path in [str(outside), str(tmp_path / "to_outside.jsonl"), "../outside/secret.jsonl",
+                 "/dev/zero", "/etc/hostname", "/no/such/dir/x.jsonl", "bad\0name"]:  # fmt: skip
+        assert anonymous(start_error(stub, path), path) == missing, path
+    # inside: a relative path is taken from the root; symlinks within the root are followed
+    for path in ["p.jsonl", str(tmp_path / "to_inside.jsonl")]:
+        sid = stub.StartSearch(search_pb2.StartSearchRequest(dataset_path=path)).search_id
+        status = stub.CancelSearch(search_pb2.GetSearchRequest(search_id=sid))
+        assert status.problems_total == 3
+    # inside but not a regular file: said so, and a FIFO does not block the call
+    (tmp_path / "folder").mkdir()
+    os.mkfifo(tmp_path / "pipe")
+    for name in ["folder", "pipe"]:
+        assert "is not a regular file" in start_error(stub, str(tmp_path / name))
+
+
+def test_dataset_size_and_problem_count_are_capped(search_redis_url: str, tmp_path: Path) -> None:
+    row = json.dumps({"problem": "1 / 1?", "answer": "1"}) + "\n"
+    (tmp_path / "small.jsonl").write_text(row * 4)
+    (tmp_path / "ten.jsonl").write_text(row * 10)
+    (tmp_path / "big.jsonl").write_text(row * 40)
+    settings = {"dataset_roots": [str(tmp_path)], "max_dataset_bytes": 30 * len(row),
+                "max_problems": 5}  # fmt: skip
+    with coordinator(search_redis_url, **settings) as svc:
+        stub = SearchCoordinatorStub(sync_channel(svc.client_config(), default_timeout=30))
+        assert "more than max_dataset_bytes (" in start_error(stub, "big.jsonl")
+        assert "more than max_problems (5)" in start_error(stub, "ten.jsonl")
+        assert "more than max_problems (5)" in start_error(stub, "ten.jsonl", limit=6)
+        request = search_pb2.StartSearchRequest(problems=problems(6))
+        with pytest.raises(grpc.RpcError) as info:
+            stub.StartSearch(request)
+        assert "more than max_problems (5)" in info.value.details()
+        for path, limit, total in [("small.jsonl", 0, 4), ("ten.jsonl", 5, 5)]:
+            request = search_pb2.StartSearchRequest(dataset_path=path, limit=limit)
+            sid = stub.StartSearch(request).search_id
+            status = stub.CancelSearch(search_pb2.GetSearchRequest(search_id=sid))
+            assert status.problems_total == total
+    # no roots at all: inline problems only
+    with coordinator(search_redis_url, dataset_roots=[]) as svc:
+        stub = SearchCoordinatorStub(sync_channel(svc.client_config(), default_timeout=30))
+        assert "no dataset" in start_error(stub, str(tmp_path / "small.jsonl"))
