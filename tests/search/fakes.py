@@ -12,6 +12,8 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import grpc
+
 from astro_core.prompts import ChatTemplate
 from astro_core.protocols import (
     Completion,
@@ -255,3 +257,17 @@ class RandomPolicy:
             parts.append(self._answer(rng))
         drawn = rng.randint(1, self.max_solution_tokens + 4)
         return DELIMITER.join(parts), drawn, "eos"
+
+
+class RpcFailure(grpc.RpcError):
+    """TEST DOUBLE of the error a gRPC client call raises: a status code and details."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{code.name}: {details}")
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details

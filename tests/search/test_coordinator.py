@@ -5,18 +5,29 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 
 from services.coordinator.convert import tree_from_proto
 from services.coordinator.server import register
+from services.coordinator.worker import Backends
 from services.protos.astro.v1 import common_pb2, search_pb2
 from services.protos.astro.v1.search_pb2_grpc import SearchCoordinatorStub
 from services.runtime.client import sync_channel
 from services.runtime.config import ServiceConfig
 from services.testing import ServiceThread
+from tests.search.fakes import (
+    TEMPLATE,
+    ExactVerifier,
+    RpcFailure,
+    ScriptedGenerator,
+    policy_expand,
+    policy_rollout,
+)
 
 FAKES = "tests.search.fakes:scripted_backends"
 
@@ -280,3 +291,116 @@ def test_dataset_size_and_problem_count_are_capped(search_redis_url: str, tmp_pa
     with coordinator(search_redis_url, dataset_roots=[]) as svc:
         stub = SearchCoordinatorStub(sync_channel(svc.client_config(), default_timeout=30))
         assert "no dataset" in start_error(stub, str(tmp_path / "small.jsonl"))
+
+
+def searches(
+    stub: SearchCoordinatorStub, model: common_pb2.ModelRef | None = None, count: int = 3
+) -> str:
+    request = search_pb2.StartSearchRequest(problems=problems(count), config_yaml="iterations: 2")
+    if model is not None:
+        request.model.CopyFrom(model)
+    return str(stub.StartSearch(request).search_id)
+
+
+def final(stub: SearchCoordinatorStub, sid: str, within: float = 15) -> search_pb2.SearchStatus:
+    deadline = time.monotonic() + within
+    while True:
+        status = stub.GetSearch(search_pb2.GetSearchRequest(search_id=sid))
+        if status.state != "running":
+            return status
+        assert time.monotonic() < deadline, f"search {sid} still running: {status}"
+        time.sleep(0.05)
+
+
+def coordinator_over(redis_url: str, backends: Backends, **settings: object) -> ServiceThread:
+    """A coordinator searching with the given backends (the scripted policy by default)."""
+    config = ServiceConfig(
+        port=0,
+        metrics_port=None,
+        redis_url=redis_url,
+        grace_seconds=1,
+        settings={"poll_seconds": 0.05, "default_preset": "tiny", **settings},
+    )
+    return ServiceThread("coordinator", partial(register, backends=backends), config)
+
+
+def scripted(load_model: Any = None, generator: Any = None) -> Backends:
+    policy = generator or ScriptedGenerator(policy_expand, policy_rollout)
+    return Backends(policy, ExactVerifier(), lambda: TEMPLATE, load_model=load_model)
+
+
+GHOST = common_pb2.ModelRef(name="ghost")
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+    ],
+)
+def test_a_setup_error_that_retrying_cannot_fix_fails_the_search_at_once(
+    search_redis_url: str, code: grpc.StatusCode
+) -> None:
+    """Regression: an unknown model (or a refused credential) was retried every reclaim
+    period forever, the search `running` with an empty message. It fails at once with the
+    error, once for all its problems, and a healthy search beside it finishes."""
+    loads: list[dict[str, Any]] = []
+
+    def load_model(ref: dict[str, Any]) -> None:
+        loads.append(ref)
+        raise RpcFailure(code, "no checkpoint named 'ghost'")
+
+    # reclaim_idle_seconds stays long: nothing may depend on a retry
+    with coordinator_over(search_redis_url, scripted(load_model)) as svc:
+        stub = SearchCoordinatorStub(sync_channel(svc.client_config(), default_timeout=30))
+        bad = searches(stub, GHOST)
+        good = searches(stub)
+        status = final(stub, bad)
+        assert status.state == "failed"
+        assert status.message == f"search setup failed: {code.name}: no checkpoint named 'ghost'"
+        assert final(stub, good).state == "succeeded"
+        assert [ref["name"] for ref in loads] == ["ghost"]  # not once per problem
+
+
+def test_a_transient_setup_error_is_retried_a_bounded_number_of_times(
+    search_redis_url: str,
+) -> None:
+    calls: list[str] = []
+
+    def unreachable(ref: dict[str, Any]) -> None:
+        calls.append(ref["name"])
+        if ref["name"] == "ghost" or len(calls) == 1:
+            raise RpcFailure(grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses")
+
+    settings = {"setup_retries": 2, "reclaim_idle_seconds": 0.2, "heartbeat_seconds": 0.05}
+    with coordinator_over(search_redis_url, scripted(unreachable), **settings) as svc:
+        stub = SearchCoordinatorStub(sync_channel(svc.client_config(), default_timeout=30))
+        # recovers on its second try ...
+        ok = searches(stub, common_pb2.ModelRef(name="flaky"))
+        assert final(stub, ok).state == "succeeded"
+        assert calls == ["flaky", "flaky"]
+        # ... never recovers: 1 try + 2 retries, then failed with the error
+        bad = searches(stub, GHOST)
+        status = final(stub, bad)
+        assert status.state == "failed"
+        assert status.message == (
+            "search setup failed 3 times: UNAVAILABLE: failed to connect to all addresses"
+        )
+        assert calls.count("ghost") == 3
+
+
+def test_a_round_error_that_retrying_cannot_fix_fails_the_search_at_once(
+    search_redis_url: str,
+) -> None:
+    class Refusing:
+        def generate(self, prompts: Any, **kw: Any) -> list[Any]:
+            raise RpcFailure(grpc.StatusCode.PERMISSION_DENIED, "token lacks generate")
+
+    with coordinator_over(search_redis_url, scripted(generator=Refusing())) as svc:
+        stub = SearchCoordinatorStub(sync_channel(svc.client_config(), default_timeout=30))
+        status = final(stub, searches(stub))
+    assert status.state == "failed"
+    assert status.message == "search round failed: PERMISSION_DENIED: token lacks generate"
