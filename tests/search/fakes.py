@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import random
 import re
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
+from astro_core.problems import Problem
 from astro_core.prompts import ChatTemplate
 from astro_core.protocols import (
     Completion,
     FinishReason,
+    Generator,
     RewardMapping,
     VerifyItem,
     VerifyResult,
@@ -147,24 +151,34 @@ def policy_rollout(steps: Steps) -> list[str]:
     return ["Compute.\n\nThe answer is \\boxed{1}.", "I think \\boxed{7}."]
 
 
+@dataclass
+class SlowGenerator:
+    """TEST DOUBLE: another generator, `delay` seconds slower per call."""
+
+    inner: Generator
+    delay: float
+
+    def generate(self, prompts: Sequence[str], **kw: Any) -> list[Completion]:
+        time.sleep(self.delay)
+        return self.inner.generate(prompts, **kw)
+
+
+def endless_policy() -> ScriptedGenerator:
+    """A policy that never answers nor ends: every round of its searches generates."""
+    return ScriptedGenerator(lambda steps: [("more", -1.0)], lambda steps: ["no answer"])
+
+
 def scripted_backends(settings: object) -> object:
     """Coordinator `settings.backends` factory for service tests: the scripted policy and the
     exact verifier. ASTRO_FAKE_GENERATE_DELAY (seconds) slows each generate call, so a test
     can kill a replica mid-search."""
     import os
-    import time
 
     from services.coordinator.worker import Backends
 
     delay = float(os.environ.get("ASTRO_FAKE_GENERATE_DELAY", "0"))
-    scripted = ScriptedGenerator(policy_expand, policy_rollout)
-
-    class SlowGenerator:
-        def generate(self, prompts: Sequence[str], **kw: object) -> list[Completion]:
-            time.sleep(delay)
-            return scripted.generate(prompts, **kw)  # type: ignore[arg-type]
-
-    return Backends(SlowGenerator(), ExactVerifier(), lambda: TEMPLATE)  # type: ignore[arg-type]
+    slow = SlowGenerator(ScriptedGenerator(policy_expand, policy_rollout), delay)
+    return Backends(slow, ExactVerifier(), lambda: TEMPLATE)
 
 
 TOKENS_MARK = re.compile(r" t(\d+)$")
@@ -271,3 +285,8 @@ class RpcFailure(grpc.RpcError):
 
     def details(self) -> str:
         return self._details
+
+
+def problem_list(count: int) -> list[Problem]:
+    """Problems the scripted policy solves (gold "1")."""
+    return [Problem(id=f"q{i}", problem=f"What is {i} / {i}?", answer="1") for i in range(count)]
