@@ -3,10 +3,14 @@ services on loopback, MATH-500 problems in, schema-valid trees out."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import queue
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -292,3 +296,52 @@ def test_astro_search_prints_why_a_search_failed(tmp_path: Path) -> None:
         " ended failed: search setup failed: NOT_FOUND: no registered checkpoint ghost"
     )
     assert time.monotonic() - started < 30 and not out.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_in_process_search_stops_everything_it_started(
+    tmp_path: Path, shared_data: Path, tiny_model_dir: Path, sig: signal.Signals
+) -> None:
+    """Ctrl-C or SIGTERM in the middle of an in-process `astro search`: it cancels, exits 130,
+    writes nothing, and every process it started (verifier workers, embedded Redis) ends."""
+    import psutil
+
+    config = tmp_path / "search.yaml"
+    config.write_text("iterations: 200\nk: 4\nrollouts: 4\n")  # runs far longer than the test
+    out = tmp_path / "trees.jsonl"
+    command = [
+        sys.executable, "-m", "astro_cli.main", "search",
+        "--problems", str(shared_data / "math500.jsonl"), "--limit", "2",
+        "--model", str(tiny_model_dir), "--config", str(config), "--out", str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "ASTRO_DATA_DIR": str(tmp_path / "home")}
+    search = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(x) for x in search.stderr], daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        deadline = time.monotonic() + 120
+        seen: list[str] = []
+        while not any(" started on " in line for line in seen):
+            assert time.monotonic() < deadline and search.poll() is None, seen
+            with contextlib.suppress(queue.Empty):
+                seen.append(lines.get(timeout=0.5))
+        time.sleep(2.0)  # mid-search
+        children = psutil.Process(search.pid).children(recursive=True)
+        assert children, "the verifier pool's workers should be running"
+        search.send_signal(sig)
+        assert search.wait(60) == 130
+    finally:
+        if search.poll() is None:
+            search.kill()
+            search.wait()
+    reader.join(5)
+    while not lines.empty():
+        seen.append(lines.get())
+    assert seen[-1].startswith("error: interrupted; search "), seen
+    _, alive = psutil.wait_procs(children, timeout=20)
+    assert not alive, [p.cmdline() for p in alive]
+    assert not out.exists()
