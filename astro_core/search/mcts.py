@@ -15,8 +15,9 @@ followed by the step delimiter. One round of `MCTS.step(trees)` advances every t
               Rollouts are kept as chains of `rollout` nodes.
 4. verify   - ONE verify_batch for every terminal met in 2 and 3 (reward 1 correct, 0 not).
               A child's rollout value is the mean of its M rollout scores.
-5. back up  - write the new nodes, then along each selected path (atomically in the store):
-              N += 1, Q(s) = (sum_children Q*N + own rollout value) / (sum_children N + 1).
+5. back up  - write the new nodes and, along each selected path, N += 1 and
+              Q(s) = (sum_children Q*N + own rollout value) / (sum_children N + 1): one atomic
+              commit per tree in the store.
 
 A step is terminal when it holds a final answer, ended with the model's end-of-sequence
 (the model considers the solution finished), sits at max_depth, or brings the solution to
@@ -268,15 +269,21 @@ class MCTS:
         new_nodes: dict[str, list[StoredNode]] = {}
         self._value(self._expand(to_expand), new_nodes)
 
-        # Nodes are written once valued, so a stored expansion is always a complete one.
-        for tree in trees:
-            if new_nodes.get(tree.key):
-                self.store.add_nodes(tree.key, new_nodes[tree.key])
-                self.counters.nodes_created += len(new_nodes[tree.key])
+        # Nodes are written once valued, together with the round's backups (one atomic
+        # commit per tree): a stored expansion is complete and its Q counts its children.
+        paths: dict[str, list[list[str]]] = {}
         for tree, path in selections:
-            for node_id, (visits, q) in self.store.backup(tree.key, path).items():
+            paths.setdefault(tree.key, []).append(path)
+        for tree in trees:
+            nodes = new_nodes.get(tree.key, [])
+            if not nodes and not paths.get(tree.key):
+                continue
+            for node_id, (visits, q) in self.store.commit(
+                tree.key, nodes, paths.get(tree.key, [])
+            ).items():
                 tree.nodes[node_id].visits = visits
                 tree.nodes[node_id].q = q
+            self.counters.nodes_created += len(nodes)
 
     def _generate(
         self, trees: Iterable[TreeSearch], prompts: list[str], **kw: Any

@@ -76,6 +76,12 @@ class RecordingStore:
         self.paths.append(list(path))
         return self.inner.backup(key, path)
 
+    def commit(
+        self, key: str, nodes: Sequence[StoredNode], paths: Sequence[Sequence[str]]
+    ) -> dict[str, tuple[int, float]]:
+        self.paths += [list(path) for path in paths]
+        return self.inner.commit(key, nodes, paths)
+
     def load_nodes(self, key: str) -> list[StoredNode]:
         return self.inner.load_nodes(key)
 
