@@ -19,7 +19,6 @@ finished tree must then satisfy, node by node:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,10 +29,10 @@ from hypothesis import strategies as st
 
 from astro_core.problems import Problem
 from astro_core.search import MCTS, MemoryTreeStore, SearchConfig, TreeSearch
-from astro_core.search.answers import final_answer
-from astro_core.search.store import StoredNode, TreeHeader, TreeStore, backed_up_q
+from astro_core.search.store import StoredNode, TreeHeader, TreeStore
 from astro_core.trees import SearchTree
 from tests.search.fakes import TEMPLATE, ExactVerifier, RandomPolicy
+from tests.search.invariants import check_tree
 
 GOLD = "1"
 PROBLEM = Problem(id="p", problem="What is one?", answer=GOLD)
@@ -134,58 +133,14 @@ def search(
     return driver.finish(tree), store, rounds
 
 
-def check_invariants(cfg: SearchConfig, tree: SearchTree, tokens: dict[str, int],
-                     rounds: list[Round]) -> None:  # fmt: skip
-    tree.validate()
-    nodes, children = tree.by_id(), tree.children()
-    root = nodes["0"]
-    assert root.visits == cfg.iterations == tree.stats["iterations"]
+def check_invariants(
+    cfg: SearchConfig, tree: SearchTree, tokens: dict[str, int], rounds: list[Round]
+) -> None:
+    check_tree(cfg, tree, GOLD, tokens)
     assert sum(r.budget for r in rounds) >= cfg.iterations
     for record in rounds:
         assert len(set(record.selected)) == len(record.selected)  # distinct leaves
         assert len(record.selected) == min(record.budget, record.offered)
-    for node in tree.nodes:
-        kids = [c for c in children[node.id] if c.kind == "step"]
-        chains = [c for c in children[node.id] if c.kind == "rollout"]
-        if node.kind == "rollout":
-            assert node.visits == 0 and not kids
-            assert node.terminal == (not chains)  # a chain ends at its terminal
-            assert len(chains) <= 1
-            continue
-        path = tree.path_to(node.id)
-        solution = sum(tokens[n.id] for n in path)
-        assert node.depth <= cfg.max_depth and solution <= cfg.max_solution_tokens
-        if node.depth == cfg.max_depth or solution == cfg.max_solution_tokens:
-            assert node.terminal
-        if "[end]" in node.text or (node.id != "0" and not node.text):
-            assert node.terminal
-        if node.terminal:
-            assert not kids and not chains  # never expanded, never rolled out
-            assert node.rollout_value == (1.0 if node.correct else 0.0)
-        if kids:  # expanded once, into k steps
-            assert len(kids) == cfg.k
-            assert all(k.prior > 0 for k in kids)
-            assert math.isclose(sum(k.prior for k in kids), 1.0, abs_tol=1e-9)
-        if not node.terminal:
-            # M rollouts valued it; a rollout that wrote nothing leaves no chain and scored 0
-            assert len(chains) <= cfg.rollouts
-            wins = sum(1 for c in chains if chain_end(c, children).correct)
-            assert math.isclose(node.rollout_value, wins / cfg.rollouts)
-        expected = backed_up_q([(k.q, k.visits) for k in kids], node.rollout_value)
-        assert math.isclose(node.q, expected, abs_tol=1e-9), (node.id, node.q, expected)
-        assert node.visits >= (1 if node.id != "0" else cfg.iterations)
-    for node in tree.nodes:
-        if node.terminal and final_answer(node.text) is not None:
-            assert node.answer == final_answer(node.text)
-            assert node.correct is (node.answer == GOLD)
-        else:
-            assert node.answer is None and node.correct is None
-
-
-def chain_end(node: Any, children: dict[str, list[Any]]) -> Any:
-    while children[node.id]:
-        [node] = children[node.id]
-    return node
 
 
 def stored_tokens(store: TreeStore, key: str) -> dict[str, int]:
