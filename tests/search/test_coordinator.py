@@ -103,6 +103,10 @@ def test_search_runs_to_trees(stub: SearchCoordinatorStub) -> None:
         ({"config_yaml": "k: 0"}, "config_yaml: invalid config: k: "),
         ({"config_yaml": "temperature: hot"}, "config_yaml: invalid config: temperature: "),
         ({"config_yaml": "no_such_knob: 1"}, "config_yaml: invalid config: no_such_knob: "),
+        ({"config_yaml": "temperature: .inf"}, "config_yaml: invalid config: temperature: "),
+        ({"config_yaml": "c_puct: .nan"}, "config_yaml: invalid config: c_puct: "),
+        ({"config_yaml": "iterations: 1000000000"}, "config_yaml: invalid config: iterations: "),
+        ({"config_yaml": "seed: 100000000000000000000"}, "config_yaml: invalid config: seed: "),
         (
             {"config_yaml": "max_step_tokens: 500\nmax_solution_tokens: 100"},
             "max_step_tokens must not exceed max_solution_tokens",
