@@ -205,7 +205,6 @@ class SearchWorker:
         """A search that cannot start fails now, or after `setup_retries` transient errors
         (each retry waits for the task to be reclaimed: reclaim_idle_seconds)."""
         sid, reason = task.search_id, describe(exc)
-        self.drivers.pop(sid, None)
         if is_retryable(exc):
             tries = self.jobs.count_setup_failure(sid)
             if tries <= self.settings.setup_retries:
