@@ -98,7 +98,8 @@ class ChartValues:
     def fullname(self) -> str:
         """templates/_helpers.tpl `astro.fullname`."""
         name = self.release if CHART_NAME in self.release else f"{self.release}-{CHART_NAME}"
-        return name[:FULLNAME_MAX].rstrip("-")
+        name = name[:FULLNAME_MAX]
+        return name[:-1] if name.endswith("-") else name  # Helm's trimSuffix: one dash
 
     def section(self, key: str) -> dict[str, Any]:
         value = self.values.get(key)

@@ -506,6 +506,10 @@ def test_schema_refuses_bad_values(values: dict[str, Any], fragment: str) -> Non
         ),
         ({"registry": {"replicas": 2}}, "registry.persistence.accessMode must be ReadWriteMany"),
         (
+            {"generator": {"model": {"path": "/m", "huggingFace": {"repo": "org/m"}}}},
+            "generator.model.path and generator.model.huggingFace.repo name two models",
+        ),
+        (
             {"generator": {"replicas": 2, "modelCache": {"enabled": True}}},
             "generator.modelCache.accessMode must be ReadWriteMany",
         ),

@@ -240,11 +240,13 @@ def test_python_values_merge_like_helm(files: tuple[Path, ...], tmp_path: Path) 
     "values",
     [
         {"tenant": {"name": "a", "namespace": "team-a"}},
+        {"tenant": {"name": "x" * 30 + "--y", "namespace": "ml"}},  # cut at "--": one dash goes
+        {"tenant": {"name": "astro-" + "z" * 40, "namespace": "ml"}},
         {"auth": {"enabled": True, "token": "t0ken"}, "hfToken": {"token": "hf"}},
         {"redis": {"enabled": False, "existingSecret": "r", "existingSecretKey": "u"}},
         {"redis": {"enabled": False, "url": "redis://x:1/0"}, "serviceAccount": {"name": "sa"}},
     ],
-    ids=["release", "secrets", "redis-secret", "redis-url"],
+    ids=["release", "cut-release", "long-release", "secrets", "redis-secret", "redis-url"],
 )
 def test_coordinator_and_cli_build_the_same_job(values: dict[str, Any], tmp_path: Path) -> None:
     """The coordinator builds from the values its release mounts; `astro k8s job` from the
