@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from astro_core.engines import ModelSource
+from services.jobs.values import check_size
 
 Stage = Literal["sft", "grpo"]
 STAGES: tuple[Stage, ...] = ("sft", "grpo")
@@ -146,6 +147,7 @@ def load_stage_config(text: str, source: str = "config") -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ValueError(f"{source} must hold a mapping, not {type(data).__name__}")
+    check_size(data, source)
     return data
 
 

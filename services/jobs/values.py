@@ -29,8 +29,27 @@ RELEASE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*
 NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
+MAX_YAML_NODES = 100_000  # values or a config bigger than this is a mistake or an alias bomb
+
+
 class ChartValuesError(ValueError):
     """Values that cannot be read or that the chart's schema refuses; the message names the key."""
+
+
+def check_size(data: Any, source: str, limit: int = MAX_YAML_NODES) -> None:
+    """Refuse YAML that expands past `limit` values: anchors and aliases can make a few lines
+    stand for billions of values, which every later walk (merge, JSON) would expand."""
+    seen = 0
+    stack = [data]
+    while stack:
+        node = stack.pop()
+        seen += 1
+        if seen > limit:
+            raise ValueError(f"{source} holds more than {limit} values")
+        if isinstance(node, Mapping):
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
 
 
 def default_chart_dir() -> Path:
@@ -66,6 +85,10 @@ def read_values_file(path: str | Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ChartValuesError(f"values file {path} must hold a mapping, not {type(data).__name__}")
+    try:
+        check_size(data, f"values file {path}")
+    except ValueError as exc:
+        raise ChartValuesError(str(exc)) from exc
     return data
 
 

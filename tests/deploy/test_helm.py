@@ -176,14 +176,21 @@ def test_service_configs_parse_as_astro_serve_reads_them(name: str) -> None:
     assert coordinator["registry_address"] == "astro-registry:50054"
 
 
+def test_pods_invite_annotation_based_scrapers_to_the_metrics_port() -> None:
+    for name, spec in SERVICES.items():
+        deployment = by_kind(scenario("default"), "Deployment")[f"astro-{name}"]
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/port"] == str(spec.metrics_port)
+
+
 def test_config_changes_roll_the_pods() -> None:
-    before = by_kind(render(), "Deployment")["astro-verifier"]
-    after = by_kind(render({"verifier": {"workers": 3}}), "Deployment")["astro-verifier"]
-    key = "checksum/config"
-    assert (
-        before["spec"]["template"]["metadata"]["annotations"][key]
-        != after["spec"]["template"]["metadata"]["annotations"][key]
-    )
+    def checksum(values: dict[str, Any], name: str) -> str:
+        deployment = by_kind(render(values), "Deployment")[f"astro-{name}"]
+        return str(deployment["spec"]["template"]["metadata"]["annotations"]["checksum/config"])
+
+    assert checksum({}, "verifier") != checksum({"verifier": {"workers": 3}}, "verifier")
+    # the coordinator builds trainer Jobs from the values it mounts: they roll it too
+    assert checksum({}, "coordinator") != checksum({"trainer": {"gpus": 2}}, "coordinator")
 
 
 def test_notes_tell_how_to_start_with_the_cli_and_grpcurl() -> None:

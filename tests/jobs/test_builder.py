@@ -4,6 +4,7 @@ the coordinator (the release's mounted values) and in `astro k8s job` (values fi
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -388,3 +389,22 @@ def test_cli_refuses_bad_input_in_one_line(tmp_path: Path, args: list[str], mess
     assert result.stdout == ""
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("error:") and message in line
+
+
+def test_yaml_alias_bombs_are_refused_before_they_expand(tmp_path: Path) -> None:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    bomb = "\n".join(lines) + "\n"  # 9 short lines standing for 10**9 values
+    (tmp_path / "config.yaml").write_text(bomb)
+    (tmp_path / "values.yaml").write_text(bomb)
+    started = time.monotonic()
+    result = CliRunner().invoke(
+        app, ["k8s", "job", "sft", "--config", str(tmp_path / "config.yaml"), "--chart", str(CHART)]
+    )
+    assert result.exit_code == 2 and "more than 100000 values" in result.stderr
+    with pytest.raises(ChartValuesError, match="more than"):
+        chart(tmp_path / "values.yaml")
+    spec = trainer_pb2.TrainJobSpec(stage="sft", config_yaml=bomb)
+    with pytest.raises(ValueError, match="more than"):
+        train_job_from_spec(spec)
+    assert time.monotonic() - started < 30
