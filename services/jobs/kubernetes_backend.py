@@ -90,10 +90,12 @@ def job_status(job: dict[str, Any]) -> JobStatus:
     for condition in status.get("conditions") or []:
         if condition.get("status") != "True":
             continue
+        # (FailureTarget / SuccessCriteriaMet come first while the pods still terminate; the
+        # Job has ended, and its pods say why, once Failed / Complete follow.)
         kind = condition.get("type")
-        if kind in ("Complete", "SuccessCriteriaMet"):
+        if kind == "Complete":
             return JobStatus("succeeded")
-        if kind in ("Failed", "FailureTarget"):
+        if kind == "Failed":
             return JobStatus("failed", condition.get("reason", ""), condition.get("message", ""))
     if (job.get("metadata") or {}).get("deletionTimestamp"):
         return JobStatus("cancelled", "Deleted", "the Job is being deleted")

@@ -184,6 +184,17 @@ def test_a_failure_says_why_with_the_pods_termination_message(
     assert backend.status(handle) == final
 
 
+def test_a_job_ends_with_failed_or_complete_not_before(
+    stub: KubeStub, backend: KubernetesTrainerBackend
+) -> None:
+    handle = backend.start(sft())
+    target = {"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded"}
+    stub.set_job_status(NS, handle.name, {"active": 1, "ready": 1, "conditions": [target]})
+    assert backend.status(handle).state == "running"  # its pods are still terminating
+    stub.set_job_status(NS, handle.name, failed("BackoffLimitExceeded", "limit"))
+    assert backend.status(handle).state == "failed"
+
+
 def test_without_a_termination_message_the_log_tail_says_why(
     stub: KubeStub, backend: KubernetesTrainerBackend
 ) -> None:
