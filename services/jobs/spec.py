@@ -160,7 +160,9 @@ def model_ref(name: str, version: int, alias: str, path: str) -> str:
 
 
 def train_job_from_spec(spec: Any) -> TrainJob:
-    """A TrainJobSpec message (astro.v1) as a TrainJob: config_yaml with the job fields set."""
+    """A TrainJobSpec message (astro.v1) as a TrainJob: config_yaml with the spec's job fields
+    written over it (those it sets), as services/trainer/job.py reads a spec. An output_dir
+    left empty is the backend's to choose (on the Job's workspace, or the local job dir)."""
     if spec.stage not in STAGES:
         raise ValueError(f"stage {spec.stage!r} is invalid: choose from {', '.join(STAGES)}")
     config = load_stage_config(spec.config_yaml, "config_yaml")
@@ -169,6 +171,8 @@ def train_job_from_spec(spec: Any) -> TrainJob:
         "model": model_ref(base.name, base.version, base.alias, base.path),
         "dataset": spec.dataset_uri,
         "output_name": spec.output_name,
+        # TrainJobSpec.output_dir (field 10) comes with the trainer's proto change
+        "output_dir": getattr(spec, "output_dir", ""),
         "run_id": spec.run_id,
         "generator_address": spec.generator_address,
         "verifier_address": spec.verifier_address,
