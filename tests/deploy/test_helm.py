@@ -35,6 +35,7 @@ SCENARIOS: dict[str, tuple[list[Any], dict[str, Any]]] = {
     "default": ([], {}),
     "gpu": ([VALUES_GPU], {}),
     "multinode": ([VALUES_GPU, VALUES_MULTINODE], {}),
+    "multinode-alone": ([VALUES_MULTINODE], {}),
     "auth-external-redis": (
         [],
         {
