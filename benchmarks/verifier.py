@@ -3,7 +3,8 @@
 Sets:
 - equivalence: ../shared/data/answer_equivalence.jsonl (math-verify's own labelled cases).
   math-verify runs each row with the row's own configuration (precision, strict, ...), as its
-  test suite does. Ours runs each row with its equivalent settings (`row_settings`), and the
+  test suite does. Ours runs each row with its equivalent settings (`row_settings`: precision
+  is our float_places), and the
   table also shows ours with its defaults on every row.
 - math500: each MATH-500 gold paired with its reference solution (label: equal), with
   reformatted answers (final-answer sentence, \\dfrac, spaces, \\left( \\right)) (equal), and
@@ -40,26 +41,33 @@ def equivalence_rows() -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines]
 
 
-def row_settings(row: dict[str, Any]) -> tuple[str, bool, bool]:
+def row_settings(row: dict[str, Any]) -> tuple[str, bool, bool, int]:
     """Our settings equivalent to a row's math-verify configuration: (fallback,
-    relation_for_set, strict_variables). Latex-only extraction takes no bare numbers."""
+    relation_for_set, strict_variables, float_places). Latex-only extraction takes no bare
+    numbers."""
     types = row["match_types"]
     fallback = "latex" if isinstance(types, list) and "expr" not in types else "last_math"
-    return fallback, bool(row["allow_set_relation_comp"]), bool(row["strict"])
+    return (
+        fallback,
+        bool(row["allow_set_relation_comp"]),
+        bool(row["strict"]),
+        int(row["precision"]),
+    )
 
 
 def check_with_row_settings(pool: VerifierPool, rows: list[dict[str, Any]]) -> list[Verdict]:
     """One batch per distinct settings, verdicts back in row order."""
-    groups: dict[tuple[str, bool, bool], list[int]] = {}
+    groups: dict[tuple[str, bool, bool, int], list[int]] = {}
     for i, row in enumerate(rows):
         groups.setdefault(row_settings(row), []).append(i)
     verdicts: list[Verdict | None] = [None] * len(rows)
-    for (fallback, relation_for_set, strict), indices in groups.items():
+    for (fallback, relation_for_set, strict, float_places), indices in groups.items():
         settings = pool.config.model_copy(
             update={
                 "fallback": fallback,
                 "relation_for_set": relation_for_set,
                 "strict_variables": strict,
+                "float_places": float_places,
             }
         )
         batch = [VerifyItem(rows[i]["pred"], rows[i]["gold"]) for i in indices]

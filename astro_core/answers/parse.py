@@ -17,6 +17,9 @@ from typing import Any
 
 import sympy
 from sympy.core.function import AppliedUndef
+from sympy.matrices import MatrixBase
+
+from astro_core.answers.notation import rewrite_notation
 
 MAX_ANSWER_CHARS = 1000
 _LETTER = re.compile(r"^\(?\s*([A-E])\s*\)?(?:\s|$|[.:])")
@@ -90,7 +93,7 @@ def clean_answer(raw: str) -> tuple[str, bool]:
     and whether it carried a percent."""
     s = raw.strip()
     s = re.sub(r"^\\\(|\\\)$|^\\\[|\\\]$", "", s).strip()
-    s = s.strip("$").strip()
+    s = rewrite_notation(s.strip("$").strip())
     s = re.sub(r"[.\s]+$", "", s)
     s = re.sub(r"^(?:[a-zA-Z]\s*\\in\s*)", "", s)  # "x \in [0,1)" -> "[0,1)"
     percent = bool(_PERCENT.search(s))
@@ -98,10 +101,10 @@ def clean_answer(raw: str) -> tuple[str, bool]:
         s = _PERCENT.sub("", s).strip()
     s = _DEGREES.sub("", s).strip()
     unwrapped = _unwrap_text_commands(s).strip()
-    if unwrapped != s and re.fullmatch(
-        r"\(?\s*-?[\d.,]+\s*\)?", unwrapped
-    ):  # \textbf{(113) }, \mathbf{127}
-        s = unwrapped.strip("() ")
+    # \textbf{(113) }, \mathbf{127}, \text{7 days}: the number
+    number = re.fullmatch(r"\(?\s*(-?[\d.,]+)\s*\)?(?:\s+[a-zA-Z][a-zA-Z ]{0,20})?", unwrapped)
+    if unwrapped != s and number:
+        s = number.group(1)
     s = re.sub(r"(?<=\d),\\!\s?(?=\d{3})", "", s)  # 11,\!111 -> 11111
     s = re.sub(r"(?<=\d)\{,\}(?=\d{3})", "", s)
     s = re.sub(r"^(?:\\text\{\s*or\s*\}|or)\s+", "", s)
@@ -221,7 +224,16 @@ def _latex_value(latex: str) -> Any:
         value = value.doit()
     if isinstance(value, sympy.Basic) and value.has(sympy.zoo, sympy.nan, sympy.S.ComplexInfinity):
         return None
-    return value
+    return _imaginary_unit(value)
+
+
+def _imaginary_unit(value: Any) -> Any:
+    """A free `i` is the imaginary unit (`3+4i`, `i^2 = -1`); the parser makes it a symbol.
+    Bound ones (`\\sum_{i=1}^n i`) stay variables."""
+    if not isinstance(value, sympy.Basic | MatrixBase):
+        return value
+    units = [s for s in value.free_symbols if getattr(s, "name", None) == "i"]
+    return value.subs({unit: sympy.I for unit in units}) if units else value
 
 
 def _logging_quiet() -> None:
