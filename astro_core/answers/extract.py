@@ -203,7 +203,9 @@ def _looks_like_bare_math(text: str) -> bool:
     if len(text) > 200 or "\n" in text.strip():
         return False
     words = re.sub(r"\\[a-zA-Z]+", " ", _NOT_PROSE.sub(" ", text))
-    return re.search(r"[a-zA-Z]{2,}", words) is None and re.search(r"[\d\\]", text) is not None
+    # Digits, LaTeX, an operator between letters ("x+y") or Unicode mathematics ("π", "√2").
+    math = re.search(r"[\d\\+\-*/^=<>|π√∞½¼¾≤≥]", text)
+    return re.search(r"[a-zA-Z]{2,}", words) is None and math is not None
 
 
 def _looks_like_bare_text(text: str) -> bool:

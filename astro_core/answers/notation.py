@@ -6,12 +6,15 @@
 - scientific e-notation: `5e-4`, `1.2E+3` become `5\\times10^{-4}`, `1.2\\times10^{3}`
   (a number standing alone; inside an exponent `2e-1` stays 2e - 1);
 - spellings of the imaginary unit: `\\mathrm{i}`, `\\text{i}`, `\\mathit{i}`, `\\imath`
-  become `i` (`parse` reads a free `i` as the imaginary unit).
+  become `i` (`parse` reads a free `i` as the imaginary unit);
+- Unicode mathematics as models write it: `π`, `∞`, `√2`, `√(x+1)`, `½`, `2½`, `x²`, `−`,
+  `×`, `·`, `≤`, `≥`, `≠` become their LaTeX.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from fractions import Fraction
 
 _REPEATING = re.compile(
@@ -28,6 +31,47 @@ _E_NOTATION = re.compile(
     r"(?<![\w.\\^{}])(?P<mantissa>\d+(?:\.\d+)?)[eE](?P<exponent>[+-]?\d{1,4})(?![\w.}^])"
 )
 _IMAGINARY = re.compile(r"\\(?:mathrm|mathit|text|textit)\s*\{\s*i\s*\}|\\imath(?![a-zA-Z])")
+
+
+_SYMBOLS = {
+    "π": "\\pi ",
+    "∞": "\\infty ",
+    "−": "-",
+    "–": "-",
+    "×": "\\times ",
+    "·": "\\cdot ",
+    "÷": "\\div ",
+    "≤": "\\le ",
+    "≥": "\\ge ",
+    "≠": "\\ne ",
+    "∪": "\\cup ",
+    "∩": "\\cap ",
+    "±": "\\pm ",
+}
+_SUPERSCRIPTS = {"⁰": "0", "¹": "1", "²": "2", "³": "3", "⁴": "4", "⁵": "5", "⁶": "6"}
+_SUPERSCRIPTS |= {"⁷": "7", "⁸": "8", "⁹": "9", "⁻": "-"}
+_SUPERSCRIPT_RUN = re.compile("[" + "".join(_SUPERSCRIPTS) + "]+")
+_VULGAR_FRACTION = re.compile("[\u00bc-\u00be\u2150-\u215e]")
+_ROOT = re.compile(
+    r"√\s*(?:\{(?P<braced>[^{}]{1,200})\}|\((?P<paren>[^()]{1,200})\)"
+    r"|(?P<atom>\d+(?:\.\d+)?|[a-zA-Z]|\\pi))"
+)
+
+
+def _unicode_math(text: str) -> str:
+    for symbol, latex in _SYMBOLS.items():
+        text = text.replace(symbol, latex)
+    text = _SUPERSCRIPT_RUN.sub(
+        lambda m: "^{" + "".join(_SUPERSCRIPTS[c] for c in m.group(0)) + "}", text
+    )
+    text = _VULGAR_FRACTION.sub(lambda m: _vulgar(m.group(0)), text)
+    return _ROOT.sub(lambda m: "\\sqrt{" + (m["braced"] or m["paren"] or m["atom"]) + "}", text)
+
+
+def _vulgar(character: str) -> str:
+    """`½` -> `\\frac{1}{2}` (NFKC spells it 1⁄2)."""
+    numerator, _, denominator = unicodedata.normalize("NFKC", character).partition("\u2044")
+    return f"\\frac{{{numerator}}}{{{denominator}}}"
 
 
 def repeating_value(sign: str, whole: str, fixed: str, repetend: str) -> Fraction:
@@ -52,6 +96,8 @@ def _followed_by_power(text: str, end: int) -> bool:
 
 def rewrite_notation(text: str) -> str:
     """`text` with the notations above rewritten; anything else unchanged."""
+    if not text.isascii():
+        text = _unicode_math(text)
     if "\\overline" in text or "\\bar" in text:
         text = _REPEATING.sub(
             lambda m: _latex(

@@ -285,6 +285,33 @@ INEQUALITIES: list[Case] = [
     ("x < 1", "x > -1", False),
 ]
 
+UNICODE: list[Case] = [
+    (r"\pi", "π", True),
+    (r"\frac{\pi}{2}", "π/2", True),
+    (r"\sqrt{2}", "√2", True),
+    (r"2\sqrt{3}", "2√3", True),
+    (r"\sqrt{x+1}", "√(x+1)", True),
+    (r"\frac{1}{2}", "½", True),
+    (r"\frac{5}{2}", "2½", True),
+    (r"-\frac{1}{2}", "−1/2", True),
+    (r"(-\infty, 2)", "(-∞, 2)", True),
+    (r"x^2+1", "x²+1", True),
+    (r"x \le 3", "x ≤ 3", True),
+    (r"\pi", "2π", False),
+    (r"\sqrt{2}", "√3", False),
+    (r"\frac{1}{2}", "¼", False),
+    (r"x^2+1", "x³+1", False),
+    (r"(-\infty, 2)", "(-∞, 2]", False),
+]
+
+BARE_FORMULAS: list[Case] = [
+    ("x+y", "y+x", True),
+    ("a^2-b^2", "(a-b)(a+b)", True),
+    ("2x", "x*2", True),
+    ("x+y", "x-y", False),
+    ("a^2-b^2", "(a-b)^2", False),
+]
+
 TABLES = {
     "rounded decimals": ROUNDED_DECIMALS,
     "powers of ten": POWERS_OF_TEN,
@@ -304,6 +331,8 @@ TABLES = {
     "plus-minus": PLUS_MINUS,
     "equations": EQUATIONS,
     "inequalities": INEQUALITIES,
+    "unicode": UNICODE,
+    "bare formulas": BARE_FORMULAS,
 }
 CASES = [
     pytest.param(gold, answer, equal, id=f"{name}: {gold} vs {answer}")
