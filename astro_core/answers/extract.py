@@ -47,6 +47,15 @@ _FINAL_ANSWER = re.compile(
     re.IGNORECASE | re.DOTALL,
 )
 _SHORT_ANSWER_CHARS = 400
+# Unit words after a number ("5 cm^2", "12 square units"): the number is the answer. Only
+# words of two letters or more, after a space, so "5m" or "5 m" (perhaps a variable) stay.
+_UNIT = (
+    r"(?:square|sq\.?|cubic|cu\.?)?\s*(?:cm|mm|km|in|inch|inches|ft|feet|foot|yd|yards?|miles?"
+    r"|mi|meters?|metres?|units?|hours?|hrs?|minutes?|mins?|seconds?|secs?|days?|weeks?"
+    r"|months?|years?|cents?|dollars?|degrees?|pounds?|lbs?|ounces?|oz|kg|grams?|liters?"
+    r"|litres?|gallons?|mph|people|students|ways|points)"
+)
+NUMBER_WITH_UNIT = re.compile(r"(?P<number>-?[\d.,]*\d)\s+" + _UNIT + r"(?:\s*\^\s*\{?[23]\}?)?")
 
 
 @dataclass(frozen=True)
@@ -194,7 +203,8 @@ def _final_answer(text: str) -> tuple[int, str] | None:
 _NOT_PROSE = re.compile(
     r"\\(?:begin|end)\s*\{[a-zA-Z*]+\}|\\(?:text|mathrm|mbox|textbf|operatorname)\s*\{[^{}]{0,20}\}"
 )
-_BARE_TEXT = re.compile(r"\(?[A-Za-z][A-Za-z'\- ]{0,30}\)?\.?")
+# "Monday", "(B)", "no solution", "(E) none of these"
+_BARE_TEXT = re.compile(r"(?:\(?[A-Ea-e]\)\s+)?\(?[A-Za-z][A-Za-z'\- ]{0,40}\)?\.?")
 
 
 def _looks_like_bare_math(text: str) -> bool:
@@ -208,11 +218,15 @@ def _looks_like_bare_math(text: str) -> bool:
     return re.search(r"[a-zA-Z]{2,}", words) is None and math is not None
 
 
+def _is_number_with_unit(text: str) -> bool:
+    return NUMBER_WITH_UNIT.fullmatch(text.strip().rstrip(".")) is not None
+
+
 def _looks_like_bare_text(text: str) -> bool:
     """A response that is only a short word answer: "Monday", "C", "(B)", "no solution"
-    (at most 4 words, no digits or LaTeX)."""
+    (at most 6 words, no digits or LaTeX)."""
     stripped = text.strip()
-    return bool(_BARE_TEXT.fullmatch(stripped)) and len(stripped.split()) <= 4
+    return bool(_BARE_TEXT.fullmatch(stripped)) and len(stripped.split()) <= 6
 
 
 def extract_answer(text: str, fallback: Fallback = "last_math") -> Extraction:
@@ -233,7 +247,7 @@ def extract_answer(text: str, fallback: Fallback = "last_math") -> Extraction:
         return Extraction(last_boxed(text) or "", "boxed")
     if final is not None:
         return Extraction(final[1], "final_answer")
-    if _looks_like_bare_math(plain) or _looks_like_bare_text(plain):
+    if _looks_like_bare_math(plain) or _looks_like_bare_text(plain) or _is_number_with_unit(plain):
         return Extraction(plain.strip().rstrip("."), "whole")
     found = None
     if fallback == "last_math":

@@ -19,6 +19,7 @@ import sympy
 from sympy.core.function import AppliedUndef
 from sympy.matrices import MatrixBase
 
+from astro_core.answers.extract import NUMBER_WITH_UNIT
 from astro_core.answers.notation import rewrite_notation
 
 MAX_ANSWER_CHARS = 1000
@@ -28,6 +29,10 @@ _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\degree|°|\\circ")
 _TEXT_CMD = re.compile(r"\\(?:text|textbf|textit|textnormal|mbox|mathrm|mathbf|operatorname)\s*\{")
 # A `^` inside an exponent, a 7+ digit exponent, or a 6+ digit factorial: sympy would try to
 # build the number. Compared as strings only.
+# {x | x > 2}, {x : x > 2}: the condition describes the set.
+_SET_BUILDER = re.compile(r"\\\{\s*[a-zA-Z]\s*(?:\\mid|\||:)\s*(?P<condition>.+?)\s*\\\}")
+_EMPTY_SET = re.compile(r"\\varnothing|\\o\b|\\\{\s*\\\}")
+_ALL_REALS = re.compile(r"(?:\\text\{\s*)?all real numbers(?:\s*\})?|\\R\b", re.IGNORECASE)
 _HUGE = re.compile(r"\^\s*\{[^{}]*\^|\^\s*\d+\s*\^|\^\s*\{?\s*\d{7,}|\d{6,}\s*!|\\uparrow")
 
 
@@ -68,10 +73,10 @@ def _unwrap_text_commands(s: str) -> str:
 
 
 def choice_letter(s: str) -> str | None:
-    """`(B)`, `\\textbf{(B)}`, `B`, `(B) 27` -> "B"."""
+    """`(B)`, `\\textbf{(B)}`, `B`, `(B) 27`, `B) 27` -> "B"."""
     plain = _unwrap_text_commands(s).replace("$", "").replace("\\", " ").strip()
     match = _LETTER.match(plain)
-    if match and (len(plain) <= 3 or plain.startswith("(")):
+    if match and (len(plain) <= 3 or plain.startswith("(") or plain[1:2] == ")"):
         return match.group(1)
     return None
 
@@ -96,6 +101,14 @@ def clean_answer(raw: str) -> tuple[str, bool]:
     s = rewrite_notation(s.strip("$").strip())
     s = re.sub(r"[.\s]+$", "", s)
     s = re.sub(r"^(?:[a-zA-Z]\s*\\in\s*)", "", s)  # "x \in [0,1)" -> "[0,1)"
+    s = _EMPTY_SET.sub(r"\\emptyset", s)
+    s = _ALL_REALS.sub(r"\\mathbb{R}", s)
+    builder = _SET_BUILDER.fullmatch(s)
+    if builder:
+        s = builder["condition"]
+    with_unit = NUMBER_WITH_UNIT.fullmatch(s)
+    if with_unit:
+        s = with_unit["number"]
     percent = bool(_PERCENT.search(s))
     if percent:
         s = _PERCENT.sub("", s).strip()
