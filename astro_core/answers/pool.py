@@ -315,8 +315,13 @@ class VerifierPool:
 
     def _check_chunk(self, index: int, items: list[VerifyItem], request: _Request) -> list[Verdict]:
         """One round trip per chunk, one time limit per item; after a timeout or a dead
-        worker the rest of the chunk goes to a fresh worker. Stops early on cancel."""
+        worker the rest of the chunk goes to a fresh worker. Stops early on cancel.
+
+        A worker that dies on an item gets one more try with a fresh worker (it may have
+        died before it took the item: killed while idle); dying again is the item's verdict.
+        """
         verdicts: list[Verdict] = []
+        died_on = -1  # the index of the item a worker last died on
         while len(verdicts) < len(items) and not request.stopped():
             pending = items[len(verdicts) :]
             worker = self._workers[index]
@@ -338,6 +343,9 @@ class VerifierPool:
                     verdicts.append(verdict)
             except (EOFError, OSError, ValueError, pickle.UnpicklingError):
                 self._replace(index)
+                if died_on != len(verdicts):
+                    died_on = len(verdicts)  # try this item once more
+                    continue
                 self._count("errors")
                 verdicts.append(Verdict(False, "", "error: worker died"))
         return verdicts

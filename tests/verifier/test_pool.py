@@ -277,3 +277,18 @@ def test_no_worker_outlives_a_killed_owner(tmp_path: Path) -> None:
         owner.send_signal(signal.SIGKILL)
         owner.wait()
     assert _wait_gone(pids) == []
+
+
+def test_killed_workers_and_zygote_are_replaced() -> None:
+    """SIGKILL of an idle worker costs no verdict (the item is retried on a fresh worker);
+    SIGKILL of the zygote (which takes its workers with it) starts a new one."""
+    with VerifierPool(VerifierConfig(workers=2, timeout_seconds=20)) as pool:
+        items = [VerifyItem(rf"\\boxed{{{n}}}", str(n)) for n in range(8)]
+        os.kill(pool.worker_pids()[0], signal.SIGKILL)
+        assert [v.reason for v in pool.check_batch(items)] == ["equal"] * 8
+        old_zygote, old_workers = pool.zygote_pid(), pool.worker_pids()
+        os.kill(old_zygote, signal.SIGKILL)
+        assert _wait_gone([old_zygote, *old_workers]) == []
+        assert [v.reason for v in pool.check_batch(items)] == ["equal"] * 8
+        assert pool.zygote_pid() != old_zygote and pool.alive_workers() == 2
+        assert pool.errors == 0
