@@ -247,6 +247,8 @@ class VerifierPool:
             raise request.error
         verdicts = [v for v in request.results if v is not None]
         if len(verdicts) < len(items):
+            if request.halted:
+                raise RuntimeError("the verifier pool was closed during the call")
             raise VerificationCancelled("the verification was cancelled")
         return verdicts
 

@@ -292,3 +292,25 @@ def test_killed_workers_and_zygote_are_replaced() -> None:
         assert [v.reason for v in pool.check_batch(items)] == ["equal"] * 8
         assert pool.zygote_pid() != old_zygote and pool.alive_workers() == 2
         assert pool.errors == 0
+
+
+def test_close_during_a_call_ends_it() -> None:
+    """close() while another thread waits on stuck items: the call ends with an error at
+    once instead of running its items to their limits, and close() returns promptly."""
+    pool = VerifierPool(VerifierConfig(workers=1, timeout_seconds=60))
+    errors: list[BaseException] = []
+
+    def caller() -> None:
+        try:
+            pool.check_batch([STUCK] * 3)
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=caller)
+    thread.start()
+    time.sleep(1.0)
+    started = time.monotonic()
+    pool.close()
+    thread.join(timeout=30)
+    assert time.monotonic() - started < 30 and not thread.is_alive()
+    assert len(errors) == 1 and "closed" in str(errors[0])
