@@ -19,7 +19,7 @@ from typing import Any
 
 import grpc
 from prometheus_client import Counter, Histogram
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from astro_core.answers import Verdict, VerifierConfig, VerifierPool
 from astro_core.protocols import RewardMapping, VerifyItem
@@ -44,6 +44,15 @@ class VerifierSettings(VerifierConfig):
         description="Most worst-case work one request may ask for, in worker-seconds: its "
         "items x timeout_seconds. A larger request is RESOURCE_EXHAUSTED (split it).",
     )
+
+    @model_validator(mode="after")
+    def _one_item_fits(self) -> VerifierSettings:
+        if self.max_batch_seconds < self.timeout_seconds:
+            raise ValueError(
+                f"max_batch_seconds ({self.max_batch_seconds:g}) is below timeout_seconds "
+                f"({self.timeout_seconds:g}): no request would fit"
+            )
+        return self
 
 
 class InvalidRequest(ValueError):

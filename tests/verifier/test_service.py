@@ -185,3 +185,14 @@ def test_non_finite_rewards_are_invalid(service: ServiceThread, bad: float) -> N
         stub.VerifyBatch(batch)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert stub.Verify(TWO).reward == 1.0  # the service is fine afterwards
+
+
+def test_settings_where_no_request_fits_are_refused() -> None:
+    from services.runtime.config import ConfigError, parse_settings
+    from services.verifier.server import VerifierSettings
+
+    with pytest.raises(ConfigError, match="max_batch_seconds"):
+        parse_settings(VerifierSettings, {"timeout_seconds": 10, "max_batch_seconds": 5})
+    with pytest.raises(ConfigError, match="max_batch_seconds"):
+        parse_settings(VerifierSettings, {"max_batch_seconds": "inf"})
+    assert parse_settings(VerifierSettings, {"max_batch_seconds": 10}).max_batch_seconds == 10
