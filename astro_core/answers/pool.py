@@ -129,11 +129,15 @@ class _Zygote:
         finally:
             theirs.close()
         worker = _Worker(pid, Connection(ours.detach()))
-        if not worker.conn.poll(STARTUP_TIMEOUT_SECONDS):
+        try:
+            if not worker.conn.poll(STARTUP_TIMEOUT_SECONDS):
+                raise RuntimeError(f"not ready in {STARTUP_TIMEOUT_SECONDS:.0f} s")
+            message = worker.conn.recv()
+            if not (isinstance(message, tuple) and message[:1] == ("ready",)):
+                raise RuntimeError(f"said {message!r} instead of ready")
+        except (EOFError, OSError, RuntimeError) as exc:
             self._kill(worker)
-            raise RuntimeError(f"verifier worker {pid} not ready in {STARTUP_TIMEOUT_SECONDS} s")
-        ready, _ = worker.conn.recv()
-        assert ready == "ready"
+            raise RuntimeError(f"verifier worker {pid} did not start: {exc}") from exc
         return worker
 
     def kill(self, worker: _Worker) -> None:
