@@ -157,7 +157,6 @@ class _SFTRun:
         try:
             return self._run()
         finally:
-            self.logger.close()
             self.engine.close()
 
     def _run(self) -> TrainResult:
@@ -174,10 +173,13 @@ class _SFTRun:
             f"{stats.dropped_overlong} dropped over max_length={config.max_length}, "
             f"{stats.dropped_no_targets} without loss tokens; {stats.tokens} tokens"
         )
-        self.logger.note(
-            f"{self.total_steps} steps on {self.env.world_size} rank(s) "
-            + (f"resuming after step {start}" if start else f"from {self.starting.path}")
-        )
+        if start >= self.total_steps:
+            where = "already finished"
+        elif start:
+            where = f"resuming after step {start}"
+        else:
+            where = f"from {self.starting.path}"
+        self.logger.note(f"{self.total_steps} steps on {self.env.world_size} rank(s), {where}")
         num_tokens = float(stage_state.get("num_tokens", 0.0))
         window = _Window()
         self.engine.train()

@@ -4,14 +4,13 @@
                          sinks=[ConsoleProgress()])
     logger.log(step, {"loss": 1.9, "learning_rate": 3e-6})       # every logging step
     logger.checkpoint(step, info_or_none, directory)             # every save
-    logger.close()
 
 `output_dir/train_log.jsonl` gets one JSON object a line: `{"event": "log", "step", "time",
 ...metrics}` or `{"event": "checkpoint", "step", "time", "path", "checkpoint": "name:3"}`.
 Every event also goes to each sink as a `TrainProgress` (the console bar here; the trainer
 process adds a Redis stream sink). Only the main rank logs: other ranks pass enabled=False.
 A resumed run first drops the lines after the step it resumes from, so the file reads as
-one uninterrupted run.
+one uninterrupted run. Sinks belong to whoever made them, who closes them.
 """
 
 from __future__ import annotations
@@ -194,10 +193,6 @@ class TrainLogger:
         if self.enabled:
             sys.stderr.write(f"{self.stage}: {text}\n")
             sys.stderr.flush()
-
-    def close(self) -> None:
-        for sink in self.sinks:
-            sink.close()
 
 
 def read_log(path: str | Path) -> list[dict[str, Any]]:
