@@ -48,6 +48,8 @@ def model_ref_message(model: str) -> common_pb2.ModelRef:
     if not is_registry_ref(model):
         return common_pb2.ModelRef(path=model)
     name, version, alias = parse_ref(model)
+    if "@" not in model:
+        alias = ""  # a bare name means its latest version, as an empty alias does
     return common_pb2.ModelRef(name=name, version=version, alias=alias)
 
 
