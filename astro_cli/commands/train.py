@@ -15,6 +15,7 @@ every stage's command.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -123,6 +124,8 @@ def run_stage_command(config: TrainerConfig, print_config: bool = False) -> None
         fail(f"{exc.code().name}: {exc.details()}", code=1)
     except KeyboardInterrupt:
         fail("interrupted; restart with the same output_dir to resume", code=130)
+    if os.environ.get("RANK", "0") != "0":
+        return  # one summary per job, from its main rank
     resumed = f" (resumed after step {result.resumed_from})" if result.resumed_from else ""
     loss = result.metrics.get("loss")
     last = result.checkpoints[-1] if result.checkpoints else None

@@ -77,7 +77,10 @@ def test_two_ranks_equal_one_rank_with_twice_the_accumulation(
         cwd=REPO,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("sft finished: 5 steps") == 2  # one line per rank
+    assert result.stdout.splitlines() == [  # one summary line, from rank 0
+        f"sft finished: 5 steps; loss {losses(tmp_path / 'two')[5]:.4f}; "
+        f"checkpoint {tmp_path / 'two' / 'checkpoint-5'}"
+    ]
     one = sft_config(
         tiny_model_dir,
         traces,
