@@ -134,6 +134,9 @@ def test_usage_errors_exit_2(job: list[str], tmp_path: Path) -> None:
     bad.write_text("max_length: 0\nmodel: m\ndataset: d\noutput_dir: o\n")
     one_line_error(*astro("train", "sft", "--config", str(bad)), 2, "max_length")
     one_line_error(*astro("train", "sft", "--output-dir", "o", "--dataset", "d"), 2, "model")
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    one_line_error(*astro(*job, "--output-dir", str(a_file)), 2, "is not a directory")
 
 
 def test_data_errors_exit_1(job: list[str], tmp_path: Path) -> None:

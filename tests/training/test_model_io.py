@@ -100,7 +100,12 @@ def distributed() -> Iterator[DistributedEnv]:
 
 @pytest.mark.parametrize(
     ("zero_stage", "lora"),
-    [(0, None), (3, None), (2, LoraSettings(r=4, alpha=16, target_modules=["q_proj", "o_proj"]))],
+    [
+        (0, None),
+        (3, None),
+        (2, LoraSettings(r=4, alpha=16, target_modules=["q_proj", "o_proj"])),
+        (3, LoraSettings(r=4, alpha=16, target_modules=["v_proj", "up_proj"])),
+    ],
 )
 def test_a_checkpoint_reloads_to_the_same_logits(
     tiny_model_dir: Path,

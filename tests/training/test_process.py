@@ -113,3 +113,16 @@ def test_console_progress_writes_lines_off_a_terminal() -> None:
     console.report(TrainProgress("", "sft", 3, 10, {"loss": 1.23456, "learning_rate": 3e-6}))
     console.close()
     assert stream.getvalue() == "sft step 3/10 loss=1.235 lr=3.00e-06\n"
+
+
+def test_console_progress_draws_a_bar_on_a_terminal() -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    console = ConsoleProgress(stream)
+    for step in (1, 2, 3):
+        console.report(TrainProgress("", "sft", step, 10, {"loss": 2.5 - step / 10}))
+    console.close()
+    assert "3/10" in stream.getvalue() and "loss=2.2" in stream.getvalue()
