@@ -153,3 +153,20 @@ def test_a_checkpoint_reloads_to_the_same_logits(
     assert {"config.json", "model.safetensors", "tokenizer.json", TRAINING_INFO} <= files
     assert not any("adapter" in name for name in files)
     assert (directory / MODEL_DIR / "chat_template.jinja").read_text() == tokenizer.chat_template
+
+
+def test_zero3_loads_weights_partitioned_and_switches_back(
+    tiny_model_dir: Path, traces_file: Path, tmp_path: Path, distributed: DistributedEnv
+) -> None:
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    from astro_core.training.models import prepare_model
+
+    config = sft_config(tiny_model_dir, traces_file, tmp_path / "o", deepspeed={"zero_stage": 3})
+    _, model, _ = prepare_model(config, None, distributed)
+    weight = model.get_input_embeddings().weight
+    assert weight.numel() == 0 and tuple(weight.ds_shape) == (507, 128)  # a partition only
+    assert not is_deepspeed_zero3_enabled()  # a later plain load is not partitioned
+    config0 = sft_config(tiny_model_dir, traces_file, tmp_path / "o", deepspeed={"zero_stage": 0})
+    _, plain, _ = prepare_model(config0, None, distributed)
+    assert plain.get_input_embeddings().weight.shape == (507, 128)
