@@ -133,11 +133,11 @@ def partitioned_loading(config: TrainerConfig, env: DistributedEnv, bf16: bool) 
     import_deepspeed()
     from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
 
-    switch = HfDeepSpeedConfig(deepspeed_config(config, env.world_size, bf16))
+    switch = HfDeepSpeedConfig(deepspeed_config(config, env.world_size, bf16))  # type: ignore[no-untyped-call]
     try:
         yield
     finally:
-        unset_hf_deepspeed_config()
+        unset_hf_deepspeed_config()  # type: ignore[no-untyped-call]
         del switch
 
 
