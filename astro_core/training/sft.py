@@ -161,6 +161,7 @@ class _SFTRun:
         try:
             return self._run()
         finally:
+            self.logger.close()
             self.engine.close()
 
     def _run(self) -> TrainResult:

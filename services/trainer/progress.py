@@ -66,6 +66,7 @@ class RedisProgressSink:
             url, socket_timeout=timeout_seconds, socket_connect_timeout=timeout_seconds
         )
         self.failures = 0
+        self.closed = False
 
     def report(self, progress: TrainProgress) -> None:
         payload = json_format.MessageToJson(
@@ -81,6 +82,9 @@ class RedisProgressSink:
                 sys.stderr.write(f"warning: progress to Redis failed ({exc}); training goes on\n")
 
     def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
         if self.failures > 1:
             sys.stderr.write(f"warning: {self.failures} progress events did not reach Redis\n")
         self.client.close()

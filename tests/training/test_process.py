@@ -102,6 +102,7 @@ def test_progress_survives_a_redis_outage(capfd: pytest.CaptureFixture[str]) -> 
     for step in (1, 2, 3):
         sink.report(TrainProgress("r", "sft", step, 3, {"loss": 1.0}))
     sink.close()
+    sink.close()  # the logger and the process that made it both close it
     err = capfd.readouterr().err
     assert err.count("progress to Redis failed") == 1
     assert "3 progress events did not reach Redis" in err
