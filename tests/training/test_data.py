@@ -197,3 +197,16 @@ def test_packed_collation_restarts_positions_and_never_targets_a_first_token() -
     assert padded["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
     assert padded["labels"].tolist() == [[-100, 2, 3], [-100, 5, -100]]
     assert padded["input_ids"].dtype == torch.long
+
+
+@pytest.mark.parametrize("assistant_only", [False, True])
+def test_batched_tokenization_equals_one_at_a_time(assistant_only: bool) -> None:
+    from astro_core.training.data import _tokenize_all
+
+    conversations = [
+        [{"role": "user", "content": f"q{i} " * i}, {"role": "assistant", "content": f"a{i}"}]
+        for i in range(1, 6)
+    ]
+    batched = list(_tokenize_all(TOKENIZER, conversations, assistant_only, chunk=2))
+    single = [tokenize_conversation(TOKENIZER, c, assistant_only) for c in conversations]
+    assert batched == single
