@@ -163,6 +163,7 @@ class LocalPlatform:
     ) -> dict[str, Any]:
         ready = self.run_dir / f"{name}.ready.json"
         child = self.children[name]
+        own = self.config.service_config(name)  # its credentials, for the health check
         while time.monotonic() < deadline and not (stop and stop.is_set()):
             if child.poll() is not None:
                 raise RuntimeError(
@@ -171,8 +172,7 @@ class LocalPlatform:
                 )
             if ready.exists():
                 info: dict[str, Any] = json.loads(ready.read_text())
-                config = self.config.service_config(name).client_config(info["address"])
-                if check_health(config) == "SERVING":
+                if check_health(own.client_config(info["address"])) == "SERVING":
                     return info
             time.sleep(0.1)
         raise TimeoutError(f"service {name} did not become SERVING in time")
@@ -239,7 +239,8 @@ class LocalPlatform:
         except (RuntimeError, TimeoutError) as exc:
             # Counted like any exit: the next supervision round sees it and decides.
             stop_process(self.children[name], self.config.stop_timeout_seconds)
-            self._report(f"restart of service {name} failed: {exc}")
+            if not stop.is_set():
+                self._report(f"restart of service {name} failed: {exc}")
             return
         self._write_state()
         self._report(f"service {name} is back (pid {self.addresses[name]['pid']})")

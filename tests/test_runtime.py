@@ -413,3 +413,5 @@ def test_a_config_with_an_unknown_key_is_refused() -> None:
         ServiceConfig.model_validate({"prot": 50051})
     with pytest.raises(ValidationError, match="tokn"):
         ServiceConfig.model_validate({"auth": {"tokn": "x"}})
+    with pytest.raises(ValidationError, match="metrics_port must differ from port"):
+        ServiceConfig(port=50053, metrics_port=50053)

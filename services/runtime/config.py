@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from astro_core.config import ConfigError, format_validation_error, load_config
 
@@ -91,6 +91,13 @@ class ServiceConfig(BaseModel):
     settings: dict[str, Any] = Field(
         default_factory=dict, description="Service-specific settings (engine, model, pool size...)."
     )
+
+    @model_validator(mode="after")
+    def _metrics_apart(self) -> ServiceConfig:
+        # /metrics needs no token: it must never share the gRPC port.
+        if self.port and self.metrics_port == self.port:
+            raise ValueError(f"metrics_port must differ from port ({self.port})")
+        return self
 
     def client_config(self, address: str, **fields: Any) -> ClientConfig:
         """How this service reaches a peer at `address`: with its own credentials (the bearer
