@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import threading
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -212,9 +213,30 @@ class RegistryServicer(registry_pb2_grpc.CheckpointRegistryServicer):
                     compare_digests(declared, sha256, uri)
                 return await self._commit(request, checked, uri, sha256, owned=False)
             location = self.artifacts.new_location(checked[0])
-            sha256 = await asyncio.to_thread(copy_tree, uri, location, declared, uri)
+            sha256 = await self._copy(uri, location, declared)
             return await self._commit(request, checked, location, sha256, owned=True)
         raise AssertionError("unreachable")  # _reported aborts
+
+    async def _copy(self, uri: str, location: str, declared: dict[str, str] | None) -> Any:
+        """copy_tree in a thread. If the caller gives up (cancel, deadline) the copy stops at
+        its next chunk and nothing of it is kept."""
+        stop = threading.Event()
+        copying = asyncio.ensure_future(
+            asyncio.to_thread(
+                copy_tree, uri, location, declared, uri, self.settings.chunk_bytes, stop.is_set
+            )
+        )
+        try:
+            return await asyncio.shield(copying)
+        except asyncio.CancelledError:
+            stop.set()
+            copying.add_done_callback(lambda done: self._discard(done, location))
+            raise
+
+    def _discard(self, copy: asyncio.Future[Any], location: str) -> None:
+        """A copy that finished before it saw the stop is removed (off the event loop)."""
+        if not copy.cancelled() and copy.exception() is None:
+            threading.Thread(target=self.artifacts.remove, args=(location,), daemon=True).start()
 
     async def UploadCheckpoint(
         self,
@@ -256,6 +278,8 @@ class RegistryServicer(registry_pb2_grpc.CheckpointRegistryServicer):
                         await asyncio.to_thread(staged.end_file, chunk.sha256)
                 if header is None or staged is None:
                     raise ValueError("empty upload: send the header, then the files")
+                if not staged.sha256 and not staged.file_in_progress:
+                    raise ValueError("an upload needs at least one file after its header")
                 if staged.file_in_progress:
                     raise ValueError(f"file {staged.file_in_progress} ended without its sha256")
                 if header.sha256:

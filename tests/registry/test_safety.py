@@ -4,6 +4,7 @@ each as INVALID_ARGUMENT (or the status that fits) with a message, never UNKNOWN
 from __future__ import annotations
 
 import math
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -186,18 +187,23 @@ def test_malformed_input_is_invalid_argument_not_unknown(
             next(stream)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, event_id
         assert "after_event_id" in caught.value.details()
-    with pytest.raises(grpc.RpcError) as caught:  # an upload's file with a malformed digest
-        stub.UploadCheckpoint(
-            iter(
-                [
-                    registry_pb2.UploadCheckpointRequest(header=header(name="t")),
-                    registry_pb2.UploadCheckpointRequest(
-                        chunk=registry_pb2.FileChunk(path="a", data=b"1", sha256="not-hex")
-                    ),
-                ]
-            )
-        )
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    chunk = registry_pb2.FileChunk
+    uploads = [  # the files an upload sends, and what the refusal says
+        ([chunk(path="a", data=b"1", sha256="not-hex")], "64 lowercase hex"),
+        ([chunk(path="a" * 300, data=b"1")], "at most"),
+        ([chunk(path="/".join(["d"] * 2000), data=b"1")], "at most"),  # was RecursionError
+        ([chunk(path="a\x00b", data=b"1")], "control character"),
+        ([chunk(path="a", data=b"1"), chunk(path="a/b", data=b"1")], "inside the file 'a'"),
+        ([chunk(path="a/b", data=b"1"), chunk(path="a", data=b"1")], "also the directory"),
+        ([], "at least one file"),
+    ]
+    for chunks, words in uploads:
+        messages = [registry_pb2.UploadCheckpointRequest(header=header(name="t"))]
+        messages += [registry_pb2.UploadCheckpointRequest(chunk=c) for c in chunks]
+        with pytest.raises(grpc.RpcError) as caught:
+            stub.UploadCheckpoint(iter(messages))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, chunks
+        assert words in caught.value.details(), caught.value.details()
     # The largest valid ones are accepted.
     assert (
         stub.ListCheckpoints(registry_pb2.ListCheckpointsRequest(page_token="0")).checkpoints == []
@@ -254,3 +260,23 @@ def test_an_upload_whose_files_cannot_be_read_says_so(
     with pytest.raises(FileNotFoundError):
         vanishing.register("m", make_tree(tmp_path / "src"))
     assert client.list() == []
+
+
+def test_a_copy_whose_caller_gave_up_stops_and_leaves_nothing(
+    rooted: ServiceThread, layout: dict[str, Path], tmp_path: Path
+) -> None:
+    big = make_tree(layout["root"] / "big", files=24, size=2 << 20)  # ~48 MB to copy
+    channel = sync_channel(rooted.client_config(retry_attempts=1))
+    stub = registry_pb2_grpc.CheckpointRegistryStub(channel)
+    request = registry_pb2.RegisterCheckpointRequest(name="m", artifact_uri=str(big))
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.RegisterCheckpoint(request, timeout=0.2)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    channel.close()
+    root = tmp_path / "artifacts"
+    deadline = time.monotonic() + 30
+    while artifact_dirs(root) and time.monotonic() < deadline:
+        time.sleep(0.1)  # the copy notices at its next chunk and removes what it wrote
+    time.sleep(2)  # and nothing appears later either
+    assert artifact_dirs(root) == []
+    assert RegistryClient(rooted.client_config()).list() == []
