@@ -5,7 +5,8 @@
   search, a registry-backed LoadModel and a verify end to end; a call without it is refused.
 - `astro up` supervises: a killed service comes back on the same port (the event logged);
   one that keeps dying stops the platform with exit 1.
-- No stray processes: kill -9 of `astro up` takes its services and its embedded Redis with it.
+- No stray processes: kill -9 of `astro up` takes its services and its embedded Redis with it;
+  an in-process `astro search` leaves no redis-server, whether it finishes or is killed.
   (tests/conftest.py also fails the whole run if any process a test started outlives it.)
 """
 
@@ -278,3 +279,46 @@ def test_kill_9_of_astro_up_takes_its_services_and_redis_with_it(tmp_path: Path)
     assert read_state(tmp_path / "data") is None
     with astro_up(tmp_path, config) as (_, state):
         assert _serving(state["services"]["registry"]["address"])
+
+
+@pytest.mark.parametrize("ending", ["finishes", "SIGTERM", "SIGKILL"])
+def test_in_process_astro_search_leaves_no_redis_server(
+    tmp_path: Path, shared_data: Path, tiny_model_dir: Path, ending: str
+) -> None:
+    """`astro search` without --coordinator runs its own embedded Redis: it must end with the
+    command however the command ends. (Orphans would be adopted by this session, the
+    subreaper, and show up among its children.)"""
+    config = tmp_path / "search.yaml"
+    config.write_text("iterations: 2\nmax_solution_tokens: 16\n")
+    search = subprocess.Popen(
+        [
+            sys.executable, "-m", "astro_cli.main", "search",
+            "--problems", str(shared_data / "math500.jsonl"), "--limit", "1",
+            "--model", str(tiny_model_dir), "--config", str(config),
+            "--out", str(tmp_path / "trees.jsonl"),
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+
+    def redis_servers() -> list[psutil.Process]:
+        return [p for p in psutil.Process().children(recursive=True) if "redis-server" in p.name()]
+
+    try:
+        servers = _wait_for(redis_servers, START_TIMEOUT, "the embedded redis-server")
+        if ending == "finishes":
+            assert search.wait(START_TIMEOUT) == 0, search.stderr.read() if search.stderr else ""
+            assert (tmp_path / "trees.jsonl").exists()
+        else:
+            search.send_signal(getattr(signal, ending))
+            search.wait(60)
+        _, alive = psutil.wait_procs(servers, timeout=30)
+        assert not alive, f"redis-server outlived `astro search` ({ending})"
+        assert redis_servers() == []
+    finally:
+        if search.poll() is None:
+            search.kill()
+            search.wait()
