@@ -67,9 +67,16 @@ def render_prompts(
     """The chat prompt of each problem, encoded as the engines encode prompts."""
     prompts = []
     for problem in problems:
-        text = template.render(problem_messages(problem.problem, instruction))
+        text = prompt_text(problem, template, instruction)
         prompts.append(RLPrompt(problem, text, tuple(encode_prompt(tokenizer, text))))
     return prompts
+
+
+def prompt_text(
+    problem: Problem, template: ChatTemplate, instruction: str = SOLVE_INSTRUCTION
+) -> str:
+    """The policy's prompt for a problem: its chat template over the problem's user turn."""
+    return template.render(problem_messages(problem.problem, instruction))
 
 
 @dataclass(frozen=True)
