@@ -138,10 +138,12 @@ class ColocateSync(PolicySync):
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"colocate sync needs an engine holding a torch model, not {model!r}")
         failure: list[BaseException] = []
+        # Read here, in the caller's thread: under ZeRO-3 reading gathers (a collective).
+        tensors = list(weights.named_tensors())
 
         def copy() -> None:
             try:
-                copy_weights(model, weights.named_tensors())
+                copy_weights(model, tensors)
             except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
                 failure.append(exc)
 
