@@ -33,6 +33,10 @@ _DEFAULT_REWARDS = RewardMapping()
 _PRELOAD = ["astro_core.answers.verify", "astro_core.answers.warmup"]
 _MEMORY_LIMIT_BYTES = 4 * 1024**3
 _MAX_CHUNK = 32
+# How long a new worker may take to start (a busy machine, a heavy __main__ to re-import):
+# the per-item time limit only starts once the worker says it is ready.
+_STARTUP_SECONDS = 120.0
+_READY = "ready"
 
 
 def _worker_main(conn: Connection, config_json: str) -> None:
@@ -48,6 +52,10 @@ def _worker_main(conn: Connection, config_json: str) -> None:
     install_two_stage_parsing()
     default = VerifierConfig.model_validate_json(config_json)
     settings: dict[str, VerifierConfig] = {}
+    try:
+        conn.send(_READY)
+    except (OSError, ValueError):
+        return
     while True:
         try:
             message = conn.recv()
@@ -81,6 +89,15 @@ class _Worker:
         )
         self.process.start()
         child.close()
+        self.ready = False
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait for the worker's start-up message; False if it did not come in time."""
+        if not self.ready:
+            if not self.conn.poll(timeout) or self.conn.recv() != _READY:
+                return False
+            self.ready = True
+        return True
 
     def kill(self) -> None:
         self.process.kill()
@@ -158,6 +175,8 @@ class VerifierPool:
             pending = items[len(verdicts) :]
             worker = self._idle.get()
             try:
+                if not worker.wait_ready(_STARTUP_SECONDS):
+                    raise EOFError("the worker did not start")
                 worker.conn.send((settings_json, pending))
                 for _ in pending:
                     if not worker.conn.poll(self.config.timeout_seconds):
