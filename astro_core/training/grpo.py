@@ -507,7 +507,8 @@ class _GRPORun:
     def _empty_pass(self) -> torch.Tensor:
         ids = torch.full((1, 2), self.pad_token_id, device=self.env.device)
         out = self.engine.forward(input_ids=ids, use_cache=False)
-        return out.logits.sum() * 0.0
+        zero: torch.Tensor = out.logits.sum() * 0.0
+        return zero
 
 
 def _select_rows(batch: StepBatch, order: Sequence[int]) -> StepBatch:
