@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -133,24 +133,59 @@ def assistant_spans(
     return spans
 
 
+def _labels(
+    ids: list[int],
+    offsets: Sequence[tuple[int, int]] | None,
+    spans: Sequence[tuple[int, int]] | None,
+) -> list[int]:
+    """All tokens are targets, or (with spans) those that start inside an assistant turn."""
+    if spans is None or offsets is None:
+        return list(ids)
+    return [
+        token if any(s <= start < e for s, e in spans) else IGNORE_INDEX
+        for token, (start, _) in zip(ids, offsets, strict=True)
+    ]
+
+
 def tokenize_conversation(
     tokenizer: PreTrainedTokenizerBase,
     messages: Sequence[Mapping[str, str]],
     assistant_only_loss: bool = False,
 ) -> TokenizedTrace:
     """Token ids of the rendered conversation and its labels."""
-    text = _render(tokenizer, messages)
-    if not assistant_only_loss:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        return TokenizedTrace(list(ids), list(ids))
-    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    encoded = tokenizer(
+        _render(tokenizer, messages),
+        add_special_tokens=False,
+        return_offsets_mapping=assistant_only_loss,
+    )
     ids = list(encoded["input_ids"])
-    spans = assistant_spans(tokenizer, messages)
-    labels = [
-        token if any(s <= start < e for s, e in spans) else IGNORE_INDEX
-        for token, (start, _) in zip(ids, encoded["offset_mapping"], strict=True)
-    ]
-    return TokenizedTrace(ids, labels)
+    spans = assistant_spans(tokenizer, messages) if assistant_only_loss else None
+    return TokenizedTrace(ids, _labels(ids, encoded.get("offset_mapping"), spans))
+
+
+def _tokenize_all(
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: Sequence[Sequence[Mapping[str, str]]],
+    assistant_only_loss: bool,
+    chunk: int = 512,
+) -> Iterator[TokenizedTrace]:
+    """tokenize_conversation for many, encoding a chunk at a time (the fast tokenizer
+    batches in Rust)."""
+    for start in range(0, len(conversations), chunk):
+        part = conversations[start : start + chunk]
+        encoded = tokenizer(
+            [_render(tokenizer, messages) for messages in part],
+            add_special_tokens=False,
+            return_offsets_mapping=assistant_only_loss,
+        )
+        for index, messages in enumerate(part):
+            ids = list(encoded["input_ids"][index])
+            if assistant_only_loss:
+                spans = assistant_spans(tokenizer, messages)
+                labels = _labels(ids, encoded["offset_mapping"][index], spans)
+            else:
+                labels = list(ids)
+            yield TokenizedTrace(ids, labels)
 
 
 def tokenize_dataset(
@@ -165,8 +200,7 @@ def tokenize_dataset(
         raise DatasetError("the model's tokenizer has no chat template to render the traces with")
     stats = DatasetStats(traces=len(conversations))
     kept = []
-    for messages in conversations:
-        trace = tokenize_conversation(tokenizer, messages, assistant_only_loss)
+    for trace in _tokenize_all(tokenizer, conversations, assistant_only_loss):
         if len(trace.input_ids) > max_length:
             if overlong == "drop":
                 stats.dropped_overlong += 1

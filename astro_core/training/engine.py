@@ -140,7 +140,9 @@ def shutdown_distributed(env: DistributedEnv) -> None:
     import torch.distributed as dist
 
     if dist.is_initialized():
-        dist.destroy_process_group()
+        # Through DeepSpeed, which also drops the groups it cached (a later job in this
+        # process would otherwise reach for groups of the destroyed world).
+        import_deepspeed().comm.destroy_process_group()
     for name in env.own_variables:
         os.environ.pop(name, None)
 

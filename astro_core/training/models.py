@@ -9,6 +9,8 @@ sync use the merged full weights (`merged_state_dict`), so every consumer sees a
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,13 @@ from astro_core.engines.sources import ModelNotFound, ModelSource, resolve_model
 from astro_core.models.accelerator import select_deepspeed_accelerator
 from astro_core.paths import data_dir
 from astro_core.training.config import LoraSettings, TrainerConfig
-from astro_core.training.engine import DistributedEnv, barrier, uses_bf16
+from astro_core.training.engine import (
+    DistributedEnv,
+    barrier,
+    deepspeed_config,
+    import_deepspeed,
+    uses_bf16,
+)
 
 select_deepspeed_accelerator()  # save_pretrained imports deepspeed through accelerate
 
@@ -102,15 +110,35 @@ def prepare_model(
     if env.local_rank != 0:
         starting = resolve_starting_model(reference, store, cache)
     torch.manual_seed(config.seed)
-    dtype = torch.bfloat16 if uses_bf16(config) else torch.float32
-    loaded, tokenizer = load_for_training(
-        starting.path,
-        dtype=dtype,
-        attn_implementation=config.attn_implementation,
-        gradient_checkpointing=config.gradient_checkpointing,
-        lora=config.lora,
-    )
+    bf16 = uses_bf16(config)
+    with partitioned_loading(config, env, bf16):
+        loaded, tokenizer = load_for_training(
+            starting.path,
+            dtype=torch.bfloat16 if bf16 else torch.float32,
+            attn_implementation=config.attn_implementation,
+            gradient_checkpointing=config.gradient_checkpointing,
+            lora=config.lora,
+        )
     return starting, loaded, tokenizer
+
+
+@contextmanager
+def partitioned_loading(config: TrainerConfig, env: DistributedEnv, bf16: bool) -> Iterator[None]:
+    """Under ZeRO-3, transformers loads the weights straight into their partitions (each rank
+    holds 1/world of them, never the whole model); elsewhere a no-op. The switch is global in
+    transformers, so it is on only while loading."""
+    if config.deepspeed.zero_stage != 3:
+        yield
+        return
+    import_deepspeed()
+    from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
+
+    switch = HfDeepSpeedConfig(deepspeed_config(config, env.world_size, bf16))  # type: ignore[no-untyped-call]
+    try:
+        yield
+    finally:
+        unset_hf_deepspeed_config()  # type: ignore[no-untyped-call]
+        del switch
 
 
 def check_causal_lm(path: Path) -> None:

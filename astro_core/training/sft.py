@@ -20,6 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from astro_core.config import ConfigError
 from astro_core.training.checkpointing import (
     Checkpointer,
     file_sha256,
@@ -78,6 +79,9 @@ def train_sft(config: SFTConfig, services: TrainingServices) -> TrainResult:
     """Train (or resume, or find finished) the run in config.output_dir."""
     if not isinstance(config, SFTConfig):
         raise TypeError(f"train_sft needs an SFTConfig, got {type(config).__name__}")
+    output = Path(config.output_dir)
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"output_dir {output} exists and is not a directory")
     conversations = read_chat_jsonl(config.dataset)  # bad data fails before any set-up
     env = init_distributed(config.deepspeed)
     try:
@@ -174,10 +178,15 @@ class _SFTRun:
             f"{stats.dropped_overlong} dropped over max_length={config.max_length}, "
             f"{stats.dropped_no_targets} without loss tokens; {stats.tokens} tokens"
         )
-        self.logger.note(
-            f"{self.total_steps} steps on {self.env.world_size} rank(s) "
-            + (f"resuming after step {start}" if start else f"from {self.starting.path}")
-        )
+        if start >= self.total_steps:
+            where = "already finished"
+        elif start:
+            where = f"resuming after step {start}"
+        else:
+            where = f"from {self.starting.path}"
+        self.logger.note(f"{self.total_steps} steps on {self.env.world_size} rank(s), {where}")
+        if config.output_name and self.checkpointer.store is None:
+            self.logger.note("output_name is set but no registry_address: nothing is registered")
         num_tokens = float(stage_state.get("num_tokens", 0.0))
         window = _Window()
         self.engine.train()
@@ -231,7 +240,7 @@ class _SFTRun:
         all_targets, all_tokens = all_reduce_sum(
             [float(local_targets), float(local_tokens)], self.env.device
         )
-        loss_sum = 0.0
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.env.device)
         result = None
         for batch in batches:
             inputs = collate(
@@ -245,9 +254,9 @@ class _SFTRun:
             scale = self.env.world_size / all_targets if batch else 0.0
             self.engine.backward(nll * scale)
             result = self.engine.step()
-            loss_sum += float(nll.detach())
+            loss_sum += nll.detach()  # stays on the device: one sync per step, not per batch
         assert result is not None, "the last micro-batch of a step must end the step"
-        (global_loss,) = all_reduce_sum([loss_sum], self.env.device)
+        (global_loss,) = all_reduce_sum([float(loss_sum)], self.env.device)
         return (
             global_loss / all_targets,
             all_targets,

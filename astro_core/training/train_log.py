@@ -11,7 +11,8 @@
 Every event also goes to each sink as a `TrainProgress` (the console bar here; the trainer
 process adds a Redis stream sink). Only the main rank logs: other ranks pass enabled=False.
 A resumed run first drops the lines after the step it resumes from, so the file reads as
-one uninterrupted run.
+one uninterrupted run. `close()` closes the sinks; a sink's close must be idempotent (the
+process that made it closes it too, in case training failed before a logger existed).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class TrainProgress:
 @runtime_checkable
 class ProgressSink(Protocol):
     """Receives every progress event of the main rank. Must not raise for transient trouble
-    (a training run outlives a monitoring outage)."""
+    (a training run outlives a monitoring outage); close() may be called more than once."""
 
     def report(self, progress: TrainProgress) -> None: ...
 
@@ -189,15 +190,17 @@ class TrainLogger:
                 TrainProgress(self.run_id, self.stage, step, self.total_steps, values, info)
             )
 
+    def close(self) -> None:
+        """Close the sinks (each may be closed again by whoever made it: closing twice is
+        harmless)."""
+        for sink in self.sinks:
+            sink.close()
+
     def note(self, text: str) -> None:
         """A human-readable line for whoever watches (stderr; main rank only)."""
         if self.enabled:
             sys.stderr.write(f"{self.stage}: {text}\n")
             sys.stderr.flush()
-
-    def close(self) -> None:
-        for sink in self.sinks:
-            sink.close()
 
 
 def read_log(path: str | Path) -> list[dict[str, Any]]:
