@@ -1,0 +1,202 @@
+"""GRPO against the real services: generator, verifier and registry on loopback.
+
+Registry sync: each new policy is saved, registered and loaded by the generator service
+(LoadModel); rollouts come over gRPC with their token ids and log-probabilities, rewards from
+the verifier service. Also: a generator serving another model is refused, a sync that the
+generator never completes times out, and rollouts from a lagging generator are refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from astro_core.training.job import TrainingServices
+from astro_core.training.policy_sync import SyncTimeout
+from astro_core.training.rollouts import PolicyLagError, ServedModelMismatch
+from astro_core.training.train_log import read_log
+from services.generator.client import GeneratorClient
+from services.generator.server import register as register_generator
+from services.registry.client import RegistryClient
+from services.registry.server import register as register_registry
+from services.runtime.config import ServiceConfig
+from services.runtime.redis_store import connect_redis
+from services.testing import ServiceThread
+from services.verifier.client import VerifierClient
+from services.verifier.server import register as register_verifier
+from tests.training import toy
+from tests.training.test_grpo_train import rewards_of, toy_config
+
+toy_policy_dir = toy.toy_policy_dir  # fixtures
+toy_prompts = toy.toy_prompts
+
+
+@dataclass
+class Platform:
+    registry: ServiceThread
+    verifier: ServiceThread
+    generator: ServiceThread
+
+    def services(self, stack: list[Any], generator: Any = None) -> TrainingServices:
+        store = RegistryClient(self.registry.client_config())
+        gen = generator or GeneratorClient(self.generator.client_config(), timeout=120)
+        verifier = VerifierClient(self.verifier.client_config(), timeout_seconds=120)
+        stack += [store, gen, verifier]
+        return TrainingServices(store=store, generator=gen, verifier=verifier)
+
+    def reset_generator(self) -> None:
+        """Back to the starting policy toy:1 (a test may have left another version)."""
+        with GeneratorClient(self.generator.client_config()) as client:
+            client.load_model(name="toy", version=1)
+
+
+@pytest.fixture(scope="module")
+def platform(toy_policy_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
+    root = tmp_path_factory.mktemp("platform")
+    redis = connect_redis(url=None, directory=root / "redis")
+    registry = ServiceThread(
+        "registry",
+        register_registry,
+        ServiceConfig(
+            port=0,
+            metrics_port=None,
+            redis_url=redis.url,
+            grace_seconds=0.5,
+            settings={"artifact_root": str(root / "artifacts")},
+        ),
+    ).start()
+    with RegistryClient(registry.client_config()) as client:
+        client.register("toy", toy_policy_dir, aliases=["sft"])  # toy:1, the starting policy
+    verifier = ServiceThread(
+        "verifier",
+        register_verifier,
+        ServiceConfig(port=0, metrics_port=None, grace_seconds=0.5, settings={"workers": 1}),
+    ).start()
+    generator = ServiceThread(
+        "generator",
+        register_generator,
+        ServiceConfig(
+            port=0,
+            metrics_port=None,
+            grace_seconds=0.5,
+            settings={
+                "model": {"name": "toy", "version": 1},
+                "registry_address": registry.address,
+                "cache_dir": str(root / "cache"),
+                "engine": {"device": "cpu", "cpu_threads": 1},
+            },
+        ),
+    ).start()
+    try:
+        yield Platform(registry, verifier, generator)
+    finally:
+        generator.stop()
+        verifier.stop()
+        registry.stop()
+        redis.close()
+
+
+@pytest.fixture
+def clients() -> Iterator[list[Any]]:
+    opened: list[Any] = []
+    yield opened
+    for client in opened:
+        client.close()
+
+
+def run(config: Any, services: TrainingServices) -> Any:
+    from astro_core.training.grpo import train_grpo
+
+    return train_grpo(config, services)
+
+
+def test_registry_sync_grpo_raises_the_mean_reward(
+    platform: Platform, toy_prompts: Path, tmp_path: Path, clients: list[Any]
+) -> None:
+    platform.reset_generator()
+    out = tmp_path / "run"
+    config = toy_config(
+        "toy:1", toy_prompts, out, policy_sync="registry", output_name="toy-rl", seed=0
+    )
+    services = platform.services(clients)
+    result = run(config, services)
+    rewards = rewards_of(out)
+    assert len(rewards) == 30
+    first, last = sum(rewards[:5]) / 5, sum(rewards[-10:]) / 10
+    assert first < 0.0 and last > first + 0.6, rewards
+    # the generator serves the policy of the last push (after step 29), registered as grpo
+    served = services.generator.model_info().version
+    info = services.store.get("toy-rl", alias="latest")
+    assert info.stage == "grpo" and info.parent_version == 1
+    log = [r for r in read_log(out / "train_log.jsonl") if r["event"] == "log"]
+    assert all(r["sync_seconds"] > 0 for r in log[1:])
+    assert served.startswith("toy-rl:")
+    # earlier sync versions were deleted: the registry holds the final checkpoint and the
+    # version the generator serves, not one version per step
+    assert len(services.store.list("toy-rl")) <= 3
+    assert result.registered and result.registered[-1].name == "toy-rl"
+
+
+def test_a_generator_serving_another_model_is_refused(
+    platform: Platform, toy_prompts: Path, tiny_model_dir: Path, tmp_path: Path, clients
+) -> None:
+    platform.reset_generator()
+    config = toy_config(
+        tiny_model_dir, toy_prompts, tmp_path / "run", policy_sync="registry", output_name="x"
+    )
+    with pytest.raises(ServedModelMismatch, match=r"serves 'toy:1'.*not the policy"):
+        run(config, platform.services(clients))
+
+
+def test_a_sync_the_generator_never_completes_times_out(
+    platform: Platform, toy_prompts: Path, tmp_path: Path, clients: list[Any]
+) -> None:
+    """The generator does not follow any alias, so waiting for it to serve the new version
+    must end in SyncTimeout, not a hang."""
+    platform.reset_generator()
+    config = toy_config(
+        "toy:1",
+        toy_prompts,
+        tmp_path / "run",
+        policy_sync="registry",
+        output_name="toy-rl-timeout",
+        registry_load="follow_alias",
+        sync_timeout_seconds=2,
+    )
+    with pytest.raises(SyncTimeout, match="still serves 'toy:1'"):
+        run(config, platform.services(clients))
+    log = [r for r in read_log(tmp_path / "run" / "train_log.jsonl") if r["event"] == "log"]
+    assert len(log) == 1  # step 1 trained; pushing its policy timed out
+
+
+class LaggingGenerator(GeneratorClient):
+    """TEST DOUBLE around the real client: before generating it loads the starting policy
+    again, like a replica that never got the new weights."""
+
+    def generate(self, prompts: Sequence[str], **kwargs: Any) -> Any:
+        self.load_model(name="toy", version=1)
+        return super().generate(prompts, **kwargs)
+
+
+def test_rollouts_from_a_lagging_generator_are_refused(
+    platform: Platform, toy_prompts: Path, tmp_path: Path, clients: list[Any]
+) -> None:
+    platform.reset_generator()
+    config = toy_config(
+        "toy:1",
+        toy_prompts,
+        tmp_path / "run",
+        policy_sync="registry",
+        output_name="toy-rl-lag",
+        max_policy_lag=1,
+    )
+    lagging = LaggingGenerator(platform.generator.client_config(), timeout=120)
+    # version 0 rollouts are fine at steps 0 and 1 (lag 1); at step 2 the lag is 2
+    with pytest.raises(PolicyLagError, match=r"toy:1 \(policy version 0\), 2 versions behind"):
+        run(config, platform.services(clients, generator=lagging))
+    log = [r for r in read_log(tmp_path / "run" / "train_log.jsonl") if r["event"] == "log"]
+    assert len(log) == 2
