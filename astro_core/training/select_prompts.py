@@ -17,9 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
 from astro_core.problems import Problem, problem_from_row
 from astro_core.prompts import SOLVE_INSTRUCTION, ChatTemplate
 from astro_core.protocols import Generator, RewardMapping, Verifier, VerifyItem
+from astro_core.training.data import DatasetError
 from astro_core.training.rollouts import prompt_text
 
 
@@ -36,22 +39,76 @@ def read_prompt_rows(path: str | Path) -> list[PromptRow]:
     """Every line of a prompts JSONL (fields problem, answer); errors name the line."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"prompts file {path} does not exist")
+        raise DatasetError(f"prompts file {path} does not exist")
     rows = []
-    with path.open(encoding="utf-8") as handle:
+    with path.open(encoding="utf-8", errors="replace") as handle:
         for number, line in enumerate(handle):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number + 1}: not valid JSON: {exc.msg}") from exc
+                raise DatasetError(f"{path}:{number + 1}: not valid JSON: {exc.msg}") from exc
             if not isinstance(row, dict):
-                raise ValueError(f"{path}:{number + 1}: expected a JSON object")
-            rows.append(PromptRow(number, problem_from_row(row, number, str(path)), row))
+                raise DatasetError(f"{path}:{number + 1}: expected a JSON object")
+            try:
+                problem = problem_from_row(row, number, str(path))
+            except ValueError as exc:
+                raise DatasetError(str(exc)) from exc
+            rows.append(PromptRow(number, problem, row))
     if not rows:
-        raise ValueError(f"prompts file {path} holds no prompts")
+        raise DatasetError(f"prompts file {path} holds no prompts")
     return rows
+
+
+class SelectPromptsConfig(BaseModel):
+    """`astro train select-prompts`: which prompts, which policy, which pass rates to keep."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str = Field(..., min_length=1, description="Prompts JSONL (problem, answer).")
+    output: str = Field(..., min_length=1, description="JSONL of the kept prompts.")
+    record: str = Field(
+        "",
+        description="JSONL of every prompt's pass rate, appended as measured (a stopped "
+        "selection resumes from it); default: OUTPUT.rates.jsonl.",
+    )
+    model: str = Field(
+        "",
+        description="The starting policy: a model directory or NAME:VERSION / NAME@ALIAS. "
+        "With generator_address the generator must serve it; without, it runs in process.",
+    )
+    generator_address: str = Field("", description="Generator service HOST:PORT.")
+    verifier_address: str = Field(
+        "", description="Verifier service HOST:PORT; empty: a local worker pool."
+    )
+    registry_address: str = Field(
+        "", description="Registry HOST:PORT or directory, for registered models."
+    )
+    num_samples: int = Field(8, ge=1, le=1024, description="Completions per prompt (n).")
+    pass_rate_low: float = Field(
+        0.0, ge=0, le=1, description="Keep prompts whose pass rate is above this..."
+    )
+    pass_rate_high: float = Field(
+        1.0, ge=0, le=1, description="...and below this (an open interval)."
+    )
+    max_completion_length: int = Field(8192, ge=1, description="Token budget per completion.")
+    temperature: float = Field(1.0, ge=0, le=10, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    seed: int = Field(0, ge=0, description="Sampling seed (per batch of prompts).")
+    prompts_per_call: int = Field(
+        16, ge=1, le=4096, description="Prompts sent to the generator in one call."
+    )
+    instruction: str = Field(SOLVE_INSTRUCTION, description="Appended to each problem.")
+
+    @model_validator(mode="after")
+    def _interval(self) -> SelectPromptsConfig:
+        Interval(self.pass_rate_low, self.pass_rate_high)
+        return self
+
+    @property
+    def record_path(self) -> Path:
+        return Path(self.record) if self.record else Path(self.output + ".rates.jsonl")
 
 
 @dataclass(frozen=True)
@@ -207,3 +264,87 @@ def _write_kept(
                 too_hard += 1
     partial.replace(output)  # readers never see a half-written selection
     return SelectionSummary(len(rows), kept, too_easy, too_hard, resumed)
+
+
+def expected_version(model: str, store: Any) -> str:
+    """The version string a generator serving `model` reports (registry ref or dir digest)."""
+    from astro_core.checkpoints import parse_ref
+    from astro_core.engines.base import directory_version
+    from astro_core.training.models import ModelLoadError, is_registry_ref
+
+    if not is_registry_ref(model):
+        if not (Path(model) / "config.json").is_file():
+            raise ModelLoadError(f"model directory {model} does not exist or has no config.json")
+        return directory_version(model)
+    if store is None:
+        raise ModelLoadError(f"model {model!r} is a registry reference, but no registry is set")
+    name, version, alias = parse_ref(model)
+    try:
+        return str(store.get(name, version=version, alias=alias).ref)
+    except LookupError as exc:
+        raise ModelLoadError(f"no registered checkpoint {model}: {exc}") from exc
+
+
+def run_select_prompts(
+    config: SelectPromptsConfig,
+    *,
+    generator: Generator | None = None,
+    verifier: Verifier | None = None,
+    store: Any = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> SelectionSummary:
+    """Select with the given services, or an in-process engine (config.model) and a local
+    verifier pool, which are closed again at the end."""
+    from contextlib import ExitStack
+
+    from astro_core.training.rollouts import ServedModelMismatch
+
+    rows = read_prompt_rows(config.dataset)  # bad data fails before anything starts
+    with ExitStack() as stack:
+        if generator is None:
+            if not config.model:
+                raise ValueError("select-prompts needs model (or generator_address)")
+            from astro_core.engines.config import EngineConfig
+            from astro_core.engines.hf import HFEngine
+            from astro_core.paths import data_dir
+            from astro_core.training.models import resolve_starting_model
+
+            starting = resolve_starting_model(config.model, store, data_dir() / "checkpoint-cache")
+            engine = HFEngine(
+                EngineConfig(model_path=str(starting.path), model_version=starting.ref)
+            )
+            stack.callback(engine.close)
+            generator, template = engine, engine.chat_template()
+        else:
+            info = getattr(generator, "model_info", None)
+            if config.model and callable(info):
+                want, served = expected_version(config.model, store), info().version
+                if served != want:
+                    raise ServedModelMismatch(
+                        f"the generator serves {served!r}, not the starting policy {want!r}"
+                    )
+            chat_template = getattr(generator, "chat_template", None)
+            if not callable(chat_template):
+                raise TypeError("the generator does not report its chat template")
+            template = chat_template()
+        if verifier is None:
+            from astro_core.answers import VerifierConfig, VerifierPool
+
+            verifier = stack.enter_context(VerifierPool(VerifierConfig(workers=1)))
+        return select_prompts(
+            generator,
+            verifier,
+            rows,
+            template,
+            output=config.output,
+            record=config.record_path,
+            interval=Interval(config.pass_rate_low, config.pass_rate_high),
+            num_samples=config.num_samples,
+            max_completion_length=config.max_completion_length,
+            temperature=config.temperature,
+            top_p=config.top_p,
+            seed=config.seed,
+            prompts_per_call=config.prompts_per_call,
+            instruction=config.instruction,
+            progress=progress,
+        )

@@ -8,6 +8,7 @@ generator never completes times out, and rollouts from a lagging generator are r
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,3 +201,41 @@ def test_rollouts_from_a_lagging_generator_are_refused(
         run(config, platform.services(clients, generator=lagging))
     log = [r for r in read_log(tmp_path / "run" / "train_log.jsonl") if r["event"] == "log"]
     assert len(log) == 2
+
+
+def test_cli_refuses_a_generator_serving_another_model_in_one_line(
+    platform: Platform, toy_prompts: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from tests.training.test_grpo_cli import astro, grpo_args, one_line_error
+
+    platform.reset_generator()
+    code, out, err = astro(
+        *grpo_args(tiny_model_dir, toy_prompts, tmp_path / "o"),
+        "--generator", platform.generator.address,
+        "--verifier", platform.verifier.address,
+        "--registry", platform.registry.address,
+        "--output-name", "x",
+    )  # fmt: skip
+    one_line_error(code, out, err, 1, "the generator serves 'toy:1'")
+
+
+def test_select_prompts_through_the_services(
+    platform: Platform, toy_prompts: Path, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    from tests.training.test_grpo_cli import astro, one_line_error
+
+    platform.reset_generator()
+    common = [
+        "train", "select-prompts", "--dataset", str(toy_prompts),
+        "--generator", platform.generator.address,
+        "--verifier", platform.verifier.address,
+        "--registry", platform.registry.address,
+        "--num-samples", "4", "--max-completion-length", "12", "--low", "0.2",
+    ]  # fmt: skip
+    out_file = tmp_path / "kept.jsonl"
+    code, out, err = astro(*common, "--model", "toy@sft", "--output", str(out_file))
+    assert code == 0, err
+    kept = [json.loads(line) for line in out_file.read_text().splitlines()]
+    assert all(0.2 < row["pass_rate"] < 1 for row in kept) and out.startswith("kept ")
+    code, out, err = astro(*common, "--model", str(tiny_model_dir), "--output", str(out_file))
+    one_line_error(code, out, err, 1, "serves 'toy:1', not the starting policy")

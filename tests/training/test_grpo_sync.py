@@ -117,11 +117,16 @@ PROMPTS = [RLPrompt(Problem("p", "toy", "3"), "prompt text", (1, 2, 3))]
 
 
 def collect(generator: Any, **kwargs: Any) -> Any:
-    options = dict(version_of={"v0": 0, "v1": 1, "v2": 2}.__getitem__, policy_version=2,
-                   max_policy_lag=1, vocab_size=100)
+    options = dict(
+        version_of={"v0": 0, "v1": 1, "v2": 2}.__getitem__,
+        policy_version=2,
+        max_policy_lag=1,
+        vocab_size=100,
+    )
     options.update(kwargs)
-    return collect_rollouts(generator, AllCorrect(), PROMPTS, SamplingSettings(2, 8),
-                            RewardMapping(), **options)
+    return collect_rollouts(
+        generator, AllCorrect(), PROMPTS, SamplingSettings(2, 8), RewardMapping(), **options
+    )
 
 
 def test_rollouts_carry_the_generators_token_ids_and_logprobs() -> None:

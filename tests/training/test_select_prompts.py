@@ -139,5 +139,5 @@ def test_bad_prompt_files_name_the_line(tmp_path: Path) -> None:
     path.write_text("\n\n")
     with pytest.raises(ValueError, match="holds no prompts"):
         read_prompt_rows(path)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ValueError, match="does not exist"):
         read_prompt_rows(tmp_path / "nope.jsonl")
