@@ -48,3 +48,26 @@ def test_colocate_grpo_raises_the_mean_reward(toy_policy_dir, toy_prompts, tmp_p
     assert [r["policy_version"] for r in log] == list(range(1, 31))
     assert result.steps == 30
     assert (out / "checkpoint-30" / "model" / "config.json").is_file()
+
+
+def test_a_resumed_run_continues_the_same_trajectory(toy_policy_dir, toy_prompts, tmp_path):
+    """Stopped after checkpoint 2 (its later checkpoint and log lines gone, as when killed),
+    the run resumes from checkpoint 2 and steps 3-4 repeat the uninterrupted run exactly:
+    same prompts, same sampled completions (seeded), same weights."""
+    import shutil
+
+    out = tmp_path / "run"
+    config = toy_config(
+        toy_policy_dir, toy_prompts, out, policy_sync="colocate", max_steps=4, save_steps=2
+    )
+    train_grpo(config, TrainingServices())
+    full = [r for r in read_log(out / "train_log.jsonl") if r["event"] == "log"]
+    shutil.rmtree(out / "checkpoint-4")
+    result = train_grpo(config, TrainingServices())
+    assert result.resumed_from == 2
+    again = [r for r in read_log(out / "train_log.jsonl") if r["event"] == "log"]
+    assert [r["step"] for r in again] == [1, 2, 3, 4]
+    keys = ("loss", "reward_mean", "completion_length_mean", "grad_norm", "clip_ratio")
+    for before, after in zip(full[2:], again[2:], strict=True):
+        assert {k: before[k] for k in keys} == {k: after[k] for k in keys}
+    assert any(r["grad_norm"] > 0 for r in full[2:])  # something was learned in between
