@@ -470,7 +470,7 @@ class _GRPORun:
     def _optimizer_step(self, batch: StepBatch) -> dict[str, float]:
         config = self.config
         self.engine.train()
-        loss_sum = clipped = counted = kl_sum = 0.0
+        loss_sum = clipped = counted = kl_sum = ratio_sum = 0.0
         result = None
         for rows in self._micro_batches(batch):
             if rows is None:
@@ -487,16 +487,20 @@ class _GRPORun:
                 clipped += parts.clipped_tokens
                 counted += parts.counted_tokens
                 kl_sum += parts.kl_sum
+                ratio_sum += parts.ratio_sum
             self.engine.backward(loss)
             result = self.engine.step()
             loss_sum += float(loss.detach())
         assert result is not None, "the last micro-batch of a step must end the step"
-        loss_sum, clipped, counted, kl_sum = all_reduce_sum(
-            [loss_sum, clipped, counted, kl_sum], self.env.device
+        loss_sum, clipped, counted, kl_sum, ratio_sum = all_reduce_sum(
+            [loss_sum, clipped, counted, kl_sum, ratio_sum], self.env.device
         )
         losses = {
             "loss": loss_sum / self.env.world_size,
             "clip_ratio": clipped / counted if counted else 0.0,
+            # exp(logp_policy - logp_rollout) averaged: 1 on the first update of fresh rollouts
+            # unless the generator and the trainer disagree (stale or wrongly synced weights)
+            "ratio_mean": ratio_sum / counted if counted else 1.0,
             "grad_norm": result.grad_norm,
             "learning_rate": result.learning_rate,
         }

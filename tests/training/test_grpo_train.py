@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from astro_core.training.config import load_train_config
 from astro_core.training.grpo import train_grpo
 from astro_core.training.grpo_config import GRPOConfig
@@ -71,3 +73,47 @@ def test_a_resumed_run_continues_the_same_trajectory(toy_policy_dir, toy_prompts
     for before, after in zip(full[2:], again[2:], strict=True):
         assert {k: before[k] for k in keys} == {k: after[k] for k in keys}
     assert any(r["grad_norm"] > 0 for r in full[2:])  # something was learned in between
+
+
+def test_lora_adapters_are_merged_into_the_colocated_engine(
+    toy_policy_dir, toy_prompts, tmp_path
+) -> None:
+    """The engine generates with base + adapters after every push: its log-probabilities
+    equal the trainer's on each fresh batch (ratio 1). Pushing the bare base weights would
+    leave the engine one update behind and the ratio off 1 from step 2 on."""
+    out = tmp_path / "run"
+    config = toy_config(
+        toy_policy_dir,
+        toy_prompts,
+        out,
+        policy_sync="colocate",
+        max_steps=4,
+        learning_rate=5e-3,
+        lora={"r": 4, "alpha": 8},
+    )
+    train_grpo(config, TrainingServices())
+    log = [r for r in read_log(out / "train_log.jsonl") if r["event"] == "log"]
+    assert any(r["grad_norm"] > 0 for r in log[:-1])
+    for r in log:
+        if r["trained_completions"]:
+            assert abs(r["ratio_mean"] - 1) < 1e-4, r
+    saved = out / "checkpoint-4" / "model"
+    assert not any("lora" in p.name for p in saved.iterdir())  # a plain, merged model
+
+
+def test_beta_loads_a_reference_and_logs_the_kl(toy_policy_dir, toy_prompts, tmp_path) -> None:
+    out = tmp_path / "run"
+    config = toy_config(
+        toy_policy_dir,
+        toy_prompts,
+        out,
+        policy_sync="colocate",
+        max_steps=3,
+        beta=0.1,
+        learning_rate=5e-3,
+    )
+    train_grpo(config, TrainingServices())
+    log = [r for r in read_log(out / "train_log.jsonl") if r["event"] == "log"]
+    kls = [r["kl"] for r in log]
+    assert kls[0] == pytest.approx(0.0, abs=1e-6)  # step 1: the policy is the reference
+    assert all(k >= 0 for k in kls) and max(kls[1:]) > 1e-6, kls
