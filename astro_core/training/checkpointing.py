@@ -176,6 +176,7 @@ class Checkpointer:
         if not final:
             self.engine.save_state(directory / STATE_DIR, DEEPSPEED_TAG)
             rank = self.engine.env.rank
+            (directory / STATE_DIR).mkdir(parents=True, exist_ok=True)
             torch.save(rng_state(), directory / STATE_DIR / f"rng-{rank}.pt")
         if self.is_main:
             save_hf_model(

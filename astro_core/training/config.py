@@ -169,6 +169,13 @@ class TrainerConfig(BaseModel):
     logging_steps: int = Field(1, ge=1, description="Log metrics every this many steps.")
     seed: int = Field(42, ge=0, description="Seed of data order, initialisation and sampling.")
 
+    @field_validator("max_steps")
+    @classmethod
+    def _steps_or_minus_one(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("max_steps must be positive, or -1 to train num_train_epochs")
+        return value
+
     @field_validator("output_name")
     @classmethod
     def _valid_output_name(cls, value: str) -> str:

@@ -284,7 +284,10 @@ class TrainEngine:
         self._clip_here = config.deepspeed.zero_stage == 0 and not self.bf16
         if self._clip_here:
             ds_config["gradient_clipping"] = 0.0
-        model.to(env.device)
+        if config.deepspeed.zero_stage != 3:
+            # The optimizer is built on the parameters where they will live. (Under ZeRO-3
+            # the partitions were placed when the model was loaded.)
+            model.to(env.device)
         optimizer = make_optimizer(model, config)
         scheduler: Callable[[torch.optim.Optimizer], Any] = partial(
             make_scheduler, config=config, total_steps=total_steps

@@ -67,6 +67,8 @@ def test_precedence_preset_file_overrides(tmp_path: Path) -> None:
         ({"output_aliases": ["ok", "no/slash"]}, "output_aliases"),
         ({"learning_rat": 0.1}, "learning_rat"),  # a typo is not silently ignored
         ({"model": ""}, "model"),
+        ({"max_steps": 0}, "max_steps"),
+        ({"max_steps": -2}, "max_steps"),
     ],
 )
 def test_a_field_out_of_range_is_named(fields: dict[str, object], named: str) -> None:

@@ -4,6 +4,7 @@ the accumulation, and a trainer killed with SIGKILL resumes onto the same trajec
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -36,47 +37,35 @@ def write_config(path: Path, **fields: object) -> Path:
     return path
 
 
+@pytest.mark.parametrize("zero_stage", [0, 3])
 def test_two_ranks_equal_one_rank_with_twice_the_accumulation(
-    tiny_model_dir: Path, tmp_path: Path
+    tiny_model_dir: Path, tmp_path: Path, zero_stage: int
 ) -> None:
     traces = write_traces(tmp_path / "traces.jsonl", 30)  # 30 = 4 full steps of 6 + 6
-    common = {
-        "model": str(tiny_model_dir),
-        "dataset": str(traces),
-        "per_device_train_batch_size": 3,
-        "deepspeed": {"zero_stage": 3},
-    }
     two = write_config(
         tmp_path / "two.yaml",
-        **common,
+        model=str(tiny_model_dir),
+        dataset=str(traces),
         output_dir=str(tmp_path / "two"),
+        per_device_train_batch_size=3,
         gradient_accumulation_steps=1,
+        save_steps=2,
+        deepspeed={"zero_stage": zero_stage},
     )
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc-per-node",
-            "2",
-            "--master-port",
-            str(free_port()),
-            "-m",
-            "astro_cli.main",
-            "train",
-            "sft",
-            "--preset",
-            "cpu",
-            "--config",
-            str(two),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=child_env(),
-        cwd=REPO,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+
+    def torchrun() -> subprocess.CompletedProcess[str]:
+        command = [
+            sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+            "--master-port", str(free_port()), "-m", "astro_cli.main",
+            "train", "sft", "--preset", "cpu", "--config", str(two),
+        ]  # fmt: skip
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=600, env=child_env(), cwd=REPO
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    result = torchrun()
     assert result.stdout.splitlines() == [  # one summary line, from rank 0
         f"sft finished: 5 steps; loss {losses(tmp_path / 'two')[5]:.4f}; "
         f"checkpoint {tmp_path / 'two' / 'checkpoint-5'}"
@@ -87,15 +76,26 @@ def test_two_ranks_equal_one_rank_with_twice_the_accumulation(
         tmp_path / "one",
         gradient_accumulation_steps=2,
         per_device_train_batch_size=3,
-        deepspeed={"zero_stage": 3},
+        save_steps=2,
+        deepspeed={"zero_stage": zero_stage},
     )
     train_sft(one, TrainingServices())
-    assert sorted(losses(tmp_path / "two")) == [1, 2, 3, 4, 5]
-    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-6)
+    complete = losses(tmp_path / "two")
+    assert sorted(complete) == [1, 2, 3, 4, 5]
+    assert complete == pytest.approx(losses(tmp_path / "one"), rel=1e-6)
     a = load_file(tmp_path / "two" / "checkpoint-5" / MODEL_DIR / "model.safetensors")
     b = load_file(tmp_path / "one" / "checkpoint-5" / MODEL_DIR / "model.safetensors")
     assert a.keys() == b.keys()
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+
+    # Every rank saved its RNG state (and, under ZeRO-3, its partitions) at steps 2 and 4.
+    state = tmp_path / "two" / "checkpoint-4" / "state"
+    assert {p.name for p in state.glob("rng-*.pt")} == {"rng-0.pt", "rng-1.pt"}
+    # As if the job had died after checkpoint 4: both ranks resume onto the same losses.
+    shutil.rmtree(tmp_path / "two" / "checkpoint-5")
+    result = torchrun()
+    assert "(resumed after step 4)" in result.stdout
+    assert losses(tmp_path / "two") == pytest.approx(complete, rel=1e-9)
 
 
 def test_a_killed_run_resumes_onto_the_same_trajectory(

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from astro_core.checkpoints.local import LocalCheckpointStore
 from astro_core.models.tiny import load_model
@@ -17,8 +18,9 @@ from astro_core.training.checkpointing import (
     ResumeError,
     complete_checkpoints,
 )
+from astro_core.training.config import LoraSettings
 from astro_core.training.job import TrainingServices, run_stage
-from astro_core.training.models import ModelLoadError
+from astro_core.training.models import ModelLoadError, base_model, load_for_training
 from astro_core.training.sft import DATA_STATS_FILE, train_sft
 from astro_core.training.train_log import LOG_FILE, TrainProgress, read_log
 from tests.training.conftest import losses, sft_config, write_traces
@@ -186,3 +188,29 @@ def test_bad_models_are_refused(tiny_model_dir: Path, traces_file: Path, tmp_pat
         config = sft_config(model, traces_file, tmp_path / "out")
         with pytest.raises(ModelLoadError, match=message):
             train_sft(config, TrainingServices(store=given_store))
+
+
+@pytest.mark.parametrize("lora", [None, {"r": 4, "alpha": 8}])
+def test_gradient_checkpointing_trains_the_same(
+    tiny_model_dir: Path, traces_file: Path, tmp_path: Path, lora: dict[str, int] | None
+) -> None:
+    runs = {}
+    for checkpointing in (False, True):
+        out = tmp_path / f"gc-{checkpointing}"
+        config = sft_config(
+            tiny_model_dir,
+            traces_file,
+            out,
+            max_steps=3,
+            gradient_checkpointing=checkpointing,
+            lora=lora,
+        )
+        train_sft(config, TrainingServices())
+        runs[checkpointing] = losses(out)
+    assert runs[True] == pytest.approx(runs[False], rel=1e-5)
+    assert runs[True][3] < runs[True][1]
+    settings = LoraSettings(**lora) if lora else None
+    model, _ = load_for_training(
+        tiny_model_dir, dtype=torch.float32, gradient_checkpointing=True, lora=settings
+    )
+    assert base_model(model).is_gradient_checkpointing
