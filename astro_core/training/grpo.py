@@ -183,12 +183,17 @@ class _GRPORun:
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = int(pad if pad is not None else 0)
         self.rewards = RewardMapping(config.reward_correct, config.reward_incorrect)
-        self._owned_verifier: VerifierPool | None = None
-        self.verifier: Verifier = services.verifier or self._local_verifier()
-        self.sync = self._make_sync()
         self.template = chat_template_of(self.tokenizer)
-        self.reference = self._reference_model() if config.beta > 0 else None
         self._orders: dict[int, list[int]] = {}
+        self._owned_verifier: VerifierPool | None = None
+        self._opened_sync: PolicySync | None = None
+        try:  # what is started here ends here if a later part of the set-up fails
+            self.sync = self._opened_sync = self._make_sync()
+            self.verifier: Verifier = services.verifier or self._local_verifier()
+            self.reference = self._reference_model() if config.beta > 0 else None
+        except BaseException:
+            self._close()
+            raise
 
     # -- set-up --------------------------------------------------------------------------
 
@@ -246,11 +251,15 @@ class _GRPORun:
         try:
             return self._run()
         finally:
-            self.logger.close()
-            self.engine.close()
-            self.sync.close()
-            if self._owned_verifier is not None:
-                self._owned_verifier.close()
+            self._close()
+
+    def _close(self) -> None:
+        self.logger.close()
+        self.engine.close()
+        if self._opened_sync is not None:
+            self._opened_sync.close()
+        if self._owned_verifier is not None:
+            self._owned_verifier.close()
 
     def _run(self) -> TrainResult:
         config = self.config

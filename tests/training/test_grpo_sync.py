@@ -178,3 +178,49 @@ def test_unusable_completions_are_refused(changes: dict, error: type, message: s
 def test_too_long_completions_are_refused() -> None:
     with pytest.raises(RolloutError, match="over max_completion_length 8"):
         collect(ScriptedGenerator(lambda p, i: " ".join("x" * 9), model_version="v2"))
+
+
+def test_generator_model_calls_are_bounded_by_their_timeout() -> None:
+    """Regression: GetModel had no deadline, so a sync waiting on a generator that accepts
+    the connection but never answers would hang for ever."""
+    import socket
+    import threading
+
+    import grpc
+
+    from services.generator.client import GeneratorClient
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        silent.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(silent.accept()[0])  # and never speak
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    address = f"127.0.0.1:{silent.getsockname()[1]}"
+    try:
+        with GeneratorClient(address, timeout=600) as client:
+            for call in (
+                lambda: client.model_info(timeout=1.0),
+                lambda: client.load_model(name="toy", version=2, timeout=1.0),
+            ):
+                started = time.monotonic()
+                with pytest.raises(grpc.RpcError) as err:
+                    call()
+                assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                assert time.monotonic() - started < 10
+    finally:
+        stop.set()
+        thread.join(5)
+        for conn in accepted:
+            conn.close()
+        silent.close()
