@@ -9,6 +9,7 @@ trainer rendered itself and are encoded the way the engines encode them (`encode
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 
 from astro_core.cloning.parse import count_backtracks
-from astro_core.engines.base import encode_prompt
+from astro_core.engines.base import InvalidRequest, encode_prompt
 from astro_core.problems import Problem
 from astro_core.prompts import SOLVE_INSTRUCTION, ChatTemplate, problem_messages
 from astro_core.protocols import Completion, Generator, RewardMapping, Verifier, VerifyItem
@@ -143,15 +144,18 @@ def collect_rollouts(
     max_policy_lag versions behind `policy_version` raises PolicyLagError.
     """
     g = sampling.num_generations
-    completions = generator.generate(
-        [p.text for p in prompts],
-        n=g,
-        max_tokens=sampling.max_completion_length,
-        temperature=sampling.temperature,
-        top_p=sampling.top_p,
-        seed=sampling.seed,
-        logprobs=True,
-    )
+    try:
+        completions = generator.generate(
+            [p.text for p in prompts],
+            n=g,
+            max_tokens=sampling.max_completion_length,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            seed=sampling.seed,
+            logprobs=True,
+        )
+    except InvalidRequest as exc:  # e.g. a prompt longer than the served model accepts
+        raise RolloutError(f"the generator refused the prompts: {exc}") from exc
     if len(completions) != len(prompts) * g:
         raise RolloutError(
             f"the generator returned {len(completions)} completions for {len(prompts)} prompts "
@@ -160,6 +164,11 @@ def collect_rollouts(
     versions: dict[str, int] = {}
     for index, completion in enumerate(completions):
         where = f"completion {index} (prompt {index // g})"
+        if completion.prompt_index != index // g:
+            raise RolloutError(
+                f"{where} says it answers prompt {completion.prompt_index}: the generator "
+                f"must return the {g} completions of prompt i at [i*{g}, (i+1)*{g})"
+            )
         check_completion(completion, where)
         if completion.num_tokens > sampling.max_completion_length:
             raise RolloutError(
@@ -191,6 +200,9 @@ def collect_rollouts(
         raise RolloutError(
             f"the verifier returned {len(results)} results for {len(completions)} completions"
         )
+    for index, result in enumerate(results):
+        if not math.isfinite(result.reward):
+            raise RolloutError(f"the verifier gave completion {index} the reward {result.reward}")
     return [
         Rollout(
             group=i // g,

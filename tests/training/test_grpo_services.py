@@ -239,3 +239,53 @@ def test_select_prompts_through_the_services(
     assert all(0.2 < row["pass_rate"] < 1 for row in kept) and out.startswith("kept ")
     code, out, err = astro(*common, "--model", str(tiny_model_dir), "--output", str(out_file))
     one_line_error(code, out, err, 1, "serves 'toy:1', not the starting policy")
+
+
+def test_registry_sync_with_a_generator_following_the_alias(
+    platform: Platform, toy_policy_dir: Path, toy_prompts: Path, tmp_path: Path, clients
+) -> None:
+    """registry_load follow_alias: no LoadModel call; the trainer registers each version
+    (moving `latest`) and waits until the following generator serves it."""
+    with RegistryClient(platform.registry.client_config()) as store:
+        store.register("toy-follow", toy_policy_dir)  # toy-follow:1, the starting policy
+    follower = ServiceThread(
+        "generator",
+        register_generator,
+        ServiceConfig(
+            port=0,
+            metrics_port=None,
+            grace_seconds=0.5,
+            settings={
+                "model": {"name": "toy-follow", "alias": "latest"},
+                "follow_alias": "latest",
+                "registry_address": platform.registry.address,
+                "cache_dir": str(tmp_path / "cache"),
+                "engine": {"device": "cpu", "cpu_threads": 1},
+            },
+        ),
+    ).start()
+    try:
+        generator = GeneratorClient(follower.client_config(), timeout=120)
+        config = toy_config(
+            "toy-follow:1",
+            toy_prompts,
+            tmp_path / "run",
+            policy_sync="registry",
+            registry_load="follow_alias",
+            output_name="toy-follow",
+            max_steps=3,
+            sync_timeout_seconds=60,
+        )
+        services = platform.services(clients, generator=generator)
+        run(config, services)
+        log = [r for r in read_log(tmp_path / "run" / "train_log.jsonl") if r["event"] == "log"]
+        assert [r["policy_version"] for r in log] == [1, 2, 3]
+        assert all(r["sync_seconds"] > 0 for r in log[1:])
+        # versions 2 and 3 were pushed for steps 1 and 2 (2 deleted once 3 was served); the
+        # final checkpoint, 4, moved `latest` too, so the follower may have loaded it already
+        assert generator.model_info().version in ("toy-follow:3", "toy-follow:4")
+        versions = {info.version for info in services.store.list("toy-follow")}
+        assert versions == {1, 3, 4}
+        assert services.store.get("toy-follow", alias="latest").stage == "grpo"
+    finally:
+        follower.stop()

@@ -163,6 +163,7 @@ class Edited(ScriptedGenerator):
         ({"num_tokens": 5}, RolloutError, "2 token ids for 5 tokens"),
         ({"token_ids": (1, 999)}, ServedModelMismatch, "outside the policy's vocabulary"),
         ({"model_version": "someone-else"}, ServedModelMismatch, "serves 'someone-else'"),
+        ({"prompt_index": 3}, RolloutError, "says it answers prompt 3"),
     ],
 )
 def test_unusable_completions_are_refused(changes: dict, error: type, message: str) -> None:
@@ -224,3 +225,31 @@ def test_generator_model_calls_are_bounded_by_their_timeout() -> None:
         for conn in accepted:
             conn.close()
         silent.close()
+
+
+def test_a_refused_batch_and_bad_rewards_are_rollout_errors() -> None:
+    from astro_core.engines import InvalidRequest
+
+    class Refusing(ScriptedGenerator):
+        def generate(self, prompts: Any, **kwargs: Any) -> list[Completion]:
+            raise InvalidRequest("prompt 0 has 9000 tokens; the model accepts at most 8191")
+
+    with pytest.raises(RolloutError, match="refused the prompts: prompt 0 has 9000 tokens"):
+        collect(Refusing(lambda p, i: ""))
+
+    class NaNVerifier:
+        def verify_batch(self, items: Any, rewards: Any) -> list[VerifyResult]:
+            return [VerifyResult(True, float("nan"), "", "") for _ in items]
+
+    with pytest.raises(RolloutError, match="reward nan"):
+        collect_rollouts(
+            ScriptedGenerator(lambda p, i: "a", model_version="v2"),
+            NaNVerifier(),
+            PROMPTS,
+            SamplingSettings(2, 8),
+            RewardMapping(),
+            version_of=lambda v: 2,
+            policy_version=2,
+            max_policy_lag=0,
+            vocab_size=100,
+        )
