@@ -1,0 +1,378 @@
+"""`evaluate`: sample, grade and score benchmarks through the Generator and Verifier seams.
+
+Problems go in rounds of `batch_problems`: one engine batch when the generator is an
+in-process engine, else that many concurrent `generate` calls (the generator service batches
+them together). A round's samples are graded while the next round generates, then appended
+to `samples.jsonl`. Each problem's generate call has its own seed, derived from (seed,
+benchmark, problem id), and sample i draws stream i of it, so a problem's samples do not
+depend on the batch it lands in, and a killed evaluation restarted on the same directory
+draws exactly what remains: rounds already on disk are skipped, a round written in part is
+generated again and only its missing samples are kept. The summary is computed from the
+samples on disk, so a resumed run ends with the summary of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from astro_core.analysis.behaviours import count_behaviours
+from astro_core.engines.base import (
+    EngineBase,
+    GenerationRequest,
+    InvalidRequest,
+    SamplingParams,
+)
+from astro_core.evaluation.benchmarks import Benchmark, load_benchmark
+from astro_core.evaluation.config import SAMPLING_KEYS, EvalConfig, EvaluatedModel
+from astro_core.evaluation.samples import SampleLog, SampleRecord
+from astro_core.evaluation.summary import summarize_benchmark
+from astro_core.problems import Problem
+from astro_core.prompts import ChatTemplate, problem_messages
+from astro_core.protocols import Completion, Generator, Verifier, VerifyItem
+
+SAMPLES_FILE = "samples.jsonl"
+SUMMARY_FILE = "summary.json"
+PROTOCOL_FILE = "eval.json"
+MAX_PARALLEL_CALLS = 64
+
+
+class EvalConflict(ValueError):
+    """The output directory holds samples of another protocol or another model."""
+
+
+@dataclass(frozen=True)
+class EvalProgress:
+    """Where one benchmark stands; samples already on disk when resuming count as done."""
+
+    benchmark: str
+    problems_done: int
+    problems_total: int
+    samples_done: int
+    correct: int
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.samples_done if self.samples_done else 0.0
+
+
+ProgressCallback = Callable[[EvalProgress], None]
+
+
+def problem_seed(seed: int, benchmark: str, problem_id: str) -> int:
+    """The seed of one problem's generate call (63 bits, as the generator's int64 takes)."""
+    digest = hashlib.sha256(f"{seed}:{benchmark}:{problem_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def _phrases_digest(config: EvalConfig) -> str:
+    return hashlib.sha256(config.phrases.model_dump_json().encode()).hexdigest()[:16]
+
+
+def _check_protocol(out_dir: Path, config: EvalConfig) -> None:
+    """Refuse a directory whose samples were drawn or counted another way; record ours."""
+    path = out_dir / PROTOCOL_FILE
+    ours = {"protocol": config.protocol(), "phrases": _phrases_digest(config)}
+    if path.exists():
+        try:
+            theirs = json.loads(path.read_text(encoding="utf-8"))
+            recorded = theirs["protocol"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise EvalConflict(f"{path} is not readable ({exc}); use another output dir") from exc
+        for key in SAMPLING_KEYS:
+            if recorded.get(key) != ours["protocol"][key]:
+                raise EvalConflict(
+                    f"{out_dir} holds samples with {key}={recorded.get(key)!r}, this run has "
+                    f"{key}={ours['protocol'][key]!r}; use another output dir"
+                )
+        if theirs.get("phrases") != ours["phrases"]:
+            raise EvalConflict(
+                f"{out_dir} counted backtracks with other phrases; use another output dir"
+            )
+        return
+    if (out_dir / SAMPLES_FILE).exists():
+        raise EvalConflict(f"{out_dir} has {SAMPLES_FILE} but no {PROTOCOL_FILE}; use another dir")
+    _write_json(path, ours)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write then rename, so a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class _Sampler:
+    """n samples for each of a round's prompts, through an engine batch or parallel calls."""
+
+    def __init__(self, generator: Generator, config: EvalConfig) -> None:
+        self.generator = generator
+        self.config = config
+        self.pool: ThreadPoolExecutor | None = None
+        if not isinstance(generator, EngineBase):
+            workers = min(config.batch_problems, MAX_PARALLEL_CALLS)
+            self.pool = ThreadPoolExecutor(workers, thread_name_prefix="eval-generate")
+
+    def close(self, wait: bool) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=wait, cancel_futures=True)
+
+    def sample(
+        self, problems: Sequence[Problem], prompts: Sequence[str], seeds: Sequence[int]
+    ) -> list[list[Completion]]:
+        if isinstance(self.generator, EngineBase):
+            return self._engine_batch(self.generator, problems, prompts, seeds)
+        assert self.pool is not None
+        futures = [
+            self.pool.submit(self._one, problem, prompt, seed)
+            for problem, prompt, seed in zip(problems, prompts, seeds, strict=True)
+        ]
+        return [future.result() for future in futures]
+
+    def _params(self, seed: int) -> SamplingParams:
+        c = self.config
+        return SamplingParams(c.n, c.max_tokens, c.temperature, c.top_p, (), seed, False)
+
+    def _engine_batch(
+        self,
+        engine: EngineBase,
+        problems: Sequence[Problem],
+        prompts: Sequence[str],
+        seeds: Sequence[int],
+    ) -> list[list[Completion]]:
+        requests = [
+            GenerationRequest((prompt,), self._params(seed))
+            for prompt, seed in zip(prompts, seeds, strict=True)
+        ]
+        try:
+            results = engine.generate_batch(requests)
+        except InvalidRequest as exc:
+            for problem, request in zip(problems, requests, strict=True):
+                try:
+                    engine.check_request(request)
+                except InvalidRequest as bad:
+                    raise InvalidRequest(f"problem {problem.id}: {bad}") from bad
+            raise exc
+        for problem, completions in zip(problems, results, strict=True):
+            self._check(problem, completions)
+        return results
+
+    def _one(self, problem: Problem, prompt: str, seed: int) -> list[Completion]:
+        c = self.config
+        try:
+            completions = self.generator.generate(
+                [prompt],
+                n=c.n,
+                max_tokens=c.max_tokens,
+                temperature=c.temperature,
+                top_p=c.top_p,
+                seed=seed,
+            )
+        except ValueError as exc:  # InvalidRequest from a client: name the problem
+            raise InvalidRequest(f"problem {problem.id}: {exc}") from exc
+        self._check(problem, completions)
+        return completions
+
+    def _check(self, problem: Problem, completions: Sequence[Completion]) -> None:
+        if len(completions) != self.config.n:
+            raise RuntimeError(
+                f"problem {problem.id}: the generator returned {len(completions)} "
+                f"completions for n={self.config.n}"
+            )
+
+
+class _Run:
+    """State of one `evaluate` call: the sample log, the model version seen, progress."""
+
+    def __init__(
+        self,
+        out_dir: Path,
+        generator: Generator,
+        verifier: Verifier,
+        template: ChatTemplate,
+        config: EvalConfig,
+        progress: ProgressCallback | None,
+    ) -> None:
+        self.config = config
+        self.verifier = verifier
+        self.template = template
+        self.progress = progress
+        self.log = SampleLog(out_dir / SAMPLES_FILE)
+        versions = self.log.versions()
+        if len(versions) > 1:
+            raise EvalConflict(f"{out_dir} holds samples of several models: {sorted(versions)}")
+        self.version: str | None = next(iter(versions), None)
+        self.sampler = _Sampler(generator, config)
+        self.finisher = ThreadPoolExecutor(1, thread_name_prefix="eval-grade")
+
+    def benchmark(self, bench: Benchmark) -> None:
+        n, size = self.config.n, self.config.batch_problems
+        rounds = [bench.problems[i : i + size] for i in range(0, len(bench.problems), size)]
+        done = [p for p in bench.problems if self._complete(bench.name, p)]
+        self.done, self.samples, self.correct = len(done), n * len(done), 0
+        for p in done:
+            self.correct += sum(r.correct for r in self.samples_of(bench.name, p))
+        self._report(bench)
+        pending: Future[None] | None = None
+        try:
+            for problems in rounds:
+                if all(self._complete(bench.name, p) for p in problems):
+                    continue
+                seeds = [problem_seed(self.config.seed, bench.name, p.id) for p in problems]
+                prompts = [self.template.render(problem_messages(p.problem)) for p in problems]
+                completions = self.sampler.sample(problems, prompts, seeds)
+                self._check_version(completions)
+                if pending is not None:
+                    pending.result()
+                pending = self.finisher.submit(
+                    self._finish, bench, problems, seeds, completions
+                )
+        finally:
+            if pending is not None:
+                pending.result()  # a generated round is graded and saved, even on error
+
+    def _complete(self, benchmark: str, problem: Problem) -> bool:
+        return self.log.of_problem(benchmark, problem.id, self.config.n) is not None
+
+    def samples_of(self, benchmark: str, problem: Problem) -> list[SampleRecord]:
+        found = self.log.of_problem(benchmark, problem.id, self.config.n)
+        assert found is not None
+        return found
+
+    def _check_version(self, rounds: list[list[Completion]]) -> None:
+        for completions in rounds:
+            for completion in completions:
+                if self.version is None:
+                    self.version = completion.model_version
+                elif completion.model_version != self.version:
+                    raise EvalConflict(
+                        f"samples come from model {completion.model_version!r}, but this "
+                        f"evaluation holds samples of {self.version!r} (did the generator "
+                        "switch models?); use another output dir"
+                    )
+
+    def _finish(
+        self,
+        bench: Benchmark,
+        problems: Sequence[Problem],
+        seeds: Sequence[int],
+        completions: Sequence[Sequence[Completion]],
+    ) -> None:
+        """Grade a round, count its behaviours and append its new samples."""
+        items = [
+            VerifyItem(response=c.text, gold=p.answer, problem=p.problem)
+            for p, cs in zip(problems, completions, strict=True)
+            for c in cs
+        ]
+        verdicts = iter(self.verifier.verify_batch(items))
+        records: list[SampleRecord] = []
+        for problem, seed, samples in zip(problems, seeds, completions, strict=True):
+            fresh = not self._complete(bench.name, problem)
+            for index, completion in enumerate(samples):
+                verdict = next(verdicts)
+                if not fresh or self.log.has((bench.name, problem.id, index)):
+                    continue
+                counts = count_behaviours(completion.text, self.config.phrases)
+                records.append(
+                    SampleRecord(
+                        benchmark=bench.name,
+                        problem_id=problem.id,
+                        sample_index=index,
+                        response=completion.text,
+                        extracted_answer=verdict.extracted_answer,
+                        correct=verdict.correct,
+                        tokens=completion.num_tokens,
+                        finish_reason=completion.finish_reason,
+                        backtracks=counts.backtracks,
+                        reflections=counts.reflections,
+                        positive_verdicts=counts.positive_verdicts,
+                        model_version=completion.model_version,
+                        seed=seed,
+                    )
+                )
+            if fresh:
+                self.done += 1
+        self.log.append(records)
+        self.samples += len(records)
+        self.correct += sum(r.correct for r in records)
+        self._report(bench)
+
+    def _report(self, bench: Benchmark) -> None:
+        if self.progress is not None:
+            total = len(bench.problems)
+            self.progress(EvalProgress(bench.name, self.done, total, self.samples, self.correct))
+
+    def close(self, wait: bool) -> None:
+        self.sampler.close(wait)
+        self.finisher.shutdown(wait=True)
+
+
+def evaluate(
+    benchmarks: Sequence[str | Benchmark],
+    generator: Generator,
+    verifier: Verifier,
+    config: EvalConfig,
+    out_dir: str | Path,
+    *,
+    template: ChatTemplate | None = None,
+    model: EvaluatedModel | None = None,
+    progress: ProgressCallback | None = None,
+) -> dict[str, Any]:
+    """Evaluate `benchmarks` (names, paths or loaded Benchmarks) and write `out_dir`.
+
+    `template` is the model's chat template; by default the generator's own
+    (`generator.chat_template()`, which engines and the generator client have). Returns the
+    summary that is also written to `out_dir/summary.json`. Raises EvalConflict when out_dir
+    holds samples of another protocol or model, InvalidRequest (a ValueError) naming the
+    problem the generator refused.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    loaded = [
+        b
+        if isinstance(b, Benchmark)
+        else load_benchmark(b, config.data_dir, config.fields, config.limit)
+        for b in benchmarks
+    ]
+    names = [b.name for b in loaded]
+    if len(set(names)) != len(names):
+        raise ValueError(f"benchmarks must have distinct names, got {names}")
+    if template is None:
+        get_template = getattr(generator, "chat_template", None)
+        if not callable(get_template):
+            raise ValueError("pass template=: this generator cannot tell its chat template")
+        template = get_template()
+    assert template is not None
+    _check_protocol(out, config)
+    run = _Run(out, generator, verifier, template, config, progress)
+    finished = False
+    try:
+        for bench in loaded:
+            run.benchmark(bench)
+        finished = True
+    finally:
+        run.close(wait=finished)
+    summary = {
+        "protocol": config.protocol(),
+        "model": {**(model or EvaluatedModel()).model_dump(), "version": run.version or ""},
+        "benchmarks": {
+            b.name: {
+                **summarize_benchmark(
+                    b.name,
+                    b.problems,
+                    {p.id: run.samples_of(b.name, p) for p in b.problems},
+                    config.ks(),
+                ),
+                "file": str(b.path),
+            }
+            for b in loaded
+        },
+    }
+    _write_json(out / SUMMARY_FILE, summary)
+    return summary
