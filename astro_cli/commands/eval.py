@@ -152,8 +152,10 @@ def eval_command(
     out: Annotated[Path, typer.Option(help="Output directory: samples.jsonl, summary.json.")],
     model: Annotated[
         str,
-        typer.Option(help="Model directory, or registered NAME:VERSION / NAME@ALIAS; "
-        "default: the tiny model (or what --generator serves)."),
+        typer.Option(
+            help="Model directory, or registered NAME:VERSION / NAME@ALIAS; "
+            "default: the tiny model (or what --generator serves)."
+        ),
     ] = "",
     benchmarks: Annotated[
         str | None,
@@ -168,9 +170,15 @@ def eval_command(
     limit: Annotated[int | None, typer.Option(help=_help("limit"))] = None,
     batch_problems: Annotated[int | None, typer.Option(help=_help("batch_problems"))] = None,
     data_dir: Annotated[
-        Path | None, typer.Option(envvar="ASTRO_SHARED_DATA", help=_help("data_dir"))
+        Path | None,
+        typer.Option(
+            help="Folder of the benchmark files; default: $ASTRO_SHARED_DATA, else "
+            "../shared/data beside the repository."
+        ),
     ] = None,
-    problem_field: Annotated[str | None, typer.Option(help="Problem text field of a JSONL.")] = None,
+    problem_field: Annotated[
+        str | None, typer.Option(help="Problem text field of a JSONL.")
+    ] = None,
     answer_field: Annotated[str | None, typer.Option(help="Gold answer field of a JSONL.")] = None,
     id_field: Annotated[str | None, typer.Option(help="Problem id field of a JSONL.")] = None,
     config: Annotated[
@@ -188,7 +196,9 @@ def eval_command(
         typer.Option(envvar="ASTRO_REGISTRY", help="Registry HOST:PORT for a registered --model."),
     ] = None,
     engine: Annotated[str, typer.Option(help="In-process engine: hf or vllm.")] = "hf",
-    device: Annotated[str, typer.Option(help="In-process engine device: auto, cpu, cuda.")] = "auto",
+    device: Annotated[
+        str, typer.Option(help="In-process engine device: auto, cpu, cuda.")
+    ] = "auto",
     label: Annotated[str, typer.Option(help="Name of this checkpoint in reports.")] = "",
     arm: Annotated[str, typer.Option(help="base, sft, rl, direct_sft or direct_rl.")] = "",
     step: Annotated[int | None, typer.Option(help="RL step of the checkpoint.")] = None,
@@ -220,7 +230,7 @@ def eval_command(
             "seed": seed,
             "limit": limit,
             "batch_problems": batch_problems,
-            "data_dir": str(data_dir) if data_dir else None,
+            "shared_data": str(data_dir) if data_dir else None,
             "greedy": True if greedy else None,
         }.items()
         if value is not None
@@ -231,12 +241,15 @@ def eval_command(
     if any(v is not None for v in fields.values()):
         overrides["fields"] = {k: v for k, v in fields.items() if v is not None}
     try:
-        settings = load_config(EvalConfig, _config_path(config), overrides=overrides)
+        # No ASTRO_* environment overrides: ASTRO_DATA_DIR and friends mean other things.
+        settings = load_config(
+            EvalConfig, _config_path(config), overrides=overrides, env_prefix=None
+        )
     except ConfigError as exc:
         fail(str(exc))
     try:
         loaded = [
-            load_benchmark(b, settings.data_dir, settings.fields, settings.limit)
+            load_benchmark(b, settings.shared_data, settings.fields, settings.limit)
             for b in settings.benchmarks
         ]
     except UnknownBenchmark as exc:

@@ -1,10 +1,10 @@
 """Benchmarks by name (math500, amc23, aime24) from the shared data folder, or any JSONL file.
 
-The shared folder is `../shared/data` beside the repository unless `$ASTRO_SHARED_DATA` (or a
-configured `data_dir`) names another. Its files (see SOURCES.md there) differ in small ways
-that are handled here: AMC23 answers are JSON floats (27.0 becomes "27"), AIME24 answers keep
-their leading zeros ("025"; the verifier compares them as numbers), MATH-500 carries
-`subject` and `level` for the breakdown.
+The shared folder is `../shared/data` beside the repository unless `$ASTRO_SHARED_DATA` (or
+a configured `shared_data` folder) names another. Its files (see SOURCES.md there) differ in
+small ways that are handled here: AMC23 answers are JSON floats (27.0 becomes "27"), AIME24
+answers keep their leading zeros ("025"; the verifier compares them as numbers), MATH-500
+carries `subject` and `level` for the breakdown.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ class EvalConfig(BaseModel):
         min_length=1,
         description="Benchmark names (math500, amc23, aime24) or paths of problems JSONL files.",
     )
-    data_dir: str = Field(
+    shared_data: str = Field(
         "",
         description="Folder of the benchmark files; empty: $ASTRO_SHARED_DATA, else "
         "../shared/data beside the repository.",

@@ -78,7 +78,8 @@ def _phrases_digest(config: EvalConfig) -> str:
 def _check_protocol(out_dir: Path, config: EvalConfig) -> None:
     """Refuse a directory whose samples were drawn or counted another way; record ours."""
     path = out_dir / PROTOCOL_FILE
-    ours = {"protocol": config.protocol(), "phrases": _phrases_digest(config)}
+    protocol = config.protocol()
+    ours = {"protocol": protocol, "phrases": _phrases_digest(config)}
     if path.exists():
         try:
             theirs = json.loads(path.read_text(encoding="utf-8"))
@@ -86,10 +87,10 @@ def _check_protocol(out_dir: Path, config: EvalConfig) -> None:
         except (ValueError, KeyError, TypeError) as exc:
             raise EvalConflict(f"{path} is not readable ({exc}); use another output dir") from exc
         for key in SAMPLING_KEYS:
-            if recorded.get(key) != ours["protocol"][key]:
+            if recorded.get(key) != protocol[key]:
                 raise EvalConflict(
                     f"{out_dir} holds samples with {key}={recorded.get(key)!r}, this run has "
-                    f"{key}={ours['protocol'][key]!r}; use another output dir"
+                    f"{key}={protocol[key]!r}; use another output dir"
                 )
         if theirs.get("phrases") != ours["phrases"]:
             raise EvalConflict(
@@ -230,9 +231,7 @@ class _Run:
                 self._check_version(completions)
                 if pending is not None:
                     pending.result()
-                pending = self.finisher.submit(
-                    self._finish, bench, problems, seeds, completions
-                )
+                pending = self.finisher.submit(self._finish, bench, problems, seeds, completions)
         finally:
             if pending is not None:
                 pending.result()  # a generated round is graded and saved, even on error
@@ -337,7 +336,7 @@ def evaluate(
     loaded = [
         b
         if isinstance(b, Benchmark)
-        else load_benchmark(b, config.data_dir, config.fields, config.limit)
+        else load_benchmark(b, config.shared_data, config.fields, config.limit)
         for b in benchmarks
     ]
     names = [b.name for b in loaded]

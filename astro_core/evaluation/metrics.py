@@ -23,7 +23,9 @@ _LATEX_NOISE = re.compile(r"\\left|\\right|\\!|\\,|\\;|\\:|\s+|\$")
 def pass_at_k(n: int, correct: int, k: int) -> float:
     """Unbiased pass@k of one problem with `correct` of `n` samples correct."""
     if not 0 <= correct <= n or not 1 <= k <= n:
-        raise ValueError(f"pass@k needs 0 <= correct <= n and 1 <= k <= n (n={n}, c={correct}, k={k})")
+        raise ValueError(
+            f"pass@k needs 0 <= correct <= n and 1 <= k <= n (n={n}, c={correct}, k={k})"
+        )
     if n - correct < k:
         return 1.0
     # C(n-c, k) / C(n, k) as a product, which neither overflows nor loses precision.

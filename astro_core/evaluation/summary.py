@@ -26,7 +26,11 @@ def _mean(values: Sequence[float]) -> float:
 def _scores(scores: Sequence[ProblemScore], ks: Sequence[int]) -> dict[str, Any]:
     accuracies = [s.accuracy for s in scores]
     mean = _mean(accuracies)
-    spread = math.fsum((a - mean) ** 2 for a in accuracies) / (len(scores) - 1) if len(scores) > 1 else 0.0
+    spread = (
+        math.fsum((a - mean) ** 2 for a in accuracies) / (len(scores) - 1)
+        if len(scores) > 1
+        else 0.0
+    )
     return {
         "problems": len(scores),
         "samples": sum(s.n for s in scores),
@@ -108,9 +112,12 @@ def format_table(summary: dict[str, Any]) -> str:
             if not groups:
                 continue
             lines.append("")
-            lines.append(f"{name} by {key}: " + ", ".join(
-                f"{g} {100 * s['accuracy']:.1f}% ({s['problems']})" for g, s in groups.items()
-            ))
+            lines.append(
+                f"{name} by {key}: "
+                + ", ".join(
+                    f"{g} {100 * s['accuracy']:.1f}% ({s['problems']})" for g, s in groups.items()
+                )
+            )
     lines.append("")
     lines.append(
         f"protocol: {protocol['metric']}, temperature {protocol['temperature']}, "
