@@ -60,6 +60,14 @@ def _model_source(model: str) -> dict[str, Any]:
     return {"name": name, "version": version, "alias": alias}
 
 
+def _reason(exc: BaseException) -> str:
+    """One line about a failure: a gRPC status and its details, else the message."""
+    code, details = getattr(exc, "code", None), getattr(exc, "details", None)
+    if callable(code) and callable(details):
+        return f"{code().name}: {details()}".replace("\n", " ")
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 @contextlib.contextmanager
 def _local_generator(
     source: dict[str, Any], registry: str | None, engine: str, device: str
@@ -86,15 +94,18 @@ def _local_generator(
         try:
             resolved = resolve(ModelSource(**source), store, data_dir() / "models")
         except ModelNotFound as exc:
-            fail(f"--model: {exc}", code=1)
+            fail(f"--model: {_reason(exc)}", code=1)
         except (ValueError, RuntimeError) as exc:
-            fail(f"--model: {exc}", code=1)
+            fail(f"--model: {_reason(exc)}", code=1)
         except Exception as exc:  # the registry unreachable, a failed pull
-            fail(f"--model: cannot fetch {ModelSource(**source).describe()}: {exc}", code=1)
+            fail(f"--model: cannot fetch {ModelSource(**source).describe()}: {_reason(exc)}", 1)
         finally:
             if store is not None:
                 store.close()  # type: ignore[attr-defined]
         path, version = str(resolved.path), resolved.version
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own bar is the one to watch
     kind = "vllm" if engine == "vllm" else "hf"
     generator = load_engine(
         EngineConfig(kind=kind, model_path=path, model_version=version, device=device)
@@ -121,7 +132,7 @@ def _remote_generator(address: str, source: dict[str, Any], timeout: float) -> I
                 client.load_model(**source)
         yield client
     except grpc.RpcError as exc:
-        fail(f"generator at {address}: {exc.code().name}: {exc.details()}", code=1)
+        fail(f"generator at {address}: {_reason(exc)}", code=1)
     finally:
         client.close()
 
@@ -138,7 +149,7 @@ def _verifier(address: str | None) -> Iterator[Any]:
         try:
             yield client
         except grpc.RpcError as exc:
-            fail(f"verifier at {address}: {exc.code().name}: {exc.details()}", code=1)
+            fail(f"verifier at {address}: {_reason(exc)}", code=1)
         finally:
             client.close()
         return
@@ -211,6 +222,7 @@ def eval_command(
         EvalConflict,
         EvaluatedModel,
         UnknownBenchmark,
+        check_output_dir,
         evaluate,
         format_table,
         load_benchmark,
@@ -257,6 +269,12 @@ def eval_command(
     except (OSError, ValueError) as exc:
         fail(str(exc), code=1)
     source = _model_source(model)
+    try:  # before any model loads: a directory of another protocol is refused at once
+        check_output_dir(out, settings)
+    except EvalConflict as exc:
+        fail(_reason(exc), code=1)
+    except OSError as exc:
+        fail(f"--out: {_reason(exc)}", code=1)
     described = (
         f"generator {generator}" + (f" serving {model}" if model else "")
         if generator
@@ -277,9 +295,9 @@ def eval_command(
                 loaded, sampler, grader, settings, out, model=meta, progress=progress
             )
         except EvalConflict as exc:
-            fail(str(exc), code=1)
+            fail(_reason(exc), code=1)
         except InvalidRequest as exc:
-            fail(f"the generator refused a request: {exc}", code=1)
+            fail(f"the generator refused a request: {_reason(exc)}", code=1)
         except KeyboardInterrupt:
             fail(f"interrupted; rerun the same command to continue from {out}", code=130)
     typer.echo(format_table(summary))
@@ -301,7 +319,7 @@ def _progress_bar() -> Iterator[Any]:
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         console=Console(stderr=True),
-        transient=False,
+        transient=True,  # the table printed at the end replaces it
     ) as bar:
 
         def update(event: EvalProgress) -> None:

@@ -20,6 +20,7 @@ from astro_core.evaluation.evaluate import (
     SUMMARY_FILE,
     EvalConflict,
     EvalProgress,
+    check_output_dir,
     evaluate,
     problem_seed,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "SampleLog",
     "SampleRecord",
     "UnknownBenchmark",
+    "check_output_dir",
     "evaluate",
     "format_table",
     "iter_samples",

@@ -41,6 +41,7 @@ SAMPLES_FILE = "samples.jsonl"
 SUMMARY_FILE = "summary.json"
 PROTOCOL_FILE = "eval.json"
 MAX_PARALLEL_CALLS = 64
+VERIFY_CHUNK = 1024  # items per verify_batch call (the verifier service bounds a batch)
 
 
 class EvalConflict(ValueError):
@@ -75,12 +76,17 @@ def _phrases_digest(config: EvalConfig) -> str:
     return hashlib.sha256(config.phrases.model_dump_json().encode()).hexdigest()[:16]
 
 
-def _check_protocol(out_dir: Path, config: EvalConfig) -> None:
-    """Refuse a directory whose samples were drawn or counted another way; record ours."""
+def check_output_dir(out_dir: str | Path, config: EvalConfig) -> None:
+    """Refuse a directory whose samples were drawn or counted another way (EvalConflict);
+    record our protocol in a new one."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / PROTOCOL_FILE
     protocol = config.protocol()
     ours = {"protocol": protocol, "phrases": _phrases_digest(config)}
-    if path.exists():
+    samples = out_dir / SAMPLES_FILE
+    has_samples = samples.exists() and samples.stat().st_size > 0
+    if path.exists() and has_samples:
         try:
             theirs = json.loads(path.read_text(encoding="utf-8"))
             recorded = theirs["protocol"]
@@ -97,7 +103,7 @@ def _check_protocol(out_dir: Path, config: EvalConfig) -> None:
                 f"{out_dir} counted backtracks with other phrases; use another output dir"
             )
         return
-    if (out_dir / SAMPLES_FILE).exists():
+    if has_samples:
         raise EvalConflict(f"{out_dir} has {SAMPLES_FILE} but no {PROTOCOL_FILE}; use another dir")
     _write_json(path, ours)
 
@@ -269,7 +275,13 @@ class _Run:
             for p, cs in zip(problems, completions, strict=True)
             for c in cs
         ]
-        verdicts = iter(self.verifier.verify_batch(items))
+        verdicts = iter(
+            [
+                verdict
+                for start in range(0, len(items), VERIFY_CHUNK)
+                for verdict in self.verifier.verify_batch(items[start : start + VERIFY_CHUNK])
+            ]
+        )
         records: list[SampleRecord] = []
         for problem, seed, samples in zip(problems, seeds, completions, strict=True):
             fresh = not self._complete(bench.name, problem)
@@ -348,7 +360,7 @@ def evaluate(
             raise ValueError("pass template=: this generator cannot tell its chat template")
         template = get_template()
     assert template is not None
-    _check_protocol(out, config)
+    check_output_dir(out, config)
     run = _Run(out, generator, verifier, template, config, progress)
     finished = False
     try:

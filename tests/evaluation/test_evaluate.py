@@ -13,6 +13,7 @@ from astro_core.evaluation import (
     EvalConfig,
     EvalConflict,
     EvalProgress,
+    check_output_dir,
     evaluate,
     format_table,
     iter_samples,
@@ -186,6 +187,14 @@ def test_an_output_dir_of_another_protocol_or_model_is_refused(
     with pytest.raises(EvalConflict, match="model 'other#2'.*'scripted#1'"):
         evaluate([str(problems_file)], other, pool, first.model_copy(update={"limit": 4}), tmp_path)
     assert (tmp_path / "samples.jsonl").read_text() == before  # nothing stored is lost
+    recorded = (tmp_path / "eval.json").read_text()
+    (tmp_path / "eval.json").unlink()
+    with pytest.raises(EvalConflict, match="has samples.jsonl but no eval.json"):
+        evaluate([str(problems_file)], generator, pool, first, tmp_path)
+    check_output_dir(tmp_path / "fresh", EvalConfig(n=8))  # no samples yet: nothing to keep
+    check_output_dir(tmp_path / "fresh", EvalConfig(n=2))
+    assert json.loads((tmp_path / "fresh" / "eval.json").read_text())["protocol"]["n"] == 2
+    (tmp_path / "eval.json").write_text(recorded)
     # a larger limit continues the same evaluation
     summary = evaluate(
         [str(problems_file)], generator, pool, first.model_copy(update={"limit": 4}), tmp_path
