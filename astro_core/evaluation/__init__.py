@@ -4,7 +4,7 @@
 
 `config` (EvalConfig: the protocol), `benchmarks` (files by name), `metrics` (avg@n, maj@n,
 pass@k), `samples` (samples.jsonl, resumable), `summary` (scores and breakdowns, the printed
-table), `evaluate` (the loop through the Generator and Verifier seams).
+table), `runner` (`evaluate`: the loop through the Generator and Verifier seams).
 """
 
 from astro_core.evaluation.benchmarks import (
@@ -15,7 +15,8 @@ from astro_core.evaluation.benchmarks import (
     shared_data_dir,
 )
 from astro_core.evaluation.config import EvalConfig, EvaluatedModel, ProblemFields
-from astro_core.evaluation.evaluate import (
+from astro_core.evaluation.metrics import majority_correct, pass_at_k
+from astro_core.evaluation.runner import (
     SAMPLES_FILE,
     SUMMARY_FILE,
     EvalConflict,
@@ -24,7 +25,6 @@ from astro_core.evaluation.evaluate import (
     evaluate,
     problem_seed,
 )
-from astro_core.evaluation.metrics import majority_correct, pass_at_k
 from astro_core.evaluation.samples import SampleLog, SampleRecord, iter_samples
 from astro_core.evaluation.summary import format_table
 

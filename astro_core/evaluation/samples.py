@@ -4,7 +4,10 @@ A line:
 
     {"benchmark", "problem_id", "sample_index", "response", "extracted_answer", "correct",
      "tokens", "finish_reason", "backtracks", "reflections", "positive_verdicts",
-     "model_version", "seed"}
+     "verdict", "model_version", "seed"}
+
+`verdict` is the verifier's reason ("equal", "not equal", "no answer", "timeout", "error:
+...").
 
 A round's lines are written with one `write` and fsync'd, so a killed run leaves at most one
 torn last line; `SampleLog` cuts it off when it opens the file. A sample is identified by
@@ -39,6 +42,7 @@ class SampleRecord:
     positive_verdicts: int
     model_version: str
     seed: int  # the seed of the problem's generate call; sample i draws stream i of it
+    verdict: str = ""  # the verifier's reason for `correct`
 
     @property
     def key(self) -> SampleKey:
@@ -49,7 +53,7 @@ class SampleRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SampleRecord:
-        missing = [f.name for f in fields(cls) if f.name not in data]
+        missing = [f.name for f in fields(cls) if f.name not in data and f.name != "verdict"]
         if missing:
             raise ValueError(f"missing fields {', '.join(missing)}")
         if not isinstance(data["correct"], bool):
@@ -68,6 +72,7 @@ class SampleRecord:
             positive_verdicts=int(data["positive_verdicts"]),
             model_version=str(data["model_version"]),
             seed=int(data["seed"]),
+            verdict=str(data.get("verdict", "")),
         )
 
 

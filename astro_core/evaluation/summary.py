@@ -67,6 +67,7 @@ def summarize_benchmark(
         mean_positive_verdicts=_mean([r.positive_verdicts for r in records]),
         responses_with_backtrack=_mean([float(r.backtracks > 0) for r in records]),
         no_answer=sum(1 for r in records if not r.extracted_answer),
+        verifier_timeouts=sum(1 for r in records if r.verdict == "timeout"),
         finish_reasons=dict(sorted(Counter(r.finish_reason for r in records).items())),
         backtracks_histogram={
             str(k): v for k, v in sorted(Counter(r.backtracks for r in records).items())

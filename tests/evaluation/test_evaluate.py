@@ -20,6 +20,7 @@ from astro_core.evaluation import (
     problem_seed,
 )
 from astro_core.prompts import problem_messages
+from astro_core.protocols import VerifyResult
 from tests.evaluation.conftest import EXPECTED, PROBLEMS, problem_text, scripted_response
 from tests.evaluation.scripted import TEMPLATE, ScriptedGenerator
 
@@ -126,17 +127,17 @@ def test_resume_after_a_failure_gives_the_uninterrupted_summary(
     whole = ScriptedGenerator(lambda problem, i: scripted_response(problem, i, i % 2))
     expected = evaluate([str(problems_file)], whole, pool, CONFIG, tmp_path / "whole")
     out = tmp_path / "resumed"
-    flaky = Flaky(budget=3)  # round 1 (p1, p2) succeeds, round 2 (p3, p4) half fails
+    flaky = Flaky(budget=3)  # the fourth call and every one after it fail
     with pytest.raises(ConnectionError):
         evaluate([str(problems_file)], flaky, pool, CONFIG, out)
-    saved = list(iter_samples(out / "samples.jsonl"))
-    assert {s.problem_id for s in saved} == {"p1", "p2"}  # finished rounds were kept
+    saved = {s.problem_id for s in iter_samples(out / "samples.jsonl")}
+    assert saved and saved <= {"p1", "p2", "p3"}  # answered problems were graded and kept
     again = ScriptedGenerator(lambda problem, i: scripted_response(problem, i, i % 2))
     resumed = evaluate([str(problems_file)], again, pool, CONFIG, out)
     assert resumed == expected
     # only the unfinished problems were generated again, and nothing is duplicated
     asked = {c["prompts"][0].split("Problem ")[1][:2] for c in again.calls}  # type: ignore[index]
-    assert asked == {"p3", "p4", "p5"}
+    assert asked == {"p1", "p2", "p3", "p4", "p5"} - saved
     samples = list(iter_samples(out / "samples.jsonl"))
     assert len(samples) == len({s.key for s in samples}) == 20
     assert sorted(s.response for s in samples) == sorted(
@@ -227,3 +228,32 @@ def test_wrong_number_of_completions_is_an_error(
     generator.generate = lambda prompts, **kw: original(prompts, **kw)[:1]  # type: ignore[method-assign]
     with pytest.raises(RuntimeError, match="returned 1 completions for n=4"):
         evaluate([str(problems_file)], generator, pool, CONFIG, tmp_path)
+
+
+class SlowOnce:
+    """TEST DOUBLE around the real pool: its first answer for `stuck` items is "timeout" (as
+    when a busy machine starves a worker); `always` keeps timing out."""
+
+    def __init__(self, pool: VerifierPool, always: bool = False) -> None:
+        self.pool, self.always, self.calls = pool, always, 0
+
+    def verify_batch(self, items: Any, rewards: Any = None) -> Any:
+        self.calls += 1
+        results = self.pool.verify_batch(items)
+        if self.calls == 1 or self.always:
+            return [VerifyResult(False, -1.0, "", "timeout") for _ in results]
+        return results
+
+
+def test_a_timed_out_verdict_is_tried_again(
+    problems_file: Path, pool: VerifierPool, tmp_path: Path
+) -> None:
+    generator = ScriptedGenerator(lambda problem, i: scripted_response(problem, i))
+    config = EvalConfig(n=4, limit=1)
+    summary = evaluate([str(problems_file)], generator, SlowOnce(pool), config, tmp_path / "a")
+    assert summary["benchmarks"]["problems"]["accuracy"] == 1.0  # p1: all four right
+    assert summary["benchmarks"]["problems"]["verifier_timeouts"] == 0
+    assert {s.verdict for s in iter_samples(tmp_path / "a" / "samples.jsonl")} == {"equal"}
+    stuck = SlowOnce(pool, always=True)
+    summary = evaluate([str(problems_file)], generator, stuck, config, tmp_path / "b")
+    assert summary["benchmarks"]["problems"]["verifier_timeouts"] == 4 and stuck.calls == 2

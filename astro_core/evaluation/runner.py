@@ -1,14 +1,15 @@
 """`evaluate`: sample, grade and score benchmarks through the Generator and Verifier seams.
 
-Problems go in rounds of `batch_problems`: one engine batch when the generator is an
-in-process engine, else that many concurrent `generate` calls (the generator service batches
-them together). A round's samples are graded while the next round generates, then appended
-to `samples.jsonl`. Each problem's generate call has its own seed, derived from (seed,
-benchmark, problem id), and sample i draws stream i of it, so a problem's samples do not
-depend on the batch it lands in, and a killed evaluation restarted on the same directory
-draws exactly what remains: rounds already on disk are skipped, a round written in part is
-generated again and only its missing samples are kept. The summary is computed from the
-samples on disk, so a resumed run ends with the summary of an uninterrupted one.
+An in-process engine gets rounds of `batch_problems` problems, one engine batch each; any
+other generator (the generator service's client) gets one call per problem with twice that
+many calls in flight, which the service batches together. Finished samples are graded while
+the next ones generate, then appended to `samples.jsonl`. Each problem's generate call has
+its own seed, derived from (seed, benchmark, problem id), and sample i draws stream i of it,
+so a problem's samples do not depend on the batch it lands in, and a killed evaluation
+restarted on the same directory draws exactly what remains: problems on disk are skipped, a
+problem written in part is generated again and only its missing samples are kept. The
+summary is computed from the samples on disk, so a resumed run ends with the summary of an
+uninterrupted one.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +37,7 @@ from astro_core.evaluation.samples import SampleLog, SampleRecord
 from astro_core.evaluation.summary import summarize_benchmark
 from astro_core.problems import Problem
 from astro_core.prompts import ChatTemplate, problem_messages
-from astro_core.protocols import Completion, Generator, Verifier, VerifyItem
+from astro_core.protocols import Completion, Generator, Verifier, VerifyItem, VerifyResult
 
 SAMPLES_FILE = "samples.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -64,6 +66,7 @@ class EvalProgress:
 
 
 ProgressCallback = Callable[[EvalProgress], None]
+_Prompt = Callable[[Problem], tuple[str, int]]  # a problem's prompt and seed
 
 
 def problem_seed(seed: int, benchmark: str, problem_id: str) -> int:
@@ -115,32 +118,59 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+Chunk = tuple[list[Problem], list[int], list[list[Completion]]]  # problems, seeds, samples
+
+
 class _Sampler:
-    """n samples for each of a round's prompts, through an engine batch or parallel calls."""
+    """n samples per problem: engine batches of one round each, or a window of calls.
+
+    An in-process engine gets one `generate_batch` per round of `batch_problems` (fixed
+    slices of the benchmark, so a resumed run batches exactly as an uninterrupted one). Any
+    other generator (the service client) gets one call per problem, with up to twice
+    `batch_problems` calls in flight, so that the service always has the next batch queued;
+    answers are taken in the order the calls were made.
+    """
 
     def __init__(self, generator: Generator, config: EvalConfig) -> None:
         self.generator = generator
         self.config = config
+        self.window = min(2 * config.batch_problems, MAX_PARALLEL_CALLS)
         self.pool: ThreadPoolExecutor | None = None
         if not isinstance(generator, EngineBase):
-            workers = min(config.batch_problems, MAX_PARALLEL_CALLS)
-            self.pool = ThreadPoolExecutor(workers, thread_name_prefix="eval-generate")
+            self.pool = ThreadPoolExecutor(self.window, thread_name_prefix="eval-generate")
 
     def close(self, wait: bool) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=wait, cancel_futures=True)
 
-    def sample(
-        self, problems: Sequence[Problem], prompts: Sequence[str], seeds: Sequence[int]
-    ) -> list[list[Completion]]:
+    def chunks(
+        self, problems: Sequence[Problem], done: Callable[[Problem], bool], prompt_of: _Prompt
+    ) -> Iterator[Chunk]:
+        """The samples of every problem not done yet, a chunk at a time."""
         if isinstance(self.generator, EngineBase):
-            return self._engine_batch(self.generator, problems, prompts, seeds)
+            size = self.config.batch_problems
+            for start in range(0, len(problems), size):
+                chunk = list(problems[start : start + size])
+                if not all(done(p) for p in chunk):
+                    seeds = [prompt_of(p)[1] for p in chunk]
+                    prompts = [prompt_of(p)[0] for p in chunk]
+                    yield chunk, seeds, self._engine_batch(self.generator, chunk, prompts, seeds)
+            return
         assert self.pool is not None
-        futures = [
-            self.pool.submit(self._one, problem, prompt, seed)
-            for problem, prompt, seed in zip(problems, prompts, seeds, strict=True)
-        ]
-        return [future.result() for future in futures]
+        todo = iter([p for p in problems if not done(p)])
+        in_flight: deque[tuple[Problem, int, Future[list[Completion]]]] = deque()
+        while True:
+            while len(in_flight) < self.window and (problem := next(todo, None)) is not None:
+                prompt, seed = prompt_of(problem)
+                future = self.pool.submit(self._one, problem, prompt, seed)
+                in_flight.append((problem, seed, future))
+            if not in_flight:
+                return
+            ready = [in_flight.popleft()]
+            ready[0][2].result()  # waits; raises the call's error
+            while in_flight and in_flight[0][2].done():
+                ready.append(in_flight.popleft())
+            yield [r[0] for r in ready], [r[1] for r in ready], [r[2].result() for r in ready]
 
     def _params(self, seed: int) -> SamplingParams:
         c = self.config
@@ -219,28 +249,31 @@ class _Run:
         self.finisher = ThreadPoolExecutor(1, thread_name_prefix="eval-grade")
 
     def benchmark(self, bench: Benchmark) -> None:
-        n, size = self.config.n, self.config.batch_problems
-        rounds = [bench.problems[i : i + size] for i in range(0, len(bench.problems), size)]
+        n = self.config.n
         done = [p for p in bench.problems if self._complete(bench.name, p)]
         self.done, self.samples, self.correct = len(done), n * len(done), 0
         for p in done:
             self.correct += sum(r.correct for r in self.samples_of(bench.name, p))
         self._report(bench)
         pending: Future[None] | None = None
+        prompts = {p.id: self.template.render(problem_messages(p.problem)) for p in bench.problems}
+        # Prompts of similar length batch together: less padding to the longest one.
+        order = sorted(bench.problems, key=lambda p: len(prompts[p.id]))
+
+        def prompt_of(problem: Problem) -> tuple[str, int]:
+            return prompts[problem.id], problem_seed(self.config.seed, bench.name, problem.id)
+
         try:
-            for problems in rounds:
-                if all(self._complete(bench.name, p) for p in problems):
-                    continue
-                seeds = [problem_seed(self.config.seed, bench.name, p.id) for p in problems]
-                prompts = [self.template.render(problem_messages(p.problem)) for p in problems]
-                completions = self.sampler.sample(problems, prompts, seeds)
-                self._check_version(completions)
+            for chunk in self.sampler.chunks(
+                order, lambda p: self._complete(bench.name, p), prompt_of
+            ):
+                self._check_version(chunk[2])
                 if pending is not None:
                     pending.result()
-                pending = self.finisher.submit(self._finish, bench, problems, seeds, completions)
+                pending = self.finisher.submit(self._finish, bench, *chunk)
         finally:
             if pending is not None:
-                pending.result()  # a generated round is graded and saved, even on error
+                pending.result()  # generated samples are graded and saved, even on error
 
     def _complete(self, benchmark: str, problem: Problem) -> bool:
         return self.log.of_problem(benchmark, problem.id, self.config.n) is not None
@@ -275,13 +308,7 @@ class _Run:
             for p, cs in zip(problems, completions, strict=True)
             for c in cs
         ]
-        verdicts = iter(
-            [
-                verdict
-                for start in range(0, len(items), VERIFY_CHUNK)
-                for verdict in self.verifier.verify_batch(items[start : start + VERIFY_CHUNK])
-            ]
-        )
+        verdicts = iter(self._grade(items))
         records: list[SampleRecord] = []
         for problem, seed, samples in zip(problems, seeds, completions, strict=True):
             fresh = not self._complete(bench.name, problem)
@@ -303,6 +330,7 @@ class _Run:
                         backtracks=counts.backtracks,
                         reflections=counts.reflections,
                         positive_verdicts=counts.positive_verdicts,
+                        verdict=verdict.reason,
                         model_version=completion.model_version,
                         seed=seed,
                     )
@@ -313,6 +341,21 @@ class _Run:
         self.samples += len(records)
         self.correct += sum(r.correct for r in records)
         self._report(bench)
+
+    def _grade(self, items: list[VerifyItem]) -> list[VerifyResult]:
+        """Verdicts in chunks; an item that timed out is tried once more, since a busy
+        machine (not the answer) may have made it slow."""
+        verdicts = [
+            verdict
+            for start in range(0, len(items), VERIFY_CHUNK)
+            for verdict in self.verifier.verify_batch(items[start : start + VERIFY_CHUNK])
+        ]
+        slow = [i for i, v in enumerate(verdicts) if v.reason == "timeout"]
+        if slow:
+            again = self.verifier.verify_batch([items[i] for i in slow])
+            for i, verdict in zip(slow, again, strict=True):
+                verdicts[i] = verdict
+        return verdicts
 
     def _report(self, bench: Benchmark) -> None:
         if self.progress is not None:
