@@ -6,7 +6,16 @@ checkpoints, `trainlog` reads the trainer's per-step log, `graphs` draws respons
 `report.build_report` writes report.html, report.md and the plots.
 """
 
+# behaviours first: the evaluation package, which report.py reaches, imports it back.
 from astro_core.analysis.behaviours import BehaviourCounts, count_behaviours
+from astro_core.analysis.report import Report, build_report
 from astro_core.analysis.stats import Correlation, pearson
 
-__all__ = ["BehaviourCounts", "Correlation", "count_behaviours", "pearson"]
+__all__ = [
+    "BehaviourCounts",
+    "Correlation",
+    "Report",
+    "build_report",
+    "count_behaviours",
+    "pearson",
+]

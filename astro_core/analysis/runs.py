@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from astro_core.analysis.stats import Correlation, pearson
-from astro_core.evaluation.runner import SAMPLES_FILE, SUMMARY_FILE
-from astro_core.evaluation.samples import SampleRecord, iter_samples
+from astro_core.evaluation.samples import SAMPLES_FILE, SUMMARY_FILE, SampleRecord, iter_samples
 
 # Protocol fields that make two evaluations comparable.
 COMPARED_KEYS = ("n", "temperature", "top_p", "greedy", "max_tokens")

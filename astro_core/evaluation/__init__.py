@@ -17,15 +17,19 @@ from astro_core.evaluation.benchmarks import (
 from astro_core.evaluation.config import EvalConfig, EvaluatedModel, ProblemFields
 from astro_core.evaluation.metrics import majority_correct, pass_at_k
 from astro_core.evaluation.runner import (
-    SAMPLES_FILE,
-    SUMMARY_FILE,
     EvalConflict,
     EvalProgress,
     check_output_dir,
     evaluate,
     problem_seed,
 )
-from astro_core.evaluation.samples import SampleLog, SampleRecord, iter_samples
+from astro_core.evaluation.samples import (
+    SAMPLES_FILE,
+    SUMMARY_FILE,
+    SampleLog,
+    SampleRecord,
+    iter_samples,
+)
 from astro_core.evaluation.summary import format_table
 
 __all__ = [

@@ -33,15 +33,18 @@ from astro_core.engines.base import (
 )
 from astro_core.evaluation.benchmarks import Benchmark, load_benchmark
 from astro_core.evaluation.config import SAMPLING_KEYS, EvalConfig, EvaluatedModel
-from astro_core.evaluation.samples import SampleLog, SampleRecord
+from astro_core.evaluation.samples import (
+    PROTOCOL_FILE,
+    SAMPLES_FILE,
+    SUMMARY_FILE,
+    SampleLog,
+    SampleRecord,
+)
 from astro_core.evaluation.summary import summarize_benchmark
 from astro_core.problems import Problem
 from astro_core.prompts import ChatTemplate, problem_messages
 from astro_core.protocols import Completion, Generator, Verifier, VerifyItem, VerifyResult
 
-SAMPLES_FILE = "samples.jsonl"
-SUMMARY_FILE = "summary.json"
-PROTOCOL_FILE = "eval.json"
 MAX_PARALLEL_CALLS = 64
 VERIFY_CHUNK = 1024  # items per verify_batch call (the verifier service bounds a batch)
 

@@ -25,6 +25,10 @@ from pathlib import Path
 from typing import Any
 
 SampleKey = tuple[str, str, int]
+# The files of an evaluation's output directory.
+SAMPLES_FILE = "samples.jsonl"
+SUMMARY_FILE = "summary.json"
+PROTOCOL_FILE = "eval.json"
 
 
 @dataclass(frozen=True)
