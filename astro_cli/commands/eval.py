@@ -259,6 +259,9 @@ def eval_command(
         )
     except ConfigError as exc:
         fail(str(exc))
+    repeated = {b for b in settings.benchmarks if settings.benchmarks.count(b) > 1}
+    if repeated:
+        fail(f"--benchmarks: {', '.join(sorted(repeated))} listed twice")
     try:
         loaded = [
             load_benchmark(b, settings.shared_data, settings.fields, settings.limit)

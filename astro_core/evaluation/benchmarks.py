@@ -44,10 +44,29 @@ def shared_data_dir(configured: str | Path = "") -> Path:
     return Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
-def benchmark_path(spec: str, data_dir: str | Path = "") -> tuple[str, Path]:
-    """(name, file) of a benchmark name or a JSONL path; raises UnknownBenchmark."""
+def benchmark_path(
+    spec: str, data_dir: str | Path = "", allow_files: bool = True
+) -> tuple[str, Path]:
+    """(name, file) of a benchmark name or a JSONL path; raises UnknownBenchmark.
+
+    With allow_files=False (a service evaluating a spec sent by a client) only the files of
+    the data folder are reachable: a known name, or the name of a .jsonl file in it.
+    """
+    folder = shared_data_dir(data_dir)
+    if not allow_files and spec not in BENCHMARK_FILES:
+        inside = (folder / spec).resolve()
+        if (
+            Path(spec).name != spec
+            or inside.parent != folder.resolve()
+            or inside.suffix != ".jsonl"
+            or not inside.is_file()
+        ):
+            raise UnknownBenchmark(
+                f"unknown benchmark {spec!r}; choose from {', '.join(BENCHMARK_FILES)} or a "
+                f".jsonl file in the data folder"
+            )
+        return inside.stem, inside
     if spec in BENCHMARK_FILES:
-        folder = shared_data_dir(data_dir)
         path = folder / BENCHMARK_FILES[spec]
         if not path.is_file():
             raise UnknownBenchmark(
@@ -136,9 +155,11 @@ def load_benchmark(
     data_dir: str | Path = "",
     fields: ProblemFields | None = None,
     limit: int | None = None,
+    allow_files: bool = True,
 ) -> Benchmark:
-    """A benchmark by name or path, its problems read (the first `limit`)."""
-    name, path = benchmark_path(spec, data_dir)
+    """A benchmark by name or path, its problems read (the first `limit`); see
+    `benchmark_path` for allow_files."""
+    name, path = benchmark_path(spec, data_dir, allow_files)
     problems = read_problems(path, fields, limit)
     if not problems:
         raise ValueError(f"benchmark {name}: no problems in {path}")

@@ -16,6 +16,7 @@ from astro_cli.main import app
 from astro_core.analysis import pearson
 from astro_core.analysis.report import build_report
 from astro_core.analysis.runs import MixedProtocols, ReportInputError
+from astro_core.answers import VerifierPool
 from astro_core.cloning.config import CloningConfig
 from astro_core.cloning.dataset import clone_trees, write_traces
 from astro_core.trees import write_trees
@@ -184,3 +185,27 @@ def test_cli(eval_dirs: dict[str, Path], train_log: Path, tmp_path: Path) -> Non
     bad_phrases.write_text("backtrack: no placeholder\n")
     code, message = error("--evals", rl[0], "--phrases", str(bad_phrases))
     assert code == 2 and "--phrases" in message and "\n" not in message
+
+
+def test_hostile_text_stays_text(pool: VerifierPool, tmp_path: Path, shared_data: Path) -> None:
+    from astro_core.evaluation import EvalConfig, EvaluatedModel, evaluate, load_benchmark
+    from tests.evaluation.scripted import ScriptedGenerator
+
+    hostile = '<script>alert(1)</script></svg><img src="http://example.com/x.png"> | `x`'
+    bench = load_benchmark("aime24", shared_data, limit=1)
+
+    def respond(problem: str, i: int) -> str:
+        return (
+            f"Step {hostile}\n\nBut wait, are we solving the problem correctly so far? Hmm... "
+            f"Let's restart our solution from the beginning.\n\n{hostile} \\boxed{{{i}}}"
+        )
+
+    out = tmp_path / "eval"
+    meta = EvaluatedModel(label=f"<b>{hostile}</b>", arm="rl", step=1)
+    evaluate([bench], ScriptedGenerator(respond), pool, EvalConfig(n=2), out, model=meta)
+    report = build_report([out], tmp_path / "report", title=hostile)
+    page = report.html.read_text()
+    assert "<script" not in page and '<img src="http' not in page and "</svg><img" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    sources = re.findall(r'<img[^>]*\ssrc="([^"]*)"', page)
+    assert all(s.startswith("data:image/png;base64,") for s in sources)

@@ -129,3 +129,17 @@ def test_ids_default_to_line_numbers(tmp_path: Path) -> None:
     assert [p.id for p in read_problems(path)] == ["1", "2"]
     with pytest.raises(ValueError, match="field 'key' is missing"):
         read_problems(path, ProblemFields(id="key"))
+
+
+def test_a_service_reaches_only_the_data_folder(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    write_jsonl(data / "amc23.jsonl", [{"id": 1, "problem": "1+1?", "answer": 2}])
+    write_jsonl(data / "extra.jsonl", [{"id": 1, "problem": "2+2?", "answer": 4}])
+    outside = write_jsonl(tmp_path / "secret.jsonl", [{"id": 1, "problem": "x", "answer": 1}])
+    assert load_benchmark("amc23", data, allow_files=False).name == "amc23"
+    assert load_benchmark("extra.jsonl", data, allow_files=False).name == "extra"
+    for spec in [str(outside), "../secret.jsonl", "sub/../../secret.jsonl", "extra", "nope.jsonl"]:
+        with pytest.raises(UnknownBenchmark, match="a .jsonl file in the data folder"):
+            load_benchmark(spec, data, allow_files=False)
+    assert load_benchmark(str(outside), data).name == "secret"  # the CLI user's own file

@@ -128,6 +128,8 @@ def test_a_registered_checkpoint_is_pulled_and_evaluated(
         (["--n", "0"], 2, "error: invalid config: n: Input should be greater than or equal to 1"),
         (["--max-tokens", "40000"], 2, "max_tokens: Input should be less than or equal to 32768"),
         (["--temperature", "-1"], 2, "temperature"),
+        (["--benchmarks", "aime24,aime24"], 2, "error: --benchmarks: aime24 listed twice"),
+        (["--limit", "0"], 2, "limit: Input should be greater than or equal to 1"),
         (["--arm", "final"], 2, "error: --arm must be one of base, sft, rl"),
         (["--engine", "tpu"], 2, "error: --engine must be hf or vllm"),
         (["--model", "./no/such/dir"], 2, "error: --model: directory not found"),
