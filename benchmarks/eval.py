@@ -29,20 +29,25 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-import yaml
+# The verifier pool's worker processes import this script again (as multiprocessing does for
+# a __main__ module) before they can answer; heavy imports here would count against each
+# answer's time limit. So they happen only in the process that runs the benchmark.
+if __name__ == "__main__":
+    import torch
+    import yaml
 
-from astro_core.answers import VerifierConfig, VerifierPool
-from astro_core.evaluation import Benchmark, EvalConfig, evaluate, load_benchmark
-from astro_core.models.tiny import ensure_tiny_model, load_model
-from astro_core.problems import Problem
-from astro_core.prompts import ChatTemplate, problem_messages
-from astro_core.protocols import VerifyItem
-from services.generator.client import GeneratorClient
+    from astro_core.answers import VerifierConfig, VerifierPool
+    from astro_core.evaluation import Benchmark, EvalConfig, evaluate, load_benchmark
+    from astro_core.models.tiny import ensure_tiny_model, load_model
+    from astro_core.problems import Problem
+    from astro_core.prompts import ChatTemplate, problem_messages
+    from astro_core.protocols import VerifyItem
+    from services.generator.client import GeneratorClient
+
+    WARM_UP = [VerifyItem("so \\boxed{1}", "1")]
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPERATURE, TOP_P = 0.6, 0.95
-WARM_UP = [VerifyItem("so \\boxed{1}", "1")]
 
 
 def run_peer(
