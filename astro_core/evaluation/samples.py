@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +98,11 @@ def iter_samples(path: str | Path) -> Iterator[SampleRecord]:
 
 
 class SampleLog:
-    """The samples of an output directory: the ones on disk, plus appends."""
+    """The samples of an output directory: the ones on disk, plus appends.
+
+    Kept in memory without their response text (what scores need is small; a 32K-token
+    evaluation's responses are not), the file has them in full.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -106,7 +110,7 @@ class SampleLog:
         if self.path.exists():
             self._cut_torn_end()
             for record in iter_samples(self.path):
-                self.records.setdefault(record.key, record)
+                self.records.setdefault(record.key, replace(record, response=""))
 
     def _cut_torn_end(self) -> None:
         """Drop bytes after the last newline: an interrupted write's partial line."""
@@ -146,7 +150,7 @@ class SampleLog:
             handle.flush()
             os.fsync(handle.fileno())
         for record in new:
-            self.records[record.key] = record
+            self.records[record.key] = replace(record, response="")
         return len(new)
 
     def of_problem(self, benchmark: str, problem_id: str, n: int) -> list[SampleRecord] | None:

@@ -13,6 +13,7 @@ from astro_core.evaluation import (
     EvalConfig,
     EvalConflict,
     EvalProgress,
+    SampleLog,
     check_output_dir,
     evaluate,
     format_table,
@@ -69,6 +70,8 @@ def test_samples_file_and_generate_calls(
     evaluate([str(problems_file)], generator, pool, CONFIG, tmp_path)
     samples = list(iter_samples(tmp_path / "samples.jsonl"))
     assert len(samples) == 20
+    in_memory = SampleLog(tmp_path / "samples.jsonl").records  # scores need no response text
+    assert {r.response for r in in_memory.values()} == {""} and len(in_memory) == 20
     assert len({s.key for s in samples}) == 20
     by_key = {(s.problem_id, s.sample_index): s for s in samples}
     p4 = [by_key["p4", i] for i in range(4)]
