@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from astro_core.analysis import count_behaviours
 from astro_core.cloning.config import CloningConfig
 from astro_core.cloning.dataset import clone_tree
 from astro_core.cloning.linearize import count_moves_back
+from astro_core.cloning.parse import (
+    _SENTENCE_END,
+    _SENTENCE_START,
+    _sentence_span,
+    _sentence_starts,
+)
 from astro_core.cloning.phrases import Phrases
 from tests.cloning.trees import apples_tree, random_tree
 
@@ -94,3 +102,33 @@ def test_paraphrases_can_be_turned_off_and_patterns_configured() -> None:
     assert count_behaviours(text, custom).backtracks == 1  # only the configured pattern now
     wider = Phrases(backtrack_patterns=[*PAPER.backtrack_patterns, r"\bscratch that\b"])
     assert count_behaviours(text, wider).backtracks == 2
+
+
+def reference_sentence_span(text: str, start: int, end: int) -> tuple[int, int]:
+    """The sentence around a match, found by scanning from the text's start every time (the
+    definition; what cloning's parser did before it found the boundaries once per text)."""
+    begin = 0
+    for boundary in _SENTENCE_START.finditer(text, 0, start):
+        begin = boundary.end()
+    if text[end - 1 : end] in (".", "!", "?"):
+        return begin, end
+    stop = _SENTENCE_END.search(text, end)
+    return begin, (stop.end() if stop else len(text))
+
+
+@given(st.text(alphabet="ab .!?\n\t", max_size=60), st.data())
+def test_sentence_spans_match_the_definition(text: str, data: st.DataObject) -> None:
+    assume(text)
+    start = data.draw(st.integers(0, len(text) - 1))
+    end = data.draw(st.integers(start + 1, len(text)))
+    starts = _sentence_starts(text)
+    assert _sentence_span(text, start, end, starts) == reference_sentence_span(text, start, end)
+
+
+@pytest.mark.timeout(60)
+def test_counting_a_long_repetitive_response_stays_fast() -> None:
+    # An RL policy that loops writes the same reflection thousands of times; finding each
+    # match's sentence by rescanning the text was quadratic (minutes for this one).
+    text = "We check it. But wait, is that right? Let me go back to the start.\n\n" * 20000
+    counts = count_behaviours(text)
+    assert counts.reflections == 20000 and counts.backtracks == 20000
