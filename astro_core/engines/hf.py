@@ -1,10 +1,17 @@
-"""The transformers engine: batched decoding with left padding and a KV cache, CPU or CUDA.
+"""The transformers engine: continuous batching over a slot KV cache, CPU or CUDA.
 
 The decode loop is written out rather than delegated to `model.generate` because the
 service batches requests with different sampling parameters together, and a seeded request
-must give the same tokens whatever it is batched with. So each row carries its own
-temperature, top-p, token budget, stop strings and random stream (seeded from the request
-seed, the prompt and the sample index), and finished rows leave the batch.
+must give the same tokens whatever it is batched with. So each row (one sample of one
+prompt) carries its own temperature, top-p, token budget, stop strings and random stream
+(seeded from the request seed, the prompt and the sample index).
+
+Requests join a `ContinuousBatch` between steps: new rows are prefilled (each distinct
+prompt once, however many samples it has) and their keys/values copied into free slots of
+the `SlotCache` (kv_slots.py); finished or cancelled rows leave at once, so their callers
+get their completions without waiting for longer batch mates. A prompt's last token is not
+prefilled but fed by the next decode step, like every row's latest token, so each step is
+one forward pass of one token per row.
 
 Log-probabilities are those of the model's raw distribution (before temperature and top-p),
 as vLLM reports them, so they match a plain forward pass over the produced tokens.
@@ -14,24 +21,27 @@ from __future__ import annotations
 
 import inspect
 import random
+import threading
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from transformers import DynamicCache
 
 from astro_core.engines.base import (
     EngineBase,
     GenerationRequest,
     SamplingParams,
+    Ticket,
     derive_seed,
     directory_version,
     find_stop,
+    run_to_completion,
 )
 from astro_core.engines.config import EngineConfig
+from astro_core.engines.kv_slots import SlotCache, check_full_attention
 from astro_core.models.tiny import load_model
 from astro_core.protocols import Completion, FinishReason
 
@@ -52,17 +62,19 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     return _DTYPES[dtype]
 
 
-@dataclass
+@dataclass(eq=False)
 class _Row:
-    """One sequence being decoded: (request, prompt, sample) and what it produced so far."""
+    """One sequence: sample `index` (prompt * n + sample) of a ticket, and its progress."""
 
-    request: int
+    ticket: Ticket
+    index: int
     prompt: int
-    sample: int
-    prompt_ids: list[int]
+    prompt_ids: tuple[int, ...]
     params: SamplingParams
     budget: int
     rng: random.Random
+    cached: int = 0  # tokens of this sequence in the KV cache
+    next_input: int = 0  # the token the next step feeds (the prompt's last, then each new one)
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     text: str | None = None
@@ -80,9 +92,9 @@ class HFEngine(EngineBase):
         self.device = resolve_device(config.device)
         if config.cpu_threads is not None and self.device == "cpu":
             torch.set_num_threads(config.cpu_threads)
-        self.model, self.tokenizer = load_model(
-            path, self.device, resolve_dtype(config.dtype, self.device)
-        )
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        self.model, self.tokenizer = load_model(path, self.device, self.dtype)
+        check_full_attention(self.model.config)
         own_len = int(getattr(self.model.config, "max_position_embeddings", 2048))
         self.max_model_len = min(config.max_model_len or own_len, own_len)
         self.max_num_seqs = config.max_num_seqs
@@ -105,28 +117,17 @@ class HFEngine(EngineBase):
         if self.device.startswith("cuda"):
             torch.cuda.empty_cache()
 
-    def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
-        rows: list[_Row] = []
-        for r, request in enumerate(requests):
-            ids = self.encode_request(request)
-            p = request.params
-            for i, prompt_ids in enumerate(ids):
-                budget = min(request.budget(i), self.max_model_len - len(prompt_ids))
-                for j in range(p.n):
-                    seed = derive_seed(p.seed, i, j) if p.seed is not None else None
-                    rows.append(_Row(r, i, j, prompt_ids, p, budget, random.Random(seed)))
-        for start in range(0, len(rows), self.max_num_seqs):
-            self._decode(rows[start : start + self.max_num_seqs])
-        results: list[list[Completion]] = [[] for _ in requests]
-        for row in rows:  # rows were built request by request, prompt by prompt, sample by sample
-            results[row.request].append(self._sample_of(row))
-        return results
+    def start_batch(self, capacity: int) -> ContinuousBatch:
+        return ContinuousBatch(self, capacity)
 
-    def _sample_of(self, row: _Row) -> Completion:
+    def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
+        return run_to_completion(self.start_batch(self.max_num_seqs), requests)
+
+    def completion_of(self, row: _Row) -> Completion:
         if row.text is None:
             row.text = self._decode_text(row.tokens)
         want_logprobs = row.params.logprobs
-        completion = Completion(
+        return Completion(
             prompt_index=row.prompt,
             text=row.text,
             num_tokens=len(row.tokens),
@@ -136,54 +137,19 @@ class HFEngine(EngineBase):
             token_logprobs=tuple(row.logprobs) if want_logprobs else (),
             token_ids=tuple(row.tokens),
         )
-        return completion
 
     def _decode_text(self, tokens: Sequence[int]) -> str:
         with self.tokenizer_lock:
             return str(self.tokenizer.decode(list(tokens), skip_special_tokens=True))
 
-    @torch.inference_mode()
-    def _decode(self, rows: list[_Row]) -> None:
-        """Prefill each distinct prompt once, then decode all rows step by step."""
-        distinct = list(dict.fromkeys(tuple(r.prompt_ids) for r in rows))
-        cache, mask, logits, position = self._prefill(distinct)
-        # Fan the prefilled prompts out to their rows (n samples share one prefill).
-        select = torch.tensor([position[tuple(r.prompt_ids)] for r in rows], device=self.device)
-        cache.batch_select_indices(select)
-        mask, logits = mask[select], logits[select]
-        next_pos = mask.sum(-1)
-        active = rows
-        while True:
-            tokens = self._sample(logits, active)
-            keep = [k for k, row in enumerate(active) if not self._finished(row)]
-            if not keep:
-                return
-            if len(keep) < len(active):
-                index = torch.tensor(keep, device=self.device)
-                cache.batch_select_indices(index)
-                mask, next_pos, tokens = mask[index], next_pos[index], tokens[index]
-                active = [active[k] for k in keep]
-            mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=-1)
-            out = self.model(
-                input_ids=tokens[:, None],
-                attention_mask=mask,
-                position_ids=next_pos[:, None],
-                use_cache=True,
-                **{self._cache_arg: cache},
-            )
-            cache = getattr(out, self._cache_arg)
-            next_pos = next_pos + 1
-            logits = out.logits[:, -1, :]
-
-    def _prefill(
+    def prefill(
         self, prompts: list[tuple[int, ...]]
-    ) -> tuple[Any, torch.Tensor, torch.Tensor, dict[tuple[int, ...], int]]:
-        """KV cache, attention mask and last logits of the prompts, left-padded to one width.
+    ) -> list[tuple[list[tuple[torch.Tensor, torch.Tensor]], dict[tuple[int, ...], int]]]:
+        """Keys and values of each prompt, left-padded, in groups of similar length.
 
         Prompts of similar length are prefilled together, so that one long prompt does not
-        pad every other to its length (prefill cost grows with the padded size); the groups'
-        caches are then left-padded to the longest and joined. Returns where each prompt
-        sits in the joined batch too.
+        pad every other to its length (prefill cost grows with the padded size). Returns,
+        per group, each layer's (keys, values) and where each prompt sits in the group.
         """
         groups: list[list[tuple[int, ...]]] = []
         for prompt in sorted(prompts, key=len):
@@ -191,66 +157,67 @@ class HFEngine(EngineBase):
                 groups[-1].append(prompt)
             else:
                 groups.append([prompt])
-        width = len(groups[-1][-1])
-        layers: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
-        masks, logits = [], []
+        prefilled = []
         for group in groups:
-            group_width = len(group[-1])
-            ids = torch.full((len(group), group_width), self.pad_id, dtype=torch.long)
+            width = len(group[-1])
+            ids = torch.full((len(group), width), self.pad_id, dtype=torch.long)
             mask = torch.zeros((len(group), width), dtype=torch.long)
             for g, prompt in enumerate(group):  # left padding: real tokens end at the right
-                ids[g, group_width - len(prompt) :] = torch.tensor(prompt)
+                ids[g, width - len(prompt) :] = torch.tensor(prompt)
                 mask[g, width - len(prompt) :] = 1
             ids, mask = ids.to(self.device), mask.to(self.device)
-            group_mask = mask[:, width - group_width :]
             out = self.model(
                 input_ids=ids,
-                attention_mask=group_mask,
-                position_ids=(group_mask.cumsum(-1) - 1).clamp(min=0),
+                attention_mask=mask,
+                position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                 use_cache=True,
                 logits_to_keep=1,
             )
-            pad = (0, 0, width - group_width, 0)  # left-pad the sequence axis of [b, h, s, d]
-            layers.append(
-                [
-                    (F.pad(layer.keys, pad), F.pad(layer.values, pad))
-                    for layer in getattr(out, self._cache_arg).layers
-                ]
-            )
-            masks.append(mask)
-            logits.append(out.logits[:, -1, :])
-        joined = [
-            (torch.cat([g[i][0] for g in layers]), torch.cat([g[i][1] for g in layers]))
-            for i in range(len(layers[0]))
-        ]
-        cache = DynamicCache(ddp_cache_data=joined, config=self.model.config)
-        position = {prompt: i for i, prompt in enumerate(p for g in groups for p in g)}
-        return cache, torch.cat(masks), torch.cat(logits), position
+            layers = [(layer.keys, layer.values) for layer in getattr(out, self._cache_arg).layers]
+            prefilled.append((layers, {prompt: g for g, prompt in enumerate(group)}))
+        return prefilled
 
-    def _sample(self, logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
+    def forward_step(self, cache: SlotCache, inputs: list[int], cached: list[int]) -> torch.Tensor:
+        """One decode step: feed each live slot its next token; returns the next logits."""
+        lengths = torch.tensor(cached, device=self.device)
+        offsets = torch.arange(cache.low - cache.cursor, 1, device=self.device)
+        # Slot s attends to its own `cached` columns before the cursor and to the cursor.
+        mask = (offsets[None, :] >= -lengths[:, None])[:, None, None, :]
+        out = self.model(
+            input_ids=torch.tensor(inputs, device=self.device)[:, None],
+            attention_mask=mask,
+            position_ids=lengths[:, None],
+            use_cache=True,
+            **{self._cache_arg: cache},
+        )
+        cache.cursor += 1
+        logits: torch.Tensor = out.logits[:, -1, :]
+        return logits
+
+    def sample(self, logits: torch.Tensor, rows: list[_Row]) -> None:
         """Pick each row's next token; record it and its raw log-probability on the row."""
         logits = logits.float()
         tokens = logits.argmax(-1)
-        temps = torch.tensor([r.params.temperature for r in rows], device=logits.device)
-        if bool((temps > 0).any()):
-            top_p = torch.tensor([r.params.top_p for r in rows], device=logits.device)
-            probs = torch.softmax(logits / temps.clamp(min=1e-5)[:, None], dim=-1)
-            sorted_p, order = probs.sort(dim=-1, descending=True)
-            # Nucleus: keep the most likely tokens until their mass reaches top_p (>= 1 kept).
-            sorted_p = sorted_p.masked_fill(sorted_p.cumsum(-1) - sorted_p >= top_p[:, None], 0)
-            cdf = sorted_p.cumsum(-1)
-            # Inverse-CDF sampling with one uniform draw from each row's own stream.
-            u = torch.tensor([r.rng.random() for r in rows], device=logits.device)
-            pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)
-            sampled = order.gather(-1, pick.clamp(max=cdf.shape[-1] - 1)).squeeze(-1)
-            tokens = torch.where(temps > 0, sampled, tokens)
-        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
-        for row, token, logprob in zip(rows, tokens.tolist(), logprobs.tolist(), strict=True):
-            row.tokens.append(int(token))
-            row.logprobs.append(float(logprob))
-        return tokens
+        drawn = [k for k, row in enumerate(rows) if row.params.temperature > 0]
+        if drawn:
+            index = torch.tensor(drawn, device=logits.device)
+            temps = torch.tensor([rows[k].params.temperature for k in drawn], device=logits.device)
+            probs = torch.softmax(logits[index] / temps[:, None], dim=-1)
+            # One uniform draw per row from the row's own stream (independent of batch mates).
+            u = torch.tensor([rows[k].rng.random() for k in drawn], device=logits.device)
+            tokens[index] = _inverse_cdf(probs, u, [rows[k].params.top_p for k in drawn])
+        want = [k for k, row in enumerate(rows) if row.params.logprobs]
+        logprobs: list[float] = []
+        if want:
+            chosen = tokens[:, None]
+            logprobs = torch.log_softmax(logits, dim=-1).gather(-1, chosen).squeeze(-1).tolist()
+        for k, (row, token) in enumerate(zip(rows, tokens.tolist(), strict=True)):
+            row.tokens.append(token)
+            row.next_input = token
+            if logprobs:
+                row.logprobs.append(logprobs[k])
 
-    def _finished(self, row: _Row) -> bool:
+    def finished(self, row: _Row) -> bool:
         """Whether the token just added ends the row: EOS, a stop string or the budget."""
         if row.tokens[-1] in self.eos_ids:
             row.finish = "eos"
@@ -272,6 +239,151 @@ class HFEngine(EngineBase):
             return False
         row.text = text[:cut]
         return True
+
+
+def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor, top_p: list[float]) -> torch.Tensor:
+    """Token k of each row such that u falls in its share of the row's cumulative mass.
+
+    Rows with top_p < 1 draw from their nucleus: the most likely tokens until their mass
+    reaches top_p (at least one), which needs a sort; the others skip the sort.
+    """
+    picks = torch.empty(len(top_p), dtype=torch.long, device=probs.device)
+    last = probs.shape[-1] - 1
+    full = [k for k, p in enumerate(top_p) if p >= 1]
+    nucleus = [k for k, p in enumerate(top_p) if p < 1]
+    if full:
+        rows = torch.tensor(full, device=probs.device)
+        cdf = probs[rows].cumsum(-1)
+        pick = torch.searchsorted(cdf, (u[rows] * cdf[:, -1])[:, None], right=True)
+        picks[rows] = pick.clamp(max=last).squeeze(-1)
+    if nucleus:
+        rows = torch.tensor(nucleus, device=probs.device)
+        mass = torch.tensor([top_p[k] for k in nucleus], device=probs.device)
+        sorted_p, order = probs[rows].sort(dim=-1, descending=True)
+        sorted_p = sorted_p.masked_fill(sorted_p.cumsum(-1) - sorted_p >= mass[:, None], 0)
+        cdf = sorted_p.cumsum(-1)
+        pick = torch.searchsorted(cdf, (u[rows] * cdf[:, -1])[:, None], right=True)
+        picks[rows] = order.gather(-1, pick.clamp(max=last)).squeeze(-1)
+    return picks
+
+
+class ContinuousBatch:
+    """The hf engine's RunningBatch: rows join between steps and leave when done."""
+
+    def __init__(self, engine: HFEngine, capacity: int) -> None:
+        self.engine = engine
+        self.capacity = max(1, min(capacity, engine.max_num_seqs))
+        self.cache = SlotCache(engine.model.config, self.capacity, engine.dtype, engine.device)
+        self.active: list[_Row] = []  # row k decodes in slot k
+        self.waiting: deque[_Row] = deque()
+        self.tickets: dict[int, Ticket] = {}  # unfinished requests, by id
+
+    @property
+    def rows(self) -> int:
+        return len(self.active) + len(self.waiting)
+
+    def add(
+        self,
+        request: GenerationRequest,
+        *,
+        prompt_ids: Sequence[Sequence[int]] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Ticket:
+        if prompt_ids is None:
+            prompt_ids = self.engine.encode_request(request)
+        ticket = Ticket(request, cancel)
+        if not ticket.remaining:
+            return ticket  # no prompts: complete already
+        self.tickets[id(ticket)] = ticket
+        p = request.params
+        for i, ids in enumerate(prompt_ids):
+            budget = min(request.budget(i), self.engine.max_model_len - len(ids))
+            for j in range(p.n):
+                seed = derive_seed(p.seed, i, j) if p.seed is not None else None
+                row = _Row(ticket, i * p.n + j, i, tuple(ids), p, budget, random.Random(seed))
+                self.waiting.append(row)
+        return ticket
+
+    @torch.inference_mode()
+    def step(self) -> list[Ticket]:
+        done = self._drop_cancelled()
+        self._admit()
+        if not self.active:
+            return done
+        cache = self.cache
+        cache.reserve(len(self.active), 0)  # a free column at the cursor
+        logits = self.engine.forward_step(
+            cache, [r.next_input for r in self.active], [r.cached for r in self.active]
+        )
+        for row in self.active:
+            row.cached += 1
+        self.engine.sample(logits, self.active)
+        ended = [k for k, row in enumerate(self.active) if self.engine.finished(row)]
+        for k in ended:
+            row = self.active[k]
+            if row.ticket.finish(row.index, self.engine.completion_of(row)):
+                done.append(self.tickets.pop(id(row.ticket)))
+        self._remove(ended)
+        return done
+
+    def _drop_cancelled(self) -> list[Ticket]:
+        """Rows whose caller gave up leave now; their tickets count as done."""
+        gone = [t for t in self.tickets.values() if t.cancelled]
+        if not gone:
+            return []
+        self.waiting = deque(r for r in self.waiting if not r.ticket.cancelled)
+        self._remove([k for k, r in enumerate(self.active) if r.ticket.cancelled])
+        for ticket in gone:
+            ticket.remaining = 0
+            del self.tickets[id(ticket)]
+        return gone
+
+    def _admit(self) -> None:
+        """Move waiting rows into free slots: prefill their prompts (each distinct prompt
+        once) but for the last token, which the next step feeds."""
+        free = self.capacity - len(self.active)
+        if free <= 0 or not self.waiting:
+            return
+        new = [self.waiting.popleft() for _ in range(min(free, len(self.waiting)))]
+        prefixes = list(dict.fromkeys(r.prompt_ids[:-1] for r in new if len(r.prompt_ids) > 1))
+        prefilled = self.engine.prefill(prefixes) if prefixes else []
+        start = len(self.active)
+        self.cache.reserve(start + len(new), max(len(r.prompt_ids) - 1 for r in new))
+        for layers, position in prefilled:
+            members = [
+                (start + k, position[r.prompt_ids[:-1]])
+                for k, r in enumerate(new)
+                if r.prompt_ids[:-1] in position
+            ]
+            slots = torch.tensor([slot for slot, _ in members], device=self.engine.device)
+            rows = torch.tensor([row for _, row in members], device=self.engine.device)
+            self.cache.place(slots, layers, rows)
+        for row in new:
+            row.cached = len(row.prompt_ids) - 1
+            row.next_input = row.prompt_ids[-1]
+        self.active.extend(new)
+        self.cache.live = len(self.active)
+        self._set_low()
+
+    def _remove(self, ended: list[int]) -> None:
+        """Free the slots of rows `ended`: the last live rows move into the holes."""
+        if not ended:
+            return
+        gone = set(ended)
+        keep = len(self.active) - len(gone)
+        holes = [k for k in range(keep) if k in gone]
+        movers = [k for k in range(keep, len(self.active)) if k not in gone]
+        if holes:
+            self.cache.move(movers, holes)
+        for hole, mover in zip(holes, movers, strict=True):
+            self.active[hole] = self.active[mover]
+        del self.active[keep:]
+        self.cache.live = keep
+        self._set_low()
+
+    def _set_low(self) -> None:
+        longest = max((r.cached for r in self.active), default=0)
+        self.cache.low = self.cache.cursor - longest
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
