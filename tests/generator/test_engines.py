@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import random
+import re
+import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -20,6 +25,7 @@ from astro_core.engines.hf import HFEngine
 from astro_core.engines.vllm import vllm_available
 from astro_core.models.tiny import TinyModelSpec, build_tiny_model, load_model
 from astro_core.prompts import problem_messages
+from astro_core.protocols import Completion
 
 PROMPTS = ["Let's think step by step.", "Solve for x: 2x + 3 = 7", "The area"]
 
@@ -202,3 +208,113 @@ def test_directory_version_follows_content(tmp_path: Path, tiny_model_dir: Path)
     assert directory_version(tiny_model_dir) == directory_version(tiny_model_dir)
     assert directory_version(other) != directory_version(tiny_model_dir)
     assert directory_version(other).startswith("tiny-llama#")
+
+
+def _random_request(rnd: random.Random) -> GenerationRequest:
+    prompts = tuple(rnd.sample(JOIN_PROMPTS, rnd.randint(1, 3)))
+    params = SamplingParams(
+        n=rnd.choice([1, 2, 3]),
+        max_tokens=rnd.choice([1, 3, 10, 30, 80]),
+        temperature=rnd.choice([0.0, 0.7, 1.0]),
+        top_p=rnd.choice([1.0, 0.9]),
+        seed=rnd.randint(0, 100),
+        logprobs=rnd.random() < 0.3,
+    )
+    return GenerationRequest(prompts, params)
+
+
+JOIN_PROMPTS = [*PROMPTS, "1", "Count:", "1 2 3", "x = 2. " * 25, "a" * 300]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_requests_joining_a_running_batch_match_alone(engine: Engine, seed: int) -> None:
+    """Requests added between steps of a running batch (continuous batching), with slots
+    freed and reused and the cache re-laid out, give exactly what they give alone."""
+    rnd = random.Random(seed)
+    for _ in range(6):
+        batch = engine.start_batch(rnd.choice([1, 2, 5, 64]))
+        pending = [_random_request(rnd) for _ in range(rnd.randint(2, 8))]
+        tickets = []
+        while pending or batch.rows:
+            while pending and rnd.random() < 0.5:
+                request = pending.pop()
+                tickets.append((request, batch.add(request)))
+            if batch.rows:
+                batch.step()
+        for request, ticket in tickets:
+            [alone] = engine.generate_batch([request])
+            assert_same(ticket.results(), alone)
+
+
+def assert_same(got: list[Completion], expected: list[Completion]) -> None:
+    """Equal completions; log-probabilities equal up to float noise (batch shapes differ)."""
+    assert [replace(c, cumulative_logprob=0, token_logprobs=()) for c in got] == [
+        replace(c, cumulative_logprob=0, token_logprobs=()) for c in expected
+    ]
+    for a, b in zip(got, expected, strict=True):
+        assert a.token_logprobs == pytest.approx(b.token_logprobs, abs=1e-4)
+
+
+def test_cancelled_request_leaves_the_batch_at_the_next_step(engine: Engine) -> None:
+    batch = engine.start_batch(8)
+    cancel = threading.Event()
+    long = batch.add(
+        GenerationRequest(("Count:",), SamplingParams(n=3, max_tokens=500, temperature=0)),
+        cancel=cancel,
+    )
+    short = GenerationRequest((PROMPTS[0],), SamplingParams(max_tokens=6, temperature=0))
+    first_step = batch.step()
+    assert first_step == [] or engine.kind != "hf"
+    if engine.kind == "hf":  # decodes step by step: cancel mid-decode
+        kept = batch.add(short)
+        for _ in range(3):
+            batch.step()
+        assert batch.rows == 4
+        cancel.set()
+        assert long in batch.step()
+        assert batch.rows == 1  # only the short request's row is left
+        while batch.rows:
+            batch.step()
+        assert_same(kept.results(), engine.generate_batch([short])[0])
+    # A request cancelled before it reached a step never runs.
+    batch = engine.start_batch(8)
+    gone = batch.add(short, cancel=threading.Event())
+    assert gone.cancel is not None
+    gone.cancel.set()
+    assert batch.step() == [gone] and batch.rows == 0
+    with pytest.raises(RuntimeError, match="not finished"):
+        gone.results()
+
+
+def test_fresh_cache_memory_never_reaches_attention(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Masked cache columns still enter attention as 0 * value: if new cache buffers held
+    uninitialised memory (NaN, inf), outputs would turn to garbage at random."""
+    if engine.kind != "hf":
+        pytest.skip("the slot cache is the hf engine's")
+    request = GenerationRequest(tuple(JOIN_PROMPTS), SamplingParams(n=2, max_tokens=12, seed=1))
+    [expected] = engine.generate_batch([request])
+    real_empty = torch.empty
+
+    def poisoned(*args: Any, **kwargs: Any) -> torch.Tensor:
+        tensor = real_empty(*args, **kwargs)
+        return tensor.fill_(float("nan")) if tensor.is_floating_point() else tensor
+
+    monkeypatch.setattr(torch, "empty", poisoned)
+    assert engine.generate_batch([request])[0] == expected
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        (SamplingParams(temperature=float("inf")), "temperature must be >= 0 and finite"),
+        (SamplingParams(temperature=float("nan")), "temperature must be >= 0 and finite"),
+        (SamplingParams(top_p=float("nan")), "top_p must be in"),
+    ],
+)
+def test_non_finite_sampling_parameters_are_refused(
+    engine: Engine, params: SamplingParams, message: str
+) -> None:
+    with pytest.raises(InvalidRequest, match=re.escape(message)):
+        engine.generate_batch([GenerationRequest(("hi",), params)])
