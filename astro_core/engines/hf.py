@@ -41,7 +41,12 @@ from astro_core.engines.base import (
     run_to_completion,
 )
 from astro_core.engines.config import EngineConfig
-from astro_core.engines.kv_slots import SlotCache, check_full_attention
+from astro_core.engines.kv_slots import (
+    SlotCache,
+    check_full_attention,
+    pick_group,
+    use_slot_attention,
+)
 from astro_core.models.tiny import load_model
 from astro_core.protocols import Completion, FinishReason
 
@@ -95,6 +100,7 @@ class HFEngine(EngineBase):
         self.dtype = resolve_dtype(config.dtype, self.device)
         self.model, self.tokenizer = load_model(path, self.device, self.dtype)
         check_full_attention(self.model.config)
+        use_slot_attention(self.model)
         own_len = int(getattr(self.model.config, "max_position_embeddings", 2048))
         self.max_model_len = min(config.max_model_len or own_len, own_len)
         self.max_num_seqs = config.max_num_seqs
@@ -177,19 +183,25 @@ class HFEngine(EngineBase):
             prefilled.append((layers, {prompt: g for g, prompt in enumerate(group)}))
         return prefilled
 
-    def forward_step(self, cache: SlotCache, inputs: list[int], cached: list[int]) -> torch.Tensor:
-        """One decode step: feed each live slot its next token; returns the next logits."""
-        lengths = torch.tensor(cached, device=self.device)
-        offsets = torch.arange(cache.low - cache.cursor, 1, device=self.device)
-        # Slot s attends to its own `cached` columns before the cursor and to the cursor.
-        mask = (offsets[None, :] >= -lengths[:, None])[:, None, None, :]
-        out = self.model(
-            input_ids=torch.tensor(inputs, device=self.device)[:, None],
-            attention_mask=mask,
-            position_ids=lengths[:, None],
-            use_cache=True,
-            **{self._cache_arg: cache},
-        )
+    def forward_step(self, cache: SlotCache, groups: Sequence[Sequence[_Row]]) -> torch.Tensor:
+        """One decode step: feed each live row its next token; returns the next logits, in
+        batch order (each group's rows in slot order)."""
+        cached = [[r.cached for r in rows] for rows in groups]
+        cache.begin_step(cached)
+        order = [r for rows in groups for r in rows]
+        inputs = torch.tensor([r.next_input for r in order], device=self.device)
+        positions = torch.tensor([r.cached for r in order], device=self.device)
+        # The attention reads each group's own mask (cache.masks); this 4-D placeholder
+        # keeps transformers from building a mask of its own.
+        placeholder = torch.ones((len(order), 1, 1, 1), dtype=torch.bool, device=self.device)
+        with cache.decoding():
+            out = self.model(
+                input_ids=inputs[:, None],
+                attention_mask=placeholder,
+                position_ids=positions[:, None],
+                use_cache=True,
+                **{self._cache_arg: cache},
+            )
         cache.cursor += 1
         logits: torch.Tensor = out.logits[:, -1, :]
         return logits
@@ -268,19 +280,27 @@ def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor, top_p: list[float]) -> to
 
 
 class ContinuousBatch:
-    """The hf engine's RunningBatch: rows join between steps and leave when done."""
+    """The hf engine's RunningBatch: rows join between steps and leave when done.
+
+    Decoding rows are kept in the cache's two groups (kv_slots.py): `groups[g][k]` decodes
+    in slot `cache.slot(g, k)`.
+    """
 
     def __init__(self, engine: HFEngine, capacity: int) -> None:
         self.engine = engine
         self.capacity = max(1, min(capacity, engine.max_num_seqs))
         self.cache = SlotCache(engine.model.config, self.capacity, engine.dtype, engine.device)
-        self.active: list[_Row] = []  # row k decodes in slot k
+        self.groups: tuple[list[_Row], list[_Row]] = ([], [])
         self.waiting: deque[_Row] = deque()
         self.tickets: dict[int, Ticket] = {}  # unfinished requests, by id
 
     @property
+    def decoding(self) -> int:
+        return len(self.groups[0]) + len(self.groups[1])
+
+    @property
     def rows(self) -> int:
-        return len(self.active) + len(self.waiting)
+        return self.decoding + len(self.waiting)
 
     def add(
         self,
@@ -308,22 +328,23 @@ class ContinuousBatch:
     def step(self) -> list[Ticket]:
         done = self._drop_cancelled()
         self._admit()
-        if not self.active:
+        if not self.decoding:
             return done
-        cache = self.cache
-        cache.reserve(len(self.active), 0)  # a free column at the cursor
-        logits = self.engine.forward_step(
-            cache, [r.next_input for r in self.active], [r.cached for r in self.active]
-        )
-        for row in self.active:
+        self.cache.reserve([len(rows) for rows in self.groups], 0)  # a free column
+        # Batch order: each group's rows in slot order (group 1 fills slots downwards).
+        in_slot_order = (self.groups[0], self.groups[1][::-1])
+        logits = self.engine.forward_step(self.cache, in_slot_order)
+        order = [row for rows in in_slot_order for row in rows]
+        for row in order:
             row.cached += 1
-        self.engine.sample(logits, self.active)
-        ended = [k for k, row in enumerate(self.active) if self.engine.finished(row)]
-        for k in ended:
-            row = self.active[k]
-            if row.ticket.finish(row.index, self.engine.completion_of(row)):
-                done.append(self.tickets.pop(id(row.ticket)))
-        self._remove(ended)
+        self.engine.sample(logits, order)
+        for g, rows in enumerate(self.groups):
+            ended = [k for k, row in enumerate(rows) if self.engine.finished(row)]
+            for k in ended:
+                row = rows[k]
+                if row.ticket.finish(row.index, self.engine.completion_of(row)):
+                    done.append(self.tickets.pop(id(row.ticket)))
+            self._remove(g, ended)
         return done
 
     def _drop_cancelled(self) -> list[Ticket]:
@@ -332,7 +353,8 @@ class ContinuousBatch:
         if not gone:
             return []
         self.waiting = deque(r for r in self.waiting if not r.ticket.cancelled)
-        self._remove([k for k, r in enumerate(self.active) if r.ticket.cancelled])
+        for g, rows in enumerate(self.groups):
+            self._remove(g, [k for k, r in enumerate(rows) if r.ticket.cancelled])
         for ticket in gone:
             ticket.remaining = 0
             del self.tickets[id(ticket)]
@@ -341,49 +363,50 @@ class ContinuousBatch:
     def _admit(self) -> None:
         """Move waiting rows into free slots: prefill their prompts (each distinct prompt
         once) but for the last token, which the next step feeds."""
-        free = self.capacity - len(self.active)
+        free = self.capacity - self.decoding
         if free <= 0 or not self.waiting:
             return
         new = [self.waiting.popleft() for _ in range(min(free, len(self.waiting)))]
         prefixes = list(dict.fromkeys(r.prompt_ids[:-1] for r in new if len(r.prompt_ids) > 1))
         prefilled = self.engine.prefill(prefixes) if prefixes else []
-        start = len(self.active)
-        self.cache.reserve(start + len(new), max(len(r.prompt_ids) - 1 for r in new))
+        lengths = [[r.cached for r in rows] for rows in self.groups]
+        joins: list[tuple[int, int]] = []  # (group, index) of each new row
+        for row in new:
+            row.cached = len(row.prompt_ids) - 1
+            row.next_input = row.prompt_ids[-1]
+            g = pick_group(lengths, row.cached)
+            joins.append((g, len(lengths[g])))
+            lengths[g].append(row.cached)
+        self.cache.reserve([len(c) for c in lengths], max(r.cached for r in new))
+        for g, row in zip((g for g, _ in joins), new, strict=True):
+            self.groups[g].append(row)
+        self.cache.set_members([[r.cached for r in rows] for rows in self.groups])
+        slot_of = {id(row): self.cache.slot(g, k) for row, (g, k) in zip(new, joins, strict=True)}
         for layers, position in prefilled:
             members = [
-                (start + k, position[r.prompt_ids[:-1]])
-                for k, r in enumerate(new)
+                (slot_of[id(r)], position[r.prompt_ids[:-1]])
+                for r in new
                 if r.prompt_ids[:-1] in position
             ]
             slots = torch.tensor([slot for slot, _ in members], device=self.engine.device)
             rows = torch.tensor([row for _, row in members], device=self.engine.device)
             self.cache.place(slots, layers, rows)
-        for row in new:
-            row.cached = len(row.prompt_ids) - 1
-            row.next_input = row.prompt_ids[-1]
-        self.active.extend(new)
-        self.cache.live = len(self.active)
-        self._set_low()
 
-    def _remove(self, ended: list[int]) -> None:
-        """Free the slots of rows `ended`: the last live rows move into the holes."""
+    def _remove(self, group: int, ended: list[int]) -> None:
+        """Free the slots of group members `ended`: the group's last members move in."""
         if not ended:
             return
+        rows = self.groups[group]
         gone = set(ended)
-        keep = len(self.active) - len(gone)
+        keep = len(rows) - len(gone)
         holes = [k for k in range(keep) if k in gone]
-        movers = [k for k in range(keep, len(self.active)) if k not in gone]
+        movers = [k for k in range(keep, len(rows)) if k not in gone]
         if holes:
-            self.cache.move(movers, holes)
+            self.cache.move(group, movers, holes)
         for hole, mover in zip(holes, movers, strict=True):
-            self.active[hole] = self.active[mover]
-        del self.active[keep:]
-        self.cache.live = keep
-        self._set_low()
-
-    def _set_low(self) -> None:
-        longest = max((r.cached for r in self.active), default=0)
-        self.cache.low = self.cache.cursor - longest
+            rows[hole] = rows[mover]
+        del rows[keep:]
+        self.cache.set_members([[r.cached for r in rows] for rows in self.groups])
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:

@@ -4,29 +4,45 @@ transformers' DynamicCache grows by concatenation, so each decode step copies th
 cache, and dropping a finished sequence copies it again. Here every layer's keys and values
 live in `[slots, kv_heads, width, head_dim]` buffers that are written in place:
 
-- the sequences decoding now occupy slots `0..live-1`; a finished one is replaced by the
-  last slot's sequence (one row copied), so the live slots stay contiguous;
 - every sequence's cached tokens end at the shared column `cursor` (left padding), so a
-  decode step writes column `cursor` of every live slot, and attention reads the window
-  `[low, cursor]`, `low` being where the longest live sequence starts;
-- when the buffer runs out of columns (or a new prompt is longer than the room left of
-  `cursor`) the window is copied into a larger buffer ("relayout"); room is doubled each
-  time, so the copies cost O(1) per generated token.
+  decode step writes column `cursor` of every live slot;
+- attention reads, for each sequence, a window of columns that ends at the cursor. One
+  window for all would make every sequence pay for the longest (MATH prompts run from 50 to
+  650 tokens), so sequences form two *groups*, each with its own window `[low, cursor]`:
+  group 0 fills slots from the bottom of the buffer, group 1 from the top, and a new
+  sequence joins the group where it adds the least attention work (see `pick_group`);
+- a finished sequence is replaced by the last sequence of its group (one row copied), so
+  each group's slots stay contiguous and attention reads plain views;
+- when the buffer runs out of slots or columns (or a new prompt is longer than the room
+  left of the cursor) everything is copied into a larger buffer ("relayout"); room is
+  doubled each time, so the copies cost O(1) per generated token.
 
-The model sees this through transformers' `Cache` interface: the attention layers call
-`update(keys, values, layer)` and attend to what it returns. The padding mask is passed
-as a 4-D mask, which transformers uses as is.
+The model sees this through transformers' public seams: a `Cache` whose `update(keys,
+values, layer)` writes the new column, and an attention function registered as
+`astro_slots` that attends each group to its own window (during prefill, where no slot
+cache is decoding, it is plain `sdpa`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from contextvars import ContextVar
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
 from transformers.cache_utils import Cache, CacheLayerMixin, DynamicCache, DynamicLayer
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+ATTENTION = "astro_slots"
 _MIN_COLUMNS = 64
 _MIN_SLOTS = 8
+GROUPS = (0, 1)
+
+# The slot cache decoding on this thread now (None during prefill and outside the engine).
+_decoding: ContextVar[SlotCache | None] = ContextVar("astro_slot_cache", default=None)
 
 
 def check_full_attention(config: Any) -> None:
@@ -39,6 +55,42 @@ def check_full_attention(config: Any) -> None:
             f"{getattr(config, 'model_type', 'model')} has {', '.join(odd)} layers "
             "(sliding-window or linear attention): serve it with kind: vllm"
         )
+
+
+def slot_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """The `astro_slots` attention: per-group windows while a slot cache decodes."""
+    slots = _decoding.get()
+    if slots is None:
+        output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+        return output, None
+    return slots.attend(query, key, value, kwargs.get("scaling")), None
+
+
+AttentionInterface.register(ATTENTION, slot_attention)
+AttentionMaskInterface.register(ATTENTION, sdpa_mask)
+
+
+def use_slot_attention(model: Any) -> None:
+    """Make the model attend through `slot_attention` (prefill stays plain sdpa)."""
+    model.set_attn_implementation(ATTENTION)
+
+
+def pick_group(lengths: Sequence[Sequence[int]], new: int) -> int:
+    """The group where a sequence with `new` cached tokens adds the least attention work:
+    every member of a group attends to as many columns as its longest member has."""
+
+    def added(members: Sequence[int]) -> int:
+        longest = max(members, default=0)
+        return (len(members) + 1) * max(longest, new) - len(members) * longest
+
+    return min(GROUPS, key=lambda g: added(lengths[g]))
 
 
 class _SlotLayer(CacheLayerMixin):  # type: ignore[no-untyped-call]
@@ -59,25 +111,33 @@ class _SlotLayer(CacheLayerMixin):  # type: ignore[no-untyped-call]
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.slots
-        if key_states.shape[2] != 1 or key_states.shape[0] != s.live:
+        if key_states.shape[2] != 1 or key_states.shape[0] != sum(s.live):
             raise RuntimeError("the slot cache decodes one token per live sequence per step")
         keys, values = s.keys[self.index], s.values[self.index]
-        keys[: s.live, :, s.cursor] = key_states[:, :, 0]
-        values[: s.live, :, s.cursor] = value_states[:, :, 0]
-        return keys[: s.live, :, s.low : s.cursor + 1], values[: s.live, :, s.low : s.cursor + 1]
+        start = 0
+        for g in GROUPS:
+            rows, n = s.rows_of(g), s.live[g]
+            keys[rows, :, s.cursor] = key_states[start : start + n, :, 0]
+            values[rows, :, s.cursor] = value_states[start : start + n, :, 0]
+            start += n
+        return keys, values  # the whole buffers: `attend` takes each group's window
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.slots.cursor + 1 - self.slots.low, 0
+        return self.slots.cursor + 1 - min(self.slots.low), 0
 
     def get_seq_length(self) -> int:
-        return self.slots.cursor - self.slots.low
+        return self.slots.cursor - min(self.slots.low)
 
     def get_max_length(self) -> int:
         return -1
 
 
 class SlotCache(Cache):
-    """Keys and values of up to `capacity` sequences, decoded one token per step."""
+    """Keys and values of up to `capacity` sequences in two groups, one token per step.
+
+    Group 0's k-th sequence sits in slot k, group 1's in slot `slots - 1 - k`. The batch
+    order of a decode step is group 0 in slot order, then group 1 in slot order.
+    """
 
     def __init__(self, config: Any, capacity: int, dtype: torch.dtype, device: str) -> None:
         text = config.get_text_config()
@@ -89,9 +149,10 @@ class SlotCache(Cache):
         self.dtype, self.device = dtype, device
         self.keys: list[torch.Tensor] = []  # per layer [slots, kv_heads, width, head_dim]
         self.values: list[torch.Tensor] = []
-        self.live = 0  # slots 0..live-1 decode now
+        self.live = [0, 0]  # sequences per group
+        self.low = [0, 0]  # first column each group attends to
+        self.masks: list[torch.Tensor] = []  # per group, this step's [n, 1, 1, window] mask
         self.cursor = 0  # the column the next step writes
-        self.low = 0  # first column any live sequence uses
         super().__init__(layers=[_SlotLayer(self, i) for i in range(self.num_layers)])
 
     @property
@@ -102,19 +163,30 @@ class SlotCache(Cache):
     def width(self) -> int:
         return int(self.keys[0].shape[2]) if self.keys else 0
 
-    def reserve(self, slots: int, left: int) -> None:
-        """Make room for `slots` live sequences, `left` cached columns before the cursor and
-        one column at it, moving the window to a larger buffer if needed."""
-        window = self.cursor - self.low
+    def rows_of(self, group: int) -> slice:
+        """The slots of a group's live sequences, in slot order."""
+        n = self.live[group]
+        return slice(0, n) if group == 0 else slice(self.slots - n, self.slots)
+
+    def slot(self, group: int, index: int) -> int:
+        return index if group == 0 else self.slots - 1 - index
+
+    def reserve(self, counts: Sequence[int], left: int) -> None:
+        """Make room for `counts` sequences per group, `left` cached columns before the
+        cursor and one column at it, moving everything to a larger buffer if needed."""
+        window = self.cursor - min(
+            (self.low[g] for g in GROUPS if self.live[g]), default=self.cursor
+        )
         left = max(left, window)
-        if slots <= self.slots and left <= self.cursor and self.cursor < self.width:
+        needed = sum(counts)
+        if needed <= self.slots and left <= self.cursor and self.cursor < self.width:
             return
-        if slots > self.capacity:
-            raise ValueError(f"{slots} sequences do not fit {self.capacity} slots")
+        if needed > self.capacity:
+            raise ValueError(f"{needed} sequences do not fit {self.capacity} slots")
         rows = self.slots
-        if slots > rows:
-            rows = min(self.capacity, max(slots, _MIN_SLOTS, 2 * rows))
-        cursor = left
+        if needed > rows:
+            rows = min(self.capacity, max(needed, _MIN_SLOTS, 2 * rows))
+        cursor = left + left // 2  # headroom for longer prompts to come
         width = cursor + max(cursor, _MIN_COLUMNS)  # as much room to the right as is used
         shape = (rows, self.kv_heads, width, self.head_dim)
         moved: list[list[torch.Tensor]] = [[], []]
@@ -123,13 +195,16 @@ class SlotCache(Cache):
                 # Zeros, not empty: masked columns still enter attention as 0 * value, and
                 # uninitialised memory may hold NaN or inf, which would poison the sum.
                 buffer = torch.zeros(shape, dtype=self.dtype, device=self.device)
-                if old_buffers and window and self.live:
-                    buffer[: self.live, :, cursor - window : cursor] = old_buffers[i][
-                        : self.live, :, self.low : self.cursor
-                    ]
+                for g in GROUPS:
+                    if old_buffers and window and self.live[g]:
+                        n = self.live[g]
+                        target = slice(0, n) if g == 0 else slice(rows - n, rows)
+                        buffer[target, :, cursor - window : cursor] = old_buffers[i][
+                            self.rows_of(g), :, self.cursor - window : self.cursor
+                        ]
                 new_buffers.append(buffer)
         self.keys, self.values = moved
-        self.low = cursor - window
+        self.low = [cursor - (self.cursor - low) for low in self.low]
         self.cursor = cursor
 
     def place(
@@ -145,9 +220,73 @@ class SlotCache(Cache):
             self.keys[i][slots, :, start : self.cursor] = keys[rows]
             self.values[i][slots, :, start : self.cursor] = values[rows]
 
-    def move(self, sources: list[int], targets: list[int]) -> None:
-        """Copy the window of slots `sources` to slots `targets` (disjoint sets)."""
-        src = torch.tensor(sources, device=self.device)
-        dst = torch.tensor(targets, device=self.device)
+    def move(self, group: int, sources: list[int], targets: list[int]) -> None:
+        """Copy the window of group members `sources` to members `targets` (disjoint)."""
+        src = torch.tensor([self.slot(group, k) for k in sources], device=self.device)
+        dst = torch.tensor([self.slot(group, k) for k in targets], device=self.device)
+        low = self.low[group]
         for buffer in (*self.keys, *self.values):
-            buffer[dst, :, self.low : self.cursor] = buffer[src, :, self.low : self.cursor]
+            buffer[dst, :, low : self.cursor] = buffer[src, :, low : self.cursor]
+
+    def set_members(self, cached: Sequence[Sequence[int]]) -> None:
+        """Record each group's members by their cached tokens (after members join or
+        leave): the live counts and the windows follow."""
+        self.live = [len(c) for c in cached]
+        self.low = [self.cursor - max(c, default=0) for c in cached]
+
+    def begin_step(self, cached: Sequence[Sequence[int]]) -> None:
+        """Set each group's window and padding mask for a step; `cached` lists the cached
+        tokens of each group's members in slot order."""
+        self.set_members(cached)
+        self.masks = []
+        for g in GROUPS:
+            lengths = torch.tensor(cached[g], device=self.device, dtype=torch.long)
+            offsets = torch.arange(self.low[g] - self.cursor, 1, device=self.device)
+            # A member attends to its own `cached` columns before the cursor and the cursor;
+            # an additive float mask (-inf elsewhere) is a little faster than a boolean one.
+            padding = offsets[None, :] < -lengths[:, None]
+            mask = torch.zeros(padding.shape, dtype=self.dtype, device=self.device)
+            self.masks.append(mask.masked_fill_(padding, float("-inf"))[:, None, None, :])
+
+    def attend(
+        self, query: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scaling: Any
+    ) -> torch.Tensor:
+        """Attention of one decode step, each group over its window: [b, 1, heads, dim]."""
+        batch, heads, _, dim = query.shape
+        outputs, start = [], 0
+        for g in GROUPS:
+            n = self.live[g]
+            if not n:
+                continue
+            window = slice(self.low[g], self.cursor + 1)
+            rows = self.rows_of(g)
+            # One query token: the query heads sharing a key/value head become that head's
+            # queries, so keys and values are not repeated per query head (GQA).
+            q = query[start : start + n].reshape(n, self.kv_heads, heads // self.kv_heads, dim)
+            out = F.scaled_dot_product_attention(
+                q,
+                keys[rows, :, window],
+                values[rows, :, window],
+                attn_mask=self.masks[g],
+                scale=scaling,
+            )
+            outputs.append(out.reshape(n, heads, 1, dim))
+            start += n
+        output = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+        return output.transpose(1, 2).contiguous()
+
+    def decoding(self) -> Any:
+        """Context in which the model's attention reads this cache's group windows."""
+        return _Decoding(self)
+
+
+class _Decoding:
+    def __init__(self, cache: SlotCache) -> None:
+        self.cache = cache
+        self.token: Any = None
+
+    def __enter__(self) -> None:
+        self.token = _decoding.set(self.cache)
+
+    def __exit__(self, *exc: object) -> None:
+        _decoding.reset(self.token)
