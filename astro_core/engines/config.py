@@ -46,5 +46,13 @@ class EngineConfig(BaseModel):
         0.9, gt=0, le=1, description="vllm: fraction of GPU memory for weights and KV cache."
     )
     enable_prefix_caching: bool = Field(
-        True, description="vllm: reuse the KV cache of shared prompt prefixes (search, n>1)."
+        True,
+        description="Reuse the KV cache of prompt prefixes shared across calls (search "
+        "rollouts extend their node's prompt); vllm, and hf within prefix_cache_mb.",
+    )
+    prefix_cache_mb: float = Field(
+        256,
+        ge=0,
+        description="hf: memory for the keys/values of recently prefilled prompts (least "
+        "recently used evicted first); 0 turns the hf prefix cache off.",
     )

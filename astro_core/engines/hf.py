@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import DynamicCache
 
 from astro_core.engines.base import (
     EngineBase,
@@ -47,11 +48,16 @@ from astro_core.engines.kv_slots import (
     pick_group,
     use_slot_attention,
 )
+from astro_core.engines.prefix_cache import BLOCK, LayerKV, PrefixCache
 from astro_core.models.tiny import load_model
 from astro_core.protocols import Completion, FinishReason
 
 # Prompts prefilled together differ in length by at most this factor (bounds padding waste).
 _GROUP_SPREAD = 1.5
+# Fewer shared tokens than this are prefilled again: a prompt prefilled on its own after its
+# cached prefix costs one more forward call, which pays only for a long enough prefix.
+MIN_REUSE = 4 * BLOCK
+Tokens = tuple[int, ...]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -117,6 +123,7 @@ class HFEngine(EngineBase):
             if self.tokenizer.pad_token_id is not None
             else min(self.eos_ids)
         )
+        self.prefix_cache = prefix_cache_of(config, self.model.config, self.dtype)
 
     def close(self) -> None:
         del self.model
@@ -148,22 +155,35 @@ class HFEngine(EngineBase):
         with self.tokenizer_lock:
             return str(self.tokenizer.decode(list(tokens), skip_special_tokens=True))
 
-    def prefill(
-        self, prompts: list[tuple[int, ...]]
-    ) -> list[tuple[list[tuple[torch.Tensor, torch.Tensor]], dict[tuple[int, ...], int]]]:
-        """Keys and values of each prompt, left-padded, in groups of similar length.
+    def prefill(self, prompts: list[tuple[int, ...]]) -> list[tuple[LayerKV, dict[Tokens, int]]]:
+        """Keys and values of each prompt: per group of prompts, each layer's (keys, values),
+        left-padded, and where each prompt sits in the group.
 
-        Prompts of similar length are prefilled together, so that one long prompt does not
-        pad every other to its length (prefill cost grows with the padded size). Returns,
-        per group, each layer's (keys, values) and where each prompt sits in the group.
+        A prompt sharing at least MIN_REUSE tokens with a recently prefilled one (the prefix
+        cache) prefills only the rest, on its own. The others are prefilled in groups of
+        similar length, so that one long prompt does not pad every other to its length
+        (prefill cost grows with the padded size).
         """
-        groups: list[list[tuple[int, ...]]] = []
-        for prompt in sorted(prompts, key=len):
+        prefilled: list[tuple[LayerKV, dict[Tokens, int]]] = []
+        fresh = []
+        extend: dict[tuple[int, int], tuple[LayerKV, int, list[Tokens]]] = {}
+        for prompt in prompts:
+            hit = self.prefix_cache.lookup(prompt) if self.prefix_cache is not None else None
+            if hit is None or hit[1] < MIN_REUSE:
+                fresh.append(prompt)
+            else:  # prompts extending the same cached prefix (siblings) go together
+                cached, length = hit
+                key = (cached[0][0].data_ptr(), length)  # the same stored prompt
+                extend.setdefault(key, (cached, length, []))[2].append(prompt)
+        for cached, length, group in extend.values():
+            for prompt, layers in zip(group, self._extend(cached, length, group), strict=True):
+                prefilled.append((layers, {prompt: 0}))
+        groups: list[list[Tokens]] = []
+        for prompt in sorted(fresh, key=len):
             if groups and len(prompt) <= _GROUP_SPREAD * len(groups[-1][0]):
                 groups[-1].append(prompt)
             else:
                 groups.append([prompt])
-        prefilled = []
         for group in groups:
             width = len(group[-1])
             ids = torch.full((len(group), width), self.pad_id, dtype=torch.long)
@@ -181,7 +201,59 @@ class HFEngine(EngineBase):
             )
             layers = [(layer.keys, layer.values) for layer in getattr(out, self._cache_arg).layers]
             prefilled.append((layers, {prompt: g for g, prompt in enumerate(group)}))
+            if self.prefix_cache is not None:
+                for g, prompt in enumerate(group):
+                    own = [
+                        (
+                            k[g : g + 1, :, width - len(prompt) :].clone(),
+                            v[g : g + 1, :, width - len(prompt) :].clone(),
+                        )
+                        for k, v in layers
+                    ]
+                    self.prefix_cache.store(prompt, own)
         return prefilled
+
+    def _extend(self, cached: LayerKV, length: int, prompts: list[Tokens]) -> list[LayerKV]:
+        """Keys and values of each prompt, all of whose first `length` tokens are `cached`:
+        one forward pass over the rest of every prompt (right-padded) after that prefix."""
+        rest = max(len(p) for p in prompts) - length
+        if not rest:  # the prompts are the cached prefix itself
+            return [cached for _ in prompts]
+        count = len(prompts)
+        ids = torch.full((count, rest), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((count, length + rest), dtype=torch.long)
+        mask[:, :length] = 1
+        for i, prompt in enumerate(prompts):
+            ids[i, : len(prompt) - length] = torch.tensor(prompt[length:])
+            mask[i, length : len(prompt)] = 1
+        past = DynamicCache(
+            ddp_cache_data=[
+                (k.expand(count, -1, -1, -1), v.expand(count, -1, -1, -1)) for k, v in cached
+            ],
+            config=self.model.config,
+        )
+        out = self.model(
+            input_ids=ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            position_ids=torch.arange(length, length + rest, device=self.device).expand(count, -1),
+            use_cache=True,
+            logits_to_keep=1,
+            **{self._cache_arg: past},
+        )
+        layers = getattr(out, self._cache_arg).layers
+        results = []
+        for i, prompt in enumerate(prompts):
+            own = [
+                (
+                    layer.keys[i : i + 1, :, : len(prompt)].clone(),
+                    layer.values[i : i + 1, :, : len(prompt)].clone(),
+                )
+                for layer in layers
+            ]
+            if self.prefix_cache is not None:
+                self.prefix_cache.store(prompt, own)
+            results.append(own)
+        return results
 
     def forward_step(self, cache: SlotCache, groups: Sequence[Sequence[_Row]]) -> torch.Tensor:
         """One decode step: feed each live row its next token; returns the next logits, in
@@ -407,6 +479,20 @@ class ContinuousBatch:
             rows[hole] = rows[mover]
         del rows[keep:]
         self.cache.set_members([[r.cached for r in rows] for rows in self.groups])
+
+
+def prefix_cache_of(
+    config: EngineConfig, model_config: Any, dtype: torch.dtype
+) -> PrefixCache | None:
+    """The engine's prefix cache, sized from `prefix_cache_mb` (None when disabled)."""
+    if not config.enable_prefix_caching or config.prefix_cache_mb <= 0:
+        return None
+    text = model_config.get_text_config()
+    heads = int(text.num_attention_heads)
+    kv_heads = int(getattr(text, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(text, "head_dim", None) or text.hidden_size // heads)
+    per_token = 2 * int(text.num_hidden_layers) * kv_heads * head_dim * dtype.itemsize
+    return PrefixCache(int(config.prefix_cache_mb * 2**20) // per_token)
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
