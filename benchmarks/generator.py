@@ -12,6 +12,10 @@ process. Two tables:
    `--peer-requests` prompts are spread over the same problems).
 2. n samples: `--problems` calls of one prompt with n=`--samples` each, one after another,
    vs `generate(num_return_sequences=n)` per prompt.
+3. prefix reuse (does the hf prefix cache pay on CPU?): search-like calls on the engine in
+   this process, cache on vs off: a node's prompt gets k=4 step proposals (stop at a blank
+   line), then its children (node + step) get `--rollouts` rollouts each, and the search
+   descends into the first child, `--depth` times, from `--problems` problems.
 
 The machine may be shared, so ours and the peer alternate for `--repeats` rounds; each
 table shows the median round (and the range of the per-round ratios) and ends with its
@@ -35,6 +39,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from astro_core.engines import EngineConfig, load_engine
+from astro_core.engines.base import Engine
 from astro_core.models.tiny import ensure_tiny_model, load_model
 from astro_core.prompts import ChatTemplate, problem_messages
 from services.generator.client import GeneratorClient
@@ -148,6 +154,19 @@ def run_samples(address: str, texts: list[str], n: int, max_tokens: int) -> int:
         )
 
 
+def search_like(engine: Engine, prompts: list[str], depth: int, rollouts: int) -> int:
+    """Generated tokens of a search-like descent from each prompt (see table 3)."""
+    tokens = 0
+    for p, node in enumerate(prompts):
+        for d in range(depth):
+            steps = engine.generate([node], n=4, max_tokens=40, stop=["\n\n"], seed=p * 100 + d)
+            children = [node + s.text + "\n\n" for s in steps]
+            runs = engine.generate(children, n=rollouts, max_tokens=64, seed=p * 100 + d)
+            tokens += sum(c.num_tokens for c in steps + runs)
+            node = children[0]
+    return tokens
+
+
 def table(title: str, rows: list[tuple[str, int, list[Run]]], goal: str) -> float:
     """Print one table (median round per system) and its ratio line; returns the ratio."""
     print(f"\n{title}")
@@ -178,6 +197,8 @@ def main() -> None:
     parser.add_argument("--problems", type=int, default=4, help="calls of the n-samples table")
     parser.add_argument("--samples", type=int, default=16, help="n of the n-samples table")
     parser.add_argument("--sample-tokens", type=int, default=128, help="max_tokens there")
+    parser.add_argument("--depth", type=int, default=5, help="search-like descent (table 3)")
+    parser.add_argument("--rollouts", type=int, default=8, help="per child (table 3)")
     parser.add_argument("--repeats", type=int, default=3, help="rounds of ours and peer")
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
@@ -231,6 +252,24 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait(timeout=30)
+        cached, uncached = (
+            load_engine(
+                EngineConfig(
+                    model_path=str(model_dir), device=args.device, enable_prefix_caching=on
+                )
+            )
+            for on in (True, False)
+        )
+        search_like(cached, sample_texts[:1], 1, 1)  # warm-up
+        search_like(uncached, sample_texts[:1], 1, 1)
+        for r in range(args.repeats):
+            problems = texts[600 + r * args.problems : 600 + (r + 1) * args.problems]
+            for name, engine in (("cached", cached), ("uncached", uncached)):
+                runs.setdefault(name, []).append(
+                    timed(
+                        lambda e=engine, ps=problems: search_like(e, ps, args.depth, args.rollouts)
+                    )
+                )
 
     print(
         f"device: {args.device}, torch threads: {args.threads}, tiny model, temperature 1, "
@@ -250,6 +289,15 @@ def main() -> None:
         [
             (f"ours: service, n={n}, one call at a time", len(sample_texts), runs["ours_n"]),
             (f"peer: HF generate(num_return_sequences={n})", len(sample_texts), runs["peer_n"]),
+        ],
+        "",
+    )
+    table(
+        f"3. search-like calls, depth {args.depth}, {args.rollouts} rollouts per child "
+        "(hf engine in process)",
+        [
+            ("hf engine, prefix cache on", args.problems, runs["cached"]),
+            ("hf engine, prefix cache off", args.problems, runs["uncached"]),
         ],
         "",
     )

@@ -284,12 +284,17 @@ class HFEngine(EngineBase):
         tokens = logits.argmax(-1)
         drawn = [k for k, row in enumerate(rows) if row.params.temperature > 0]
         if drawn:
+            every = len(drawn) == len(rows)
             index = torch.tensor(drawn, device=logits.device)
             temps = torch.tensor([rows[k].params.temperature for k in drawn], device=logits.device)
-            probs = torch.softmax(logits[index] / temps[:, None], dim=-1)
+            probs = torch.softmax((logits if every else logits[index]) / temps[:, None], dim=-1)
             # One uniform draw per row from the row's own stream (independent of batch mates).
             u = torch.tensor([rows[k].rng.random() for k in drawn], device=logits.device)
-            tokens[index] = _inverse_cdf(probs, u, [rows[k].params.top_p for k in drawn])
+            picks = _inverse_cdf(probs, u, [rows[k].params.top_p for k in drawn])
+            if every:
+                tokens = picks
+            else:
+                tokens[index] = picks
         want = [k for k, row in enumerate(rows) if row.params.logprobs]
         logprobs: list[float] = []
         if want:
@@ -333,21 +338,24 @@ def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor, top_p: list[float]) -> to
     """
     picks = torch.empty(len(top_p), dtype=torch.long, device=probs.device)
     last = probs.shape[-1] - 1
-    full = [k for k, p in enumerate(top_p) if p >= 1]
-    nucleus = [k for k, p in enumerate(top_p) if p < 1]
-    if full:
-        rows = torch.tensor(full, device=probs.device)
-        cdf = probs[rows].cumsum(-1)
-        pick = torch.searchsorted(cdf, (u[rows] * cdf[:, -1])[:, None], right=True)
-        picks[rows] = pick.clamp(max=last).squeeze(-1)
-    if nucleus:
-        rows = torch.tensor(nucleus, device=probs.device)
-        mass = torch.tensor([top_p[k] for k in nucleus], device=probs.device)
-        sorted_p, order = probs[rows].sort(dim=-1, descending=True)
-        sorted_p = sorted_p.masked_fill(sorted_p.cumsum(-1) - sorted_p >= mass[:, None], 0)
-        cdf = sorted_p.cumsum(-1)
-        pick = torch.searchsorted(cdf, (u[rows] * cdf[:, -1])[:, None], right=True)
-        picks[rows] = order.gather(-1, pick.clamp(max=last)).squeeze(-1)
+    for nucleus in (False, True):
+        rows = [k for k, p in enumerate(top_p) if (p < 1) == nucleus]
+        if not rows:
+            continue
+        every = len(rows) == len(top_p)  # the common case: no row gathering
+        index = torch.tensor(rows, device=probs.device)
+        weights, draws = (probs, u) if every else (probs[index], u[index])
+        order = None
+        if nucleus:
+            mass = torch.tensor([top_p[k] for k in rows], device=probs.device)
+            weights, order = weights.sort(dim=-1, descending=True)
+            weights = weights.masked_fill(weights.cumsum(-1) - weights >= mass[:, None], 0)
+        cdf = weights.cumsum(-1)
+        pick = torch.searchsorted(cdf, (draws * cdf[:, -1])[:, None], right=True).clamp(max=last)
+        chosen = (pick if order is None else order.gather(-1, pick)).squeeze(-1)
+        if every:
+            return chosen
+        picks[index] = chosen
     return picks
 
 
