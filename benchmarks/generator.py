@@ -167,7 +167,9 @@ def search_like(engine: Engine, prompts: list[str], depth: int, rollouts: int) -
     return tokens
 
 
-def table(title: str, rows: list[tuple[str, int, list[Run]]], goal: str) -> float:
+def table(
+    title: str, rows: list[tuple[str, int, list[Run]]], goal: str = "", label: str = "ours/peer"
+) -> float:
     """Print one table (median round per system) and its ratio line; returns the ratio."""
     print(f"\n{title}")
     print(f"{'system':<48} {'calls':>6} {'tokens':>7} {'seconds':>8} {'tokens/s':>9}")
@@ -182,7 +184,7 @@ def table(title: str, rows: list[tuple[str, int, list[Run]]], goal: str) -> floa
     per_round = [(o[0] / o[1]) / (p[0] / p[1]) for o, p in zip(ours, peer, strict=True)]
     ratio = medians[0] / medians[1]
     print(
-        f"ours/peer: {ratio:.2f} (per round {min(per_round):.2f}-{max(per_round):.2f}, "
+        f"{label}: {ratio:.2f} (per round {min(per_round):.2f}-{max(per_round):.2f}, "
         f"{len(per_round)} rounds){goal}"
     )
     return ratio
@@ -290,7 +292,6 @@ def main() -> None:
             (f"ours: service, n={n}, one call at a time", len(sample_texts), runs["ours_n"]),
             (f"peer: HF generate(num_return_sequences={n})", len(sample_texts), runs["peer_n"]),
         ],
-        "",
     )
     table(
         f"3. search-like calls, depth {args.depth}, {args.rollouts} rollouts per child "
@@ -299,7 +300,7 @@ def main() -> None:
             ("hf engine, prefix cache on", args.problems, runs["cached"]),
             ("hf engine, prefix cache off", args.problems, runs["uncached"]),
         ],
-        "",
+        label="on/off",
     )
     print(f"ratio: {clients:.2f}")
 
