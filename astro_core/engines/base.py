@@ -169,8 +169,8 @@ class EngineBase(ABC):
     @abstractmethod
     def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]: ...
 
-    def start_batch(self, capacity: int) -> RunningBatch:
-        return WholeBatch(self)
+    @abstractmethod
+    def start_batch(self, capacity: int) -> RunningBatch: ...
 
     def encode_request(self, request: GenerationRequest) -> list[list[int]]:
         """Token ids of each prompt, after checking the request; raises InvalidRequest."""
@@ -314,44 +314,6 @@ class RunningBatch(Protocol):
     ) -> Ticket: ...
 
     def step(self) -> list[Ticket]: ...
-
-
-class WholeBatch:
-    """The RunningBatch of an engine without step-wise decoding: the first `step` runs every
-    request added so far through `generate_batch` (cancelled ones are skipped)."""
-
-    def __init__(self, engine: Engine, capacity: int = 1 << 30) -> None:
-        self.engine = engine
-        self.capacity = capacity
-        self._tickets: list[Ticket] = []
-
-    @property
-    def rows(self) -> int:
-        return sum(t.remaining for t in self._tickets)
-
-    def add(
-        self,
-        request: GenerationRequest,
-        *,
-        prompt_ids: Sequence[Sequence[int]] | None = None,
-        cancel: threading.Event | None = None,
-    ) -> Ticket:
-        if prompt_ids is None:
-            self.engine.encode_request(request)
-        ticket = Ticket(request, cancel)
-        self._tickets.append(ticket)
-        return ticket
-
-    def step(self) -> list[Ticket]:
-        tickets, self._tickets = self._tickets, []
-        live = [t for t in tickets if not t.cancelled]
-        results = self.engine.generate_batch([t.request for t in live]) if live else []
-        for ticket, completions in zip(live, results, strict=True):
-            for index, completion in enumerate(completions):
-                ticket.finish(index, completion)
-        for ticket in tickets:
-            ticket.remaining = 0
-        return tickets
 
 
 def run_to_completion(

@@ -243,16 +243,16 @@ def test_requests_joining_a_running_batch_match_alone(engine: Engine, seed: int)
                 batch.step()
         for request, ticket in tickets:
             [alone] = engine.generate_batch([request])
-            assert_same(ticket.results(), alone)
+            assert_same(ticket.results(), alone, 1e-4 if engine.kind == "hf" else 5e-2)
 
 
-def assert_same(got: list[Completion], expected: list[Completion]) -> None:
+def assert_same(got: list[Completion], expected: list[Completion], tolerance: float = 1e-4) -> None:
     """Equal completions; log-probabilities equal up to float noise (batch shapes differ)."""
     assert [replace(c, cumulative_logprob=0, token_logprobs=()) for c in got] == [
         replace(c, cumulative_logprob=0, token_logprobs=()) for c in expected
     ]
     for a, b in zip(got, expected, strict=True):
-        assert a.token_logprobs == pytest.approx(b.token_logprobs, abs=1e-4)
+        assert a.token_logprobs == pytest.approx(b.token_logprobs, abs=tolerance)
 
 
 def test_cancelled_request_leaves_the_batch_at_the_next_step(engine: Engine) -> None:
@@ -263,27 +263,25 @@ def test_cancelled_request_leaves_the_batch_at_the_next_step(engine: Engine) -> 
         cancel=cancel,
     )
     short = GenerationRequest((PROMPTS[0],), SamplingParams(max_tokens=6, temperature=0))
-    first_step = batch.step()
-    assert first_step == [] or engine.kind != "hf"
-    if engine.kind == "hf":  # decodes step by step: cancel mid-decode
-        kept = batch.add(short)
-        for _ in range(3):
-            batch.step()
-        assert batch.rows == 4
-        cancel.set()
-        assert long in batch.step()
-        assert batch.rows == 1  # only the short request's row is left
-        while batch.rows:
-            batch.step()
-        assert_same(kept.results(), engine.generate_batch([short])[0])
-    # A request cancelled before it reached a step never runs.
+    assert batch.step() == []
+    kept = batch.add(short)
+    for _ in range(2):
+        batch.step()
+    assert batch.rows == 4
+    cancel.set()
+    assert long in batch.step()
+    assert batch.rows <= 1  # only the short request's row may be left
+    while batch.rows:
+        batch.step()
+    assert_same(kept.results(), engine.generate_batch([short])[0])
+    with pytest.raises(RuntimeError, match="not finished"):
+        long.results()
+    # A request cancelled before any step never runs.
     batch = engine.start_batch(8)
     gone = batch.add(short, cancel=threading.Event())
     assert gone.cancel is not None
     gone.cancel.set()
     assert batch.step() == [gone] and batch.rows == 0
-    with pytest.raises(RuntimeError, match="not finished"):
-        gone.results()
 
 
 def test_fresh_cache_memory_never_reaches_attention(
