@@ -5,7 +5,7 @@ Workload: MATH-500 problems rendered with the tiny model's chat template (prompt
 Both sides count generated tokens up to and including EOS, on the same model, device and
 torch thread count. Ours is the generator service as its own process (`astro serve
 generator`, hf engine), loaded before timing starts; the peer is `model.generate` in this
-process. Two tables:
+process. Three tables:
 
 1. concurrent clients: `--clients` client threads each send `--requests` Generate calls of
    one prompt, one after another, vs `generate` called one request at a time (the
@@ -15,16 +15,19 @@ process. Two tables:
 3. prefix reuse (does the hf prefix cache pay on CPU?): search-like calls on the engine in
    this process, cache on vs off: a node's prompt gets k=4 step proposals (stop at a blank
    line), then its children (node + step) get `--rollouts` rollouts each, and the search
-   descends into the first child, `--depth` times, from `--problems` problems.
+   descends into the first child, `--depth` times, from `--search-problems` problems.
 
 The machine may be shared, so ours and the peer alternate for `--repeats` rounds; each
 table shows the median round (and the range of the per-round ratios) and ends with its
-ratio. The last line is `ratio: X`, table 1's ours/peer tokens/s (goal: >= 8).
+ratio. Every round takes problems not used before (no prompt repeats, which the prefix cache
+would serve: the peer has none). The last line is `ratio: X`, table 1's ours/peer tokens/s
+(goal: >= 8).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import statistics
@@ -53,7 +56,7 @@ Run = tuple[int, float]  # (generated tokens, seconds)
 
 def prompts(template: ChatTemplate, count: int) -> list[str]:
     problems = [json.loads(line)["problem"] for line in (DATA / "math500.jsonl").open()]
-    return [template.render(problem_messages(p)) for p in (problems * 2)[:count]]
+    return [template.render(problem_messages(p)) for p in problems[:count]]
 
 
 class Peer:
@@ -167,6 +170,27 @@ def search_like(engine: Engine, prompts: list[str], depth: int, rollouts: int) -
     return tokens
 
 
+def one_round(
+    peer: Peer, address: str, args: argparse.Namespace, texts: list[str], sample_texts: list[str]
+) -> dict[str, Run]:
+    """Tables 1 and 2, ours and peer alternating; the peer's prompts of table 1 are spread
+    over the same problems as ours (the same mix of lengths)."""
+    spread = max(1, len(texts) // args.peer_requests)
+    peer_texts = texts[::spread][: args.peer_requests]
+    return {
+        "peer": timed(lambda: sum(peer.generate(t, args.max_tokens) for t in peer_texts)),
+        "ours": timed(
+            lambda: run_clients(address, texts, args.clients, args.requests, args.max_tokens)
+        ),
+        "peer_n": timed(
+            lambda: sum(peer.generate(t, args.sample_tokens, args.samples) for t in sample_texts)
+        ),
+        "ours_n": timed(
+            lambda: run_samples(address, sample_texts, args.samples, args.sample_tokens)
+        ),
+    }
+
+
 def table(
     title: str, rows: list[tuple[str, int, list[Run]]], goal: str = "", label: str = "ours/peer"
 ) -> float:
@@ -199,6 +223,7 @@ def main() -> None:
     parser.add_argument("--problems", type=int, default=4, help="calls of the n-samples table")
     parser.add_argument("--samples", type=int, default=16, help="n of the n-samples table")
     parser.add_argument("--sample-tokens", type=int, default=128, help="max_tokens there")
+    parser.add_argument("--search-problems", type=int, default=2, help="per round (table 3)")
     parser.add_argument("--depth", type=int, default=5, help="search-like descent (table 3)")
     parser.add_argument("--rollouts", type=int, default=8, help="per child (table 3)")
     parser.add_argument("--repeats", type=int, default=3, help="rounds of ours and peer")
@@ -214,43 +239,25 @@ def main() -> None:
         model_dir = ensure_tiny_model(work / "tiny-llama")
         peer = Peer(model_dir, args.device)
         tok = peer.tokenizer
-        texts = prompts(ChatTemplate(tok.chat_template, tok.bos_token, tok.eos_token), 1000)
-        ours_texts = texts[: args.clients * args.requests]
-        step = max(1, len(ours_texts) // args.peer_requests)
-        peer_texts = ours_texts[::step][: args.peer_requests]
-        sample_texts = texts[500 : 500 + args.problems]
-        peer.generate(texts[0], 4)  # warm-up
+        texts = prompts(ChatTemplate(tok.chat_template, tok.bos_token, tok.eos_token), 500)
+        fresh = itertools.cycle(texts[1:])  # every round gets problems not seen before
 
+        def take(count: int) -> list[str]:
+            return list(itertools.islice(fresh, count))
+
+        peer.generate(texts[0], 4)  # warm-up
         proc = start_service(model_dir, work, args.device, args.clients, args.threads)
-        runs: dict[str, list[Run]] = {"ours": [], "peer": [], "ours_n": [], "peer_n": []}
+        runs: dict[str, list[Run]] = {}
         try:
             address = json.loads((work / "generator.ready.json").read_text())["address"]
             with GeneratorClient(address) as probe:
                 probe.model_info()  # waits until the model is loaded
                 probe.generate(texts[:1], max_tokens=4)  # warm-up
             for _ in range(args.repeats):
-                runs["peer"].append(
-                    timed(lambda: sum(peer.generate(t, args.max_tokens) for t in peer_texts))
-                )
-                runs["ours"].append(
-                    timed(
-                        lambda: run_clients(
-                            address, ours_texts, args.clients, args.requests, args.max_tokens
-                        )
-                    )
-                )
-                runs["peer_n"].append(
-                    timed(
-                        lambda: sum(
-                            peer.generate(t, args.sample_tokens, args.samples) for t in sample_texts
-                        )
-                    )
-                )
-                runs["ours_n"].append(
-                    timed(
-                        lambda: run_samples(address, sample_texts, args.samples, args.sample_tokens)
-                    )
-                )
+                for name, run in one_round(
+                    peer, address, args, take(args.clients * args.requests), take(args.problems)
+                ).items():
+                    runs.setdefault(name, []).append(run)
         finally:
             proc.terminate()
             proc.wait(timeout=30)
@@ -262,10 +269,10 @@ def main() -> None:
             )
             for on in (True, False)
         )
-        search_like(cached, sample_texts[:1], 1, 1)  # warm-up
-        search_like(uncached, sample_texts[:1], 1, 1)
-        for r in range(args.repeats):
-            problems = texts[600 + r * args.problems : 600 + (r + 1) * args.problems]
+        search_like(cached, texts[:1], 1, 1)  # warm-up
+        search_like(uncached, texts[:1], 1, 1)
+        for _ in range(args.repeats):
+            problems = take(args.search_problems)
             for name, engine in (("cached", cached), ("uncached", uncached)):
                 runs.setdefault(name, []).append(
                     timed(
@@ -280,8 +287,12 @@ def main() -> None:
     clients = table(
         f"1. {args.clients} concurrent clients, max_tokens {args.max_tokens}",
         [
-            (f"ours: service, {args.clients} concurrent clients", len(ours_texts), runs["ours"]),
-            ("peer: HF generate, one request at a time", len(peer_texts), runs["peer"]),
+            (
+                f"ours: service, {args.clients} concurrent clients",
+                args.clients * args.requests,
+                runs["ours"],
+            ),
+            ("peer: HF generate, one request at a time", args.peer_requests, runs["peer"]),
         ],
         " (goal >= 8)",
     )
@@ -289,16 +300,16 @@ def main() -> None:
     table(
         f"2. n={n} samples of one MATH prompt per call, max_tokens {args.sample_tokens}",
         [
-            (f"ours: service, n={n}, one call at a time", len(sample_texts), runs["ours_n"]),
-            (f"peer: HF generate(num_return_sequences={n})", len(sample_texts), runs["peer_n"]),
+            (f"ours: service, n={n}, one call at a time", args.problems, runs["ours_n"]),
+            (f"peer: HF generate(num_return_sequences={n})", args.problems, runs["peer_n"]),
         ],
     )
     table(
         f"3. search-like calls, depth {args.depth}, {args.rollouts} rollouts per child "
         "(hf engine in process)",
         [
-            ("hf engine, prefix cache on", args.problems, runs["cached"]),
-            ("hf engine, prefix cache off", args.problems, runs["uncached"]),
+            ("hf engine, prefix cache on", args.search_problems, runs["cached"]),
+            ("hf engine, prefix cache off", args.search_problems, runs["uncached"]),
         ],
         label="on/off",
     )

@@ -124,8 +124,13 @@ class HFEngine(EngineBase):
             else min(self.eos_ids)
         )
         self.prefix_cache = prefix_cache_of(config, self.model.config, self.dtype)
+        # A drained batch's slot cache, kept for the next batch: allocating (and zeroing)
+        # large buffers anew for every call would cost more than small calls themselves.
+        self._spare_cache: SlotCache | None = None
+        self._spare_lock = threading.Lock()
 
     def close(self) -> None:
+        self._spare_cache = None
         del self.model
         if self.device.startswith("cuda"):
             torch.cuda.empty_cache()
@@ -135,6 +140,21 @@ class HFEngine(EngineBase):
 
     def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
         return run_to_completion(self.start_batch(self.max_num_seqs), requests)
+
+    def take_cache(self, capacity: int) -> SlotCache:
+        """The spare slot cache (or a new one) for a batch of up to `capacity` rows."""
+        with self._spare_lock:
+            cache, self._spare_cache = self._spare_cache, None
+        if cache is None:
+            cache = SlotCache(self.model.config, capacity, self.dtype, self.device)
+        cache.capacity = capacity
+        return cache
+
+    def give_back(self, cache: SlotCache) -> None:
+        """A drained batch's cache becomes the spare."""
+        cache.set_members([[], []])
+        with self._spare_lock:
+            self._spare_cache = cache
 
     def completion_of(self, row: _Row) -> Completion:
         if row.text is None:
@@ -369,7 +389,7 @@ class ContinuousBatch:
     def __init__(self, engine: HFEngine, capacity: int) -> None:
         self.engine = engine
         self.capacity = max(1, min(capacity, engine.max_num_seqs))
-        self.cache = SlotCache(engine.model.config, self.capacity, engine.dtype, engine.device)
+        self._cache: SlotCache | None = None  # taken from the engine while rows decode
         self.groups: tuple[list[_Row], list[_Row]] = ([], [])
         self.waiting: deque[_Row] = deque()
         self.tickets: dict[int, Ticket] = {}  # unfinished requests, by id
@@ -377,6 +397,12 @@ class ContinuousBatch:
     @property
     def decoding(self) -> int:
         return len(self.groups[0]) + len(self.groups[1])
+
+    @property
+    def cache(self) -> SlotCache:
+        if self._cache is None:
+            self._cache = self.engine.take_cache(self.capacity)
+        return self._cache
 
     @property
     def rows(self) -> int:
@@ -409,6 +435,7 @@ class ContinuousBatch:
         done = self._drop_cancelled()
         self._admit()
         if not self.decoding:
+            self._release()
             return done
         self.cache.reserve([len(rows) for rows in self.groups], 0)  # a free column
         # Batch order: each group's rows in slot order (group 1 fills slots downwards).
@@ -425,7 +452,15 @@ class ContinuousBatch:
                 if row.ticket.finish(row.index, self.engine.completion_of(row)):
                     done.append(self.tickets.pop(id(row.ticket)))
             self._remove(g, ended)
+        if not self.rows:
+            self._release()
         return done
+
+    def _release(self) -> None:
+        """Drained: the engine keeps the cache for the next batch."""
+        if self._cache is not None and not self.decoding:
+            self.engine.give_back(self._cache)
+            self._cache = None
 
     def _drop_cancelled(self) -> list[Ticket]:
         """Rows whose caller gave up leave now; their tickets count as done."""

@@ -316,3 +316,20 @@ def test_non_finite_sampling_parameters_are_refused(
 ) -> None:
     with pytest.raises(InvalidRequest, match=re.escape(message)):
         engine.generate_batch([GenerationRequest(("hi",), params)])
+
+
+def test_a_drained_batch_leaves_its_cache_to_the_next(tiny_model_dir: Path) -> None:
+    """Small calls one after another reuse one slot cache instead of allocating (and
+    zeroing) buffers per call; stale columns from earlier calls change nothing."""
+    engine = HFEngine(EngineConfig(model_path=str(tiny_model_dir)))
+    first = GenerationRequest(tuple(JOIN_PROMPTS), SamplingParams(n=2, max_tokens=20, seed=3))
+    engine.generate_batch([first])
+    spare = engine._spare_cache
+    assert spare is not None and spare.keys
+    buffers = [k.data_ptr() for k in spare.keys]
+    small = GenerationRequest((PROMPTS[1], "1"), SamplingParams(n=3, max_tokens=8, seed=4))
+    [again] = engine.generate_batch([small])
+    assert engine._spare_cache is spare
+    assert [k.data_ptr() for k in spare.keys] == buffers  # no new buffers
+    fresh = HFEngine(EngineConfig(model_path=str(tiny_model_dir)))
+    assert_same(again, fresh.generate_batch([small])[0])
