@@ -83,7 +83,8 @@ class _Row:
     prompt_ids: tuple[int, ...]
     params: SamplingParams
     budget: int
-    rng: random.Random
+    seed: int | None  # of the row's random stream, made when the row starts decoding
+    rng: random.Random | None = None  # (a stream holds 2.5 KB: waiting rows have none)
     cached: int = 0  # tokens of this sequence in the KV cache
     next_input: int = 0  # the token the next step feeds (the prompt's last, then each new one)
     tokens: list[int] = field(default_factory=list)
@@ -309,7 +310,7 @@ class HFEngine(EngineBase):
             temps = torch.tensor([rows[k].params.temperature for k in drawn], device=logits.device)
             probs = torch.softmax((logits if every else logits[index]) / temps[:, None], dim=-1)
             # One uniform draw per row from the row's own stream (independent of batch mates).
-            u = torch.tensor([rows[k].rng.random() for k in drawn], device=logits.device)
+            u = torch.tensor([_rng(rows[k]).random() for k in drawn], device=logits.device)
             picks = _inverse_cdf(probs, u, [rows[k].params.top_p for k in drawn])
             if every:
                 tokens = picks
@@ -348,6 +349,11 @@ class HFEngine(EngineBase):
             return False
         row.text = text[:cut]
         return True
+
+
+def _rng(row: _Row) -> random.Random:
+    assert row.rng is not None, "a decoding row has its stream"
+    return row.rng
 
 
 def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor, top_p: list[float]) -> torch.Tensor:
@@ -424,9 +430,10 @@ class ContinuousBatch:
         p = request.params
         for i, ids in enumerate(prompt_ids):
             budget = min(request.budget(i), self.engine.max_model_len - len(ids))
+            shared = tuple(ids)  # one tuple for the n samples
             for j in range(p.n):
                 seed = derive_seed(p.seed, i, j) if p.seed is not None else None
-                row = _Row(ticket, i * p.n + j, i, tuple(ids), p, budget, random.Random(seed))
+                row = _Row(ticket, i * p.n + j, i, shared, p, budget, seed)
                 self.waiting.append(row)
         return ticket
 
@@ -487,6 +494,7 @@ class ContinuousBatch:
         lengths = [[r.cached for r in rows] for rows in self.groups]
         joins: list[tuple[int, int]] = []  # (group, index) of each new row
         for row in new:
+            row.rng = random.Random(row.seed)
             row.cached = len(row.prompt_ids) - 1
             row.next_input = row.prompt_ids[-1]
             g = pick_group(lengths, row.cached)

@@ -91,7 +91,8 @@ class GeneratorSettings(BaseModel):
         4_194_304,
         ge=1,
         description="Most tokens one call may need: (prompt tokens + max_tokens, capped by "
-        "the context) x n, summed over prompts; more is RESOURCE_EXHAUSTED.",
+        "the context) x n, summed over prompts; more is RESOURCE_EXHAUSTED. The default "
+        "keeps a response under the default 64 MiB message limit.",
     )
     swap: Literal["auto", "overlap", "drain"] = Field(
         "auto",
