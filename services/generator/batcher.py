@@ -140,7 +140,11 @@ class Batcher:
         loop = asyncio.get_running_loop()
         call = _Call(request, loop.time(), loop.create_future(), prompt_ids, encoded_by)
         with self._lock:
-            if sum(not c.abandoned for c in self._pending) >= self.max_queue:
+            if len(self._pending) >= self.max_queue:  # abandoned calls hold memory too
+                live = deque(c for c in self._pending if not c.abandoned)
+                self.stats.dropped_calls += len(self._pending) - len(live)
+                self._pending = live
+            if len(self._pending) >= self.max_queue:
                 raise QueueFull(
                     f"generator queue is full ({self.max_queue} requests waiting); retry later"
                 )

@@ -544,3 +544,34 @@ def test_default_limits_refuse_the_reported_requests(served: Any) -> None:
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert name in err.value.details()
     assert service.batcher.queued == 0
+
+
+def test_abandoned_queued_calls_do_not_pile_up(tiny_model_dir: Path) -> None:
+    """Callers that give up while the engine is busy leave no request behind them: the
+    queue never holds more than max_queue calls, and live calls still get in."""
+    settings = {
+        "model": {"path": str(tiny_model_dir)},
+        "max_batch_size": 1,
+        "max_wait_ms": 0,
+        "max_queue": 2,
+    }
+    with generator_service(settings) as (svc, service):
+        stub = stub_of(svc)
+        stub.GetModel(generator_pb2.GetModelRequest(), timeout=60)
+        long = generator_pb2.GenerateRequest(
+            prompts=[LONG_PROMPT], params=params(max_tokens=3000, temperature=0)
+        )
+        running = stub.Generate.future(long, timeout=120)
+        deadline = time.monotonic() + 30
+        while not service.batcher.busy and time.monotonic() < deadline:
+            time.sleep(0.005)
+        small = generator_pb2.GenerateRequest(prompts=["hi"], params=params(max_tokens=2))
+        for _ in range(8):
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Generate(small, timeout=0.05)
+            assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert len(service.batcher._pending) <= 2  # the abandoned requests are let go
+        waiting = stub.Generate.future(small, timeout=120)
+        running.cancel()
+        assert len(waiting.result().completions) == 1
+        assert service.batcher.stats.dropped_calls >= 8
