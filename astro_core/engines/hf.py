@@ -6,12 +6,13 @@ must give the same tokens whatever it is batched with. So each row (one sample o
 prompt) carries its own temperature, top-p, token budget, stop strings and random stream
 (seeded from the request seed, the prompt and the sample index).
 
-Requests join a `ContinuousBatch` between steps: new rows are prefilled (each distinct
-prompt once, however many samples it has) and their keys/values copied into free slots of
-the `SlotCache` (kv_slots.py); finished or cancelled rows leave at once, so their callers
-get their completions without waiting for longer batch mates. A prompt's last token is not
-prefilled but fed by the next decode step, like every row's latest token, so each step is
-one forward pass of one token per row.
+Requests join a `ContinuousBatch` (hf_batch.py) between steps: new rows are prefilled here
+(each distinct prompt once, however many samples it has; prompts extending a recently
+prefilled one reuse its keys/values from the prefix cache, prefix_cache.py) and copied into
+free slots of the `SlotCache` (kv_slots.py); finished or cancelled rows leave at once, so
+their callers get their completions without waiting for longer batch mates. A prompt's last
+token is not prefilled but fed by the next decode step, like every row's latest token, so
+each step is one forward pass of one token per row.
 
 Log-probabilities are those of the model's raw distribution (before temperature and top-p),
 as vLLM reports them, so they match a plain forward pass over the produced tokens.
@@ -22,9 +23,7 @@ from __future__ import annotations
 import inspect
 import random
 import threading
-from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,23 +33,16 @@ from transformers import DynamicCache
 from astro_core.engines.base import (
     EngineBase,
     GenerationRequest,
-    SamplingParams,
-    Ticket,
-    derive_seed,
     directory_version,
     find_stop,
     run_to_completion,
 )
 from astro_core.engines.config import EngineConfig
-from astro_core.engines.kv_slots import (
-    SlotCache,
-    check_full_attention,
-    pick_group,
-    use_slot_attention,
-)
+from astro_core.engines.hf_batch import ContinuousBatch, Row
+from astro_core.engines.kv_slots import SlotCache, check_full_attention, use_slot_attention
 from astro_core.engines.prefix_cache import BLOCK, LayerKV, PrefixCache
 from astro_core.models.tiny import load_model
-from astro_core.protocols import Completion, FinishReason
+from astro_core.protocols import Completion
 
 # Prompts prefilled together differ in length by at most this factor (bounds padding waste).
 _GROUP_SPREAD = 1.5
@@ -71,26 +63,6 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     if dtype == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     return _DTYPES[dtype]
-
-
-@dataclass(eq=False)
-class _Row:
-    """One sequence: sample `index` (prompt * n + sample) of a ticket, and its progress."""
-
-    ticket: Ticket
-    index: int
-    prompt: int
-    prompt_ids: tuple[int, ...]
-    params: SamplingParams
-    budget: int
-    seed: int | None  # of the row's random stream, made when the row starts decoding
-    rng: random.Random | None = None  # (a stream holds 2.5 KB: waiting rows have none)
-    cached: int = 0  # tokens of this sequence in the KV cache
-    next_input: int = 0  # the token the next step feeds (the prompt's last, then each new one)
-    tokens: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    text: str | None = None
-    finish: FinishReason = "length"
 
 
 class HFEngine(EngineBase):
@@ -157,7 +129,7 @@ class HFEngine(EngineBase):
         with self._spare_lock:
             self._spare_cache = cache
 
-    def completion_of(self, row: _Row) -> Completion:
+    def completion_of(self, row: Row) -> Completion:
         if row.text is None:
             row.text = self._decode_text(row.tokens)
         want_logprobs = row.params.logprobs
@@ -181,9 +153,10 @@ class HFEngine(EngineBase):
         left-padded, and where each prompt sits in the group.
 
         A prompt sharing at least MIN_REUSE tokens with a recently prefilled one (the prefix
-        cache) prefills only the rest, on its own. The others are prefilled in groups of
-        similar length, so that one long prompt does not pad every other to its length
-        (prefill cost grows with the padded size).
+        cache) prefills only the rest, together with the prompts extending the same cached
+        prefix (a node's children). The others are prefilled in groups of similar length,
+        so that one long prompt does not pad every other to its length (prefill cost grows
+        with the padded size). Every prefilled prompt is kept in the prefix cache.
         """
         prefilled: list[tuple[LayerKV, dict[Tokens, int]]] = []
         fresh = []
@@ -276,7 +249,7 @@ class HFEngine(EngineBase):
             results.append(own)
         return results
 
-    def forward_step(self, cache: SlotCache, groups: Sequence[Sequence[_Row]]) -> torch.Tensor:
+    def forward_step(self, cache: SlotCache, groups: Sequence[Sequence[Row]]) -> torch.Tensor:
         """One decode step: feed each live row its next token; returns the next logits, in
         batch order (each group's rows in slot order)."""
         cached = [[r.cached for r in rows] for rows in groups]
@@ -299,7 +272,7 @@ class HFEngine(EngineBase):
         logits: torch.Tensor = out.logits[:, -1, :]
         return logits
 
-    def sample(self, logits: torch.Tensor, rows: list[_Row]) -> None:
+    def sample(self, logits: torch.Tensor, rows: list[Row]) -> None:
         """Pick each row's next token; record it and its raw log-probability on the row."""
         logits = logits.float()
         tokens = logits.argmax(-1)
@@ -327,7 +300,7 @@ class HFEngine(EngineBase):
             if logprobs:
                 row.logprobs.append(logprobs[k])
 
-    def finished(self, row: _Row) -> bool:
+    def finished(self, row: Row) -> bool:
         """Whether the token just added ends the row: EOS, a stop string or the budget."""
         if row.tokens[-1] in self.eos_ids:
             row.finish = "eos"
@@ -337,7 +310,7 @@ class HFEngine(EngineBase):
             return True
         return len(row.tokens) >= row.budget
 
-    def _hit_stop(self, row: _Row) -> bool:
+    def _hit_stop(self, row: Row) -> bool:
         # A stop string completed by the last token lies within its last 4*len+2 tokens (a
         # byte-level token holds at least one byte), so only that tail is decoded each step.
         window = 4 * max(len(s) for s in row.params.stop) + 2
@@ -351,7 +324,7 @@ class HFEngine(EngineBase):
         return True
 
 
-def _rng(row: _Row) -> random.Random:
+def _rng(row: Row) -> random.Random:
     assert row.rng is not None, "a decoding row has its stream"
     return row.rng
 
@@ -383,153 +356,6 @@ def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor, top_p: list[float]) -> to
             return chosen
         picks[index] = chosen
     return picks
-
-
-class ContinuousBatch:
-    """The hf engine's RunningBatch: rows join between steps and leave when done.
-
-    Decoding rows are kept in the cache's two groups (kv_slots.py): `groups[g][k]` decodes
-    in slot `cache.slot(g, k)`.
-    """
-
-    def __init__(self, engine: HFEngine, capacity: int) -> None:
-        self.engine = engine
-        self.capacity = max(1, min(capacity, engine.max_num_seqs))
-        self._cache: SlotCache | None = None  # taken from the engine while rows decode
-        self.groups: tuple[list[_Row], list[_Row]] = ([], [])
-        self.waiting: deque[_Row] = deque()
-        self.tickets: dict[int, Ticket] = {}  # unfinished requests, by id
-
-    @property
-    def decoding(self) -> int:
-        return len(self.groups[0]) + len(self.groups[1])
-
-    @property
-    def cache(self) -> SlotCache:
-        if self._cache is None:
-            self._cache = self.engine.take_cache(self.capacity)
-        return self._cache
-
-    @property
-    def rows(self) -> int:
-        return self.decoding + len(self.waiting)
-
-    def add(
-        self,
-        request: GenerationRequest,
-        *,
-        prompt_ids: Sequence[Sequence[int]] | None = None,
-        cancel: threading.Event | None = None,
-    ) -> Ticket:
-        if prompt_ids is None:
-            prompt_ids = self.engine.encode_request(request)
-        ticket = Ticket(request, cancel)
-        if not ticket.remaining:
-            return ticket  # no prompts: complete already
-        self.tickets[id(ticket)] = ticket
-        p = request.params
-        for i, ids in enumerate(prompt_ids):
-            budget = min(request.budget(i), self.engine.max_model_len - len(ids))
-            shared = tuple(ids)  # one tuple for the n samples
-            for j in range(p.n):
-                seed = derive_seed(p.seed, i, j) if p.seed is not None else None
-                row = _Row(ticket, i * p.n + j, i, shared, p, budget, seed)
-                self.waiting.append(row)
-        return ticket
-
-    @torch.inference_mode()
-    def step(self) -> list[Ticket]:
-        done = self._drop_cancelled()
-        self._admit()
-        if not self.decoding:
-            self._release()
-            return done
-        self.cache.reserve([len(rows) for rows in self.groups], 0)  # a free column
-        # Batch order: each group's rows in slot order (group 1 fills slots downwards).
-        in_slot_order = (self.groups[0], self.groups[1][::-1])
-        logits = self.engine.forward_step(self.cache, in_slot_order)
-        order = [row for rows in in_slot_order for row in rows]
-        for row in order:
-            row.cached += 1
-        self.engine.sample(logits, order)
-        for g, rows in enumerate(self.groups):
-            ended = [k for k, row in enumerate(rows) if self.engine.finished(row)]
-            for k in ended:
-                row = rows[k]
-                if row.ticket.finish(row.index, self.engine.completion_of(row)):
-                    done.append(self.tickets.pop(id(row.ticket)))
-            self._remove(g, ended)
-        if not self.rows:
-            self._release()
-        return done
-
-    def _release(self) -> None:
-        """Drained: the engine keeps the cache for the next batch."""
-        if self._cache is not None and not self.decoding:
-            self.engine.give_back(self._cache)
-            self._cache = None
-
-    def _drop_cancelled(self) -> list[Ticket]:
-        """Rows whose caller gave up leave now; their tickets count as done."""
-        gone = [t for t in self.tickets.values() if t.cancelled]
-        if not gone:
-            return []
-        self.waiting = deque(r for r in self.waiting if not r.ticket.cancelled)
-        for g, rows in enumerate(self.groups):
-            self._remove(g, [k for k, r in enumerate(rows) if r.ticket.cancelled])
-        for ticket in gone:
-            ticket.remaining = 0
-            del self.tickets[id(ticket)]
-        return gone
-
-    def _admit(self) -> None:
-        """Move waiting rows into free slots: prefill their prompts (each distinct prompt
-        once) but for the last token, which the next step feeds."""
-        free = self.capacity - self.decoding
-        if free <= 0 or not self.waiting:
-            return
-        new = [self.waiting.popleft() for _ in range(min(free, len(self.waiting)))]
-        prefixes = list(dict.fromkeys(r.prompt_ids[:-1] for r in new if len(r.prompt_ids) > 1))
-        prefilled = self.engine.prefill(prefixes) if prefixes else []
-        lengths = [[r.cached for r in rows] for rows in self.groups]
-        joins: list[tuple[int, int]] = []  # (group, index) of each new row
-        for row in new:
-            row.rng = random.Random(row.seed)
-            row.cached = len(row.prompt_ids) - 1
-            row.next_input = row.prompt_ids[-1]
-            g = pick_group(lengths, row.cached)
-            joins.append((g, len(lengths[g])))
-            lengths[g].append(row.cached)
-        self.cache.reserve([len(c) for c in lengths], max(r.cached for r in new))
-        for g, row in zip((g for g, _ in joins), new, strict=True):
-            self.groups[g].append(row)
-        self.cache.set_members([[r.cached for r in rows] for rows in self.groups])
-        slot_of = {id(row): self.cache.slot(g, k) for row, (g, k) in zip(new, joins, strict=True)}
-        for layers, position in prefilled:
-            members = [
-                (slot_of[id(r)], position[r.prompt_ids[:-1]])
-                for r in new
-                if r.prompt_ids[:-1] in position
-            ]
-            slots = torch.tensor([slot for slot, _ in members], device=self.engine.device)
-            rows = torch.tensor([row for _, row in members], device=self.engine.device)
-            self.cache.place(slots, layers, rows)
-
-    def _remove(self, group: int, ended: list[int]) -> None:
-        """Free the slots of group members `ended`: the group's last members move in."""
-        if not ended:
-            return
-        rows = self.groups[group]
-        gone = set(ended)
-        keep = len(rows) - len(gone)
-        holes = [k for k in range(keep) if k in gone]
-        movers = [k for k in range(keep, len(rows)) if k not in gone]
-        if holes:
-            self.cache.move(group, movers, holes)
-        for hole, mover in zip(holes, movers, strict=True):
-            rows[hole] = rows[mover]
-        del rows[keep:]
-        self.cache.set_members([[r.cached for r in rows] for rows in self.groups])
 
 
 def prefix_cache_of(
