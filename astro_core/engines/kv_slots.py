@@ -9,8 +9,8 @@ live in `[slots, kv_heads, width, head_dim]` buffers that are written in place:
 - attention reads, for each sequence, a window of columns that ends at the cursor. One
   window for all would make every sequence pay for the longest (MATH prompts run from 50 to
   650 tokens), so sequences form two *groups*, each with its own window `[low, cursor]`:
-  group 0 fills slots from the bottom of the buffer, group 1 from the top, and a new
-  sequence joins the group where it adds the least attention work (see `pick_group`);
+  group 0 (short) fills slots from the bottom of the buffer, group 1 (long) from the top,
+  and a new sequence joins the side of the best short/long split (see `pick_group`);
 - a finished sequence is replaced by the last sequence of its group (one row copied), so
   each group's slots stay contiguous and attention reads plain views;
 - when the buffer runs out of slots or columns (or a new prompt is longer than the room
@@ -83,14 +83,19 @@ def use_slot_attention(model: Any) -> None:
 
 
 def pick_group(lengths: Sequence[Sequence[int]], new: int) -> int:
-    """The group where a sequence with `new` cached tokens adds the least attention work:
-    every member of a group attends to as many columns as its longest member has."""
+    """The group a sequence with `new` cached tokens joins: 0 (short) or 1 (long).
 
-    def added(members: Sequence[int]) -> int:
-        longest = max(members, default=0)
-        return (len(members) + 1) * max(longest, new) - len(members) * longest
-
-    return min(GROUPS, key=lambda g: added(lengths[g]))
+    Every member of a group attends to as many columns as its longest member has, so the
+    best split of the sorted lengths l_1..l_n into short and long minimises
+    k * l_k + (n - k) * l_n. The split is computed over every member plus the new one (the
+    members stay where they are: moving them would cost copies), and the new sequence joins
+    the side of the split it falls on.
+    """
+    ordered = sorted([*lengths[0], *lengths[1], new])
+    n = len(ordered)
+    # k = n (everyone short) first: on ties one window is kept
+    best = min(range(n, 0, -1), key=lambda k: k * ordered[k - 1] + (n - k) * ordered[-1])
+    return 0 if new <= ordered[best - 1] else 1
 
 
 class _SlotLayer(CacheLayerMixin):  # type: ignore[no-untyped-call]

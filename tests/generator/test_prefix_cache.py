@@ -87,3 +87,17 @@ def test_search_like_prompts_reuse_prefixes_and_generate_the_same(
         if call is not calls[0]:
             assert with_cache.prefix_cache.stats.reused_tokens - before >= MIN_REUSE
     assert with_cache.prefix_cache.stats.hits >= 6
+
+
+def test_rows_of_very_different_lengths_get_their_own_attention_window() -> None:
+    """A new row joins the group where it adds the least attention work (members x the
+    longest member): long prompts do not make every short row attend over their length."""
+    from astro_core.engines.kv_slots import pick_group
+
+    groups: list[list[int]] = [[], []]
+    for length in [100, 90, 600, 120, 95, 580, 110, 105, 20, 630]:
+        groups[pick_group(groups, length)].append(length)
+    short, long = sorted(groups, key=max)
+    assert sorted(long) == [580, 600, 630] and max(short) == 120
+    work = sum(len(g) * max(g) for g in groups)
+    assert work == 7 * 120 + 3 * 630  # vs 10 * 630 with one window
