@@ -23,7 +23,7 @@ from __future__ import annotations
 import inspect
 import random
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +97,7 @@ class HFEngine(EngineBase):
             else min(self.eos_ids)
         )
         self.prefix_cache = prefix_cache_of(config, self.model.config, self.dtype)
+        self._decode = self._decoder()
         # A drained batch's slot cache, kept for the next batch: allocating (and zeroing)
         # large buffers anew for every call would cost more than small calls themselves.
         self._spare_cache: SlotCache | None = None
@@ -146,7 +147,15 @@ class HFEngine(EngineBase):
 
     def _decode_text(self, tokens: Sequence[int]) -> str:
         with self.tokenizer_lock:
-            return str(self.tokenizer.decode(list(tokens), skip_special_tokens=True))
+            return self._decode(list(tokens))
+
+    def _decoder(self) -> Callable[[list[int]], str]:
+        """Token ids -> text. The Rust tokenizer directly when transformers' decode would
+        only wrap it (no clean-up of spaces): several times faster, the same text."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None and not getattr(self.tokenizer, "clean_up_tokenization_spaces", 0):
+            return lambda ids: str(backend.decode(ids, skip_special_tokens=True))
+        return lambda ids: str(self.tokenizer.decode(ids, skip_special_tokens=True))
 
     def prefill(self, prompts: list[tuple[int, ...]]) -> list[tuple[LayerKV, dict[Tokens, int]]]:
         """Keys and values of each prompt: per group of prompts, each layer's (keys, values),
@@ -300,22 +309,37 @@ class HFEngine(EngineBase):
             if logprobs:
                 row.logprobs.append(logprobs[k])
 
-    def finished(self, row: Row) -> bool:
-        """Whether the token just added ends the row: EOS, a stop string or the budget."""
-        if row.tokens[-1] in self.eos_ids:
-            row.finish = "eos"
-            return True
-        if row.params.stop and self._hit_stop(row):
-            row.finish = "stop_string"
-            return True
-        return len(row.tokens) >= row.budget
+    def finished(self, rows: Sequence[Row]) -> list[bool]:
+        """Whether the token just added ends each row: EOS, a stop string or the budget."""
+        ended = [False] * len(rows)
+        stopping = []
+        for k, row in enumerate(rows):
+            if row.tokens[-1] in self.eos_ids:
+                row.finish = "eos"
+                ended[k] = True
+            elif row.params.stop:
+                stopping.append(k)
+            else:
+                ended[k] = len(row.tokens) >= row.budget
+        if stopping:
+            # A stop string completed by the last token lies within its last 4*len+2 tokens
+            # (a byte-level token holds at least one byte): only those tails are decoded.
+            tails = [
+                rows[k].tokens[-(4 * max(map(len, rows[k].params.stop)) + 2) :] for k in stopping
+            ]
+            with self.tokenizer_lock:
+                texts = [self._decode(tail) for tail in tails]
+            for k, tail in zip(stopping, texts, strict=True):
+                row = rows[k]
+                if find_stop(tail, row.params.stop) >= 0 and self._cut_at_stop(row):
+                    row.finish = "stop_string"
+                    ended[k] = True
+                else:
+                    ended[k] = len(row.tokens) >= row.budget
+        return ended
 
-    def _hit_stop(self, row: Row) -> bool:
-        # A stop string completed by the last token lies within its last 4*len+2 tokens (a
-        # byte-level token holds at least one byte), so only that tail is decoded each step.
-        window = 4 * max(len(s) for s in row.params.stop) + 2
-        if find_stop(self._decode_text(row.tokens[-window:]), row.params.stop) < 0:
-            return False
+    def _cut_at_stop(self, row: Row) -> bool:
+        """Cut the row's text before its earliest stop string; whether there is one."""
         text = self._decode_text(row.tokens)
         cut = find_stop(text, row.params.stop)
         if cut < 0:

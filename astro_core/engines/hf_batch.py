@@ -114,8 +114,10 @@ class ContinuousBatch:
         for row in order:
             row.cached += 1
         self.engine.sample(logits, order)
+        ends = self.engine.finished(order)
+        over = {id(row) for row, end in zip(order, ends, strict=True) if end}
         for g, rows in enumerate(self.groups):
-            ended = [k for k, row in enumerate(rows) if self.engine.finished(row)]
+            ended = [k for k, row in enumerate(rows) if id(row) in over]
             for k in ended:
                 row = rows[k]
                 if row.ticket.finish(row.index, self.engine.completion_of(row)):
