@@ -60,9 +60,12 @@ def test_n_samples_grouped_by_prompt(engine: Engine) -> None:
     assert engine.generate([], max_tokens=4) == []
 
 
-def test_max_tokens_and_finish_reasons(engine: Engine) -> None:
+def test_max_tokens_and_finish_reasons(engine: Engine, tiny_model_dir: Path) -> None:
     out = engine.generate(PROMPTS, n=4, max_tokens=6, seed=3)
+    _, tokenizer = load_model(tiny_model_dir)
     for c in out:
+        # the text is the tokenizer's decoding of the tokens (no stop string cut it)
+        assert c.text == tokenizer.decode(list(c.token_ids), skip_special_tokens=True)
         assert 1 <= c.num_tokens <= 6
         # no stop strings were given: a completion ends at EOS or at its budget
         assert c.finish_reason == ("length" if c.num_tokens == 6 else "eos")
