@@ -85,7 +85,7 @@ class Batcher:
         engine: Engine | None = None,
         *,
         max_batch_size: int = 64,
-        max_wait_ms: float = 10.0,
+        max_wait_ms: float = 2.0,
         max_queue: int = 256,
     ) -> None:
         self.engine = engine

@@ -71,11 +71,12 @@ class GeneratorSettings(BaseModel):
         64, ge=1, description="Most sequences (prompts x n) decoding together."
     )
     max_wait_ms: float = Field(
-        10.0,
+        2.0,
         ge=0,
         le=10_000,
         description="When the engine is idle, how long the first call waits for others to "
-        "join it (calls arriving while it decodes join at the next step).",
+        "join it (calls arriving while it decodes join at the next step anyway, so this "
+        "only saves separate prefills of a burst; a lone caller pays it per call).",
     )
     max_queue: int = Field(
         256, ge=1, description="Calls that may wait; more are refused with RESOURCE_EXHAUSTED."
