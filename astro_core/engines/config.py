@@ -38,6 +38,12 @@ class EngineConfig(BaseModel):
         description="hf on CPU: torch intra-op threads for the process; default: torch's. "
         "1 is fastest for small models on a busy machine.",
     )
+    fast_decode: bool = Field(
+        True,
+        description="hf: decode Llama-layout models (llama, mistral, qwen2) with a lean step "
+        "that calls their modules without transformers' per-call machinery; off: the "
+        "model's own forward (used anyway for other models).",
+    )
     max_num_seqs: int = Field(
         256, ge=1, description="Most sequences decoded together in one engine batch."
     )

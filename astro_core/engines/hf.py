@@ -38,6 +38,7 @@ from astro_core.engines.base import (
     run_to_completion,
 )
 from astro_core.engines.config import EngineConfig
+from astro_core.engines.fast_decode import fast_decoder
 from astro_core.engines.hf_batch import ContinuousBatch, Row
 from astro_core.engines.kv_slots import SlotCache, check_full_attention, use_slot_attention
 from astro_core.engines.prefix_cache import BLOCK, LayerKV, PrefixCache
@@ -98,6 +99,7 @@ class HFEngine(EngineBase):
         )
         self.prefix_cache = prefix_cache_of(config, self.model.config, self.dtype)
         self._decode = self._decoder()
+        self._fast = fast_decoder(self.model) if config.fast_decode else None
         # A drained batch's slot cache, kept for the next batch: allocating (and zeroing)
         # large buffers anew for every call would cost more than small calls themselves.
         self._spare_cache: SlotCache | None = None
@@ -266,19 +268,22 @@ class HFEngine(EngineBase):
         order = [r for rows in groups for r in rows]
         inputs = torch.tensor([r.next_input for r in order], device=self.device)
         positions = torch.tensor([r.cached for r in order], device=self.device)
-        # The attention reads each group's own mask (cache.masks); this 4-D placeholder
-        # keeps transformers from building a mask of its own.
-        placeholder = torch.ones((len(order), 1, 1, 1), dtype=torch.bool, device=self.device)
-        with cache.decoding():
-            out = self.model(
-                input_ids=inputs[:, None],
-                attention_mask=placeholder,
-                position_ids=positions[:, None],
-                use_cache=True,
-                **{self._cache_arg: cache},
-            )
+        if self._fast is not None:
+            logits = self._fast(cache, inputs, positions)
+        else:
+            # The attention reads each group's own mask (cache.masks); this 4-D placeholder
+            # keeps transformers from building a mask of its own.
+            placeholder = torch.ones((len(order), 1, 1, 1), dtype=torch.bool, device=self.device)
+            with cache.decoding():
+                out = self.model(
+                    input_ids=inputs[:, None],
+                    attention_mask=placeholder,
+                    position_ids=positions[:, None],
+                    use_cache=True,
+                    **{self._cache_arg: cache},
+                )
+            logits = out.logits[:, -1, :]
         cache.cursor += 1
-        logits: torch.Tensor = out.logits[:, -1, :]
         return logits
 
     def sample(self, logits: torch.Tensor, rows: list[Row]) -> None:

@@ -115,17 +115,7 @@ class _SlotLayer(CacheLayerMixin):  # type: ignore[no-untyped-call]
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        s = self.slots
-        if key_states.shape[2] != 1 or key_states.shape[0] != sum(s.live):
-            raise RuntimeError("the slot cache decodes one token per live sequence per step")
-        keys, values = s.keys[self.index], s.values[self.index]
-        start = 0
-        for g in GROUPS:
-            rows, n = s.rows_of(g), s.live[g]
-            keys[rows, :, s.cursor] = key_states[start : start + n, :, 0]
-            values[rows, :, s.cursor] = value_states[start : start + n, :, 0]
-            start += n
-        return keys, values  # the whole buffers: `attend` takes each group's window
+        return self.slots.write(self.index, key_states, value_states)
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return self.slots.cursor + 1 - min(self.slots.low), 0
@@ -238,6 +228,22 @@ class SlotCache(Cache):
         leave): the live counts and the windows follow."""
         self.live = [len(c) for c in cached]
         self.low = [self.cursor - max(c, default=0) for c in cached]
+
+    def write(
+        self, layer: int, key_states: torch.Tensor, value_states: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write one step's keys/values ([rows, kv_heads, 1, dim], batch order) at the
+        cursor; returns the layer's whole buffers (`attend` takes each group's window)."""
+        if key_states.shape[2] != 1 or key_states.shape[0] != sum(self.live):
+            raise RuntimeError("the slot cache decodes one token per live sequence per step")
+        keys, values = self.keys[layer], self.values[layer]
+        start = 0
+        for g in GROUPS:
+            rows, n = self.rows_of(g), self.live[g]
+            keys[rows, :, self.cursor] = key_states[start : start + n, :, 0]
+            values[rows, :, self.cursor] = value_states[start : start + n, :, 0]
+            start += n
+        return keys, values
 
     def begin_step(self, cached: Sequence[Sequence[int]]) -> None:
         """Set each group's window and padding mask for a step; `cached` lists the cached

@@ -336,3 +336,21 @@ def test_a_drained_batch_leaves_its_cache_to_the_next(tiny_model_dir: Path) -> N
     assert [k.data_ptr() for k in spare.keys] == buffers  # no new buffers
     fresh = HFEngine(EngineConfig(model_path=str(tiny_model_dir)))
     assert_same(again, fresh.generate_batch([small])[0])
+
+
+def test_lean_decode_step_matches_the_model_forward(tiny_model_dir: Path) -> None:
+    """The hf engine decodes Llama-layout models with a lean step (fast_decode.py): the same
+    tokens and log-probabilities as through the model's own forward; other layouts fall
+    back to the forward."""
+    from astro_core.engines.fast_decode import fast_decoder
+
+    lean = HFEngine(EngineConfig(model_path=str(tiny_model_dir)))
+    plain = HFEngine(EngineConfig(model_path=str(tiny_model_dir), fast_decode=False))
+    assert lean._fast is not None and plain._fast is None
+    request = GenerationRequest(
+        tuple(JOIN_PROMPTS), SamplingParams(n=2, max_tokens=24, seed=6, logprobs=True)
+    )
+    assert_same(lean.generate_batch([request])[0], plain.generate_batch([request])[0], 1e-5)
+    # A layer with one more part (say, Qwen3's query/key norms) is not the Llama layout.
+    plain.model.model.layers[0].self_attn.q_norm = torch.nn.Identity()
+    assert fast_decoder(plain.model) is None
