@@ -13,9 +13,10 @@ live in `[slots, kv_heads, width, head_dim]` buffers that are written in place:
   and a new sequence joins the side of the best short/long split (see `pick_group`);
 - a finished sequence is replaced by the last sequence of its group (one row copied), so
   each group's slots stay contiguous and attention reads plain views;
-- when the buffer runs out of slots or columns (or a new prompt is longer than the room
-  left of the cursor) everything is copied into a larger buffer ("relayout"); room is
-  doubled each time, so the copies cost O(1) per generated token.
+- when the buffer runs out of columns, the live window is moved back within it; when it
+  runs out of slots, or a new prompt is longer than the room left of the cursor, everything
+  is copied into a larger buffer; room is doubled each time, so the copies cost O(1) per
+  generated token.
 
 The model sees this through transformers' public seams: a `Cache` whose `update(keys,
 values, layer)` writes the new column, and an attention function registered as
@@ -182,7 +183,25 @@ class SlotCache(Cache):
         if needed > rows:
             rows = min(self.capacity, max(needed, _MIN_SLOTS, 2 * rows))
         cursor = left + left // 2  # headroom for longer prompts to come
-        width = cursor + max(cursor, _MIN_COLUMNS)  # as much room to the right as is used
+        if rows == self.slots and cursor + max(cursor // 2, _MIN_COLUMNS) <= self.width:
+            # Only out of columns: move the window within the buffers (no allocation).
+            self._shift(window, cursor)
+        else:
+            self._grow(rows, window, cursor, cursor + max(cursor, _MIN_COLUMNS))
+        self.low = [cursor - (self.cursor - low) for low in self.low]
+        self.cursor = cursor
+
+    def _shift(self, window: int, cursor: int) -> None:
+        """Move every live row's last `window` columns to end at column `cursor`."""
+        for buffer in (*self.keys, *self.values):
+            for g in GROUPS:
+                if window and self.live[g]:
+                    rows = self.rows_of(g)
+                    kept = buffer[rows, :, self.cursor - window : self.cursor].clone()
+                    buffer[rows, :, cursor - window : cursor] = kept
+
+    def _grow(self, rows: int, window: int, cursor: int, width: int) -> None:
+        """Larger buffers; every live row's last `window` columns end at column `cursor`."""
         shape = (rows, self.kv_heads, width, self.head_dim)
         moved: list[list[torch.Tensor]] = [[], []]
         for old_buffers, new_buffers in zip((self.keys, self.values), moved, strict=True):
@@ -199,8 +218,6 @@ class SlotCache(Cache):
                         ]
                 new_buffers.append(buffer)
         self.keys, self.values = moved
-        self.low = [cursor - (self.cursor - low) for low in self.low]
-        self.cursor = cursor
 
     def place(
         self,
