@@ -195,7 +195,7 @@ class _Sampler:
         except InvalidRequest as exc:
             for problem, request in zip(problems, requests, strict=True):
                 try:
-                    engine.check_request(request)
+                    engine.encode_request(request)  # raises InvalidRequest
                 except InvalidRequest as bad:
                     raise InvalidRequest(f"problem {problem.id}: {bad}") from bad
             raise exc
