@@ -125,6 +125,19 @@ def init_distributed(settings: DeepSpeedSettings) -> DistributedEnv:
     else:
         device = torch.device("cpu")
     deepspeed = import_deepspeed()
+    if len(own) == len(LAUNCHER_VARIABLES):
+        # A group of one needs no rendezvous: an in-memory store instead of a TCP port, which
+        # another process could take between choosing it and listening on it.
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group(
+                backend,
+                store=dist.HashStore(),
+                rank=0,
+                world_size=1,
+                timeout=timedelta(seconds=settings.timeout_seconds),
+            )
     with contextlib.redirect_stdout(sys.stderr):  # DeepSpeed prints its set-up to stdout
         deepspeed.init_distributed(
             dist_backend=backend,
