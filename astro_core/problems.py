@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,21 +49,28 @@ def problem_from_row(row: dict[str, Any], index: int, source: str = "") -> Probl
 def iter_problems(path: str | Path, limit: int | None = None) -> Iterator[Problem]:
     """Yield problems from a JSONL file; errors name the file and line."""
     path = Path(path)
-    count = 0
     with path.open(encoding="utf-8") as handle:
-        for index, line in enumerate(handle):
-            if limit is not None and count >= limit:
-                return
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{index + 1}: not valid JSON: {exc.msg}") from exc
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{index + 1}: expected a JSON object")
-            yield problem_from_row(row, index, str(path))
-            count += 1
+        yield from problems_from_lines(handle, str(path), limit)
+
+
+def problems_from_lines(
+    lines: Iterable[str], source: str, limit: int | None = None
+) -> Iterator[Problem]:
+    """Yield problems from JSONL lines; errors name `source` and the line."""
+    count = 0
+    for index, line in enumerate(lines):
+        if limit is not None and count >= limit:
+            return
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{source}:{index + 1}: not valid JSON: {exc.msg}") from exc
+        if not isinstance(row, dict):
+            raise ValueError(f"{source}:{index + 1}: expected a JSON object")
+        yield problem_from_row(row, index, source)
+        count += 1
 
 
 def load_problems(path: str | Path, limit: int | None = None) -> list[Problem]:

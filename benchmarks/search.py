@@ -34,7 +34,7 @@ from astro_core.engines import EngineConfig, load_engine
 from astro_core.models.tiny import ensure_tiny_model
 from astro_core.problems import load_problems
 from astro_core.prompts import problem_messages
-from astro_core.protocols import Completion, Generator
+from astro_core.protocols import Completion, FinishReason, Generator
 from astro_core.search import MCTS, MemoryTreeStore, SearchConfig, TreeSearch, load_search_config
 from astro_core.search.answers import final_answer
 from services.coordinator.redis_tree_store import RedisTreeStore
@@ -49,42 +49,53 @@ class OnePromptPerCall:
     def __init__(self, generator: Generator) -> None:
         self.generator = generator
 
-    def generate(self, prompts: Sequence[str], **kw: Any) -> list[Completion]:
+    def generate(
+        self, prompts: Sequence[str], *, max_tokens: int | Sequence[int] = 256, **kw: Any
+    ) -> list[Completion]:
+        budgets = [max_tokens] * len(prompts) if isinstance(max_tokens, int) else max_tokens
         out: list[Completion] = []
-        for index, prompt in enumerate(prompts):
-            out += [replace(c, prompt_index=index) for c in self.generator.generate([prompt], **kw)]
+        for index, (prompt, budget) in enumerate(zip(prompts, budgets, strict=True)):
+            completions = self.generator.generate([prompt], max_tokens=budget, **kw)
+            out += [replace(c, prompt_index=index) for c in completions]
         return out
 
 
 class SequentialMCTS(MCTS):
     """The peer's rollouts: a trajectory simulated step by step, one generate call (one prompt,
     one sample, stop at the step delimiter) per step, as llm-reasoners' and ReST-MCTS*'s
-    simulations call their policy."""
+    simulations call their policy. Each trajectory keeps to its own solution budget and ends
+    where the model ends it (EOS), at an answer, or at the depth limit."""
 
     def _rollouts(
-        self, trees: list[TreeSearch], prompts: list[str], budget: int
+        self, trees: list[TreeSearch], prompts: list[str], budgets: list[int]
     ) -> list[Completion]:
         cfg = self.config
         out: list[Completion] = []
-        for tree, prompt in zip(trees, prompts, strict=True):
+        for tree, prompt, budget in zip(trees, prompts, budgets, strict=True):
             depth_left = cfg.max_depth - (
                 prompt.count(cfg.step_delimiter) - tree.chat_prompt.count(cfg.step_delimiter)
             )
             for _ in range(cfg.rollouts):
                 text, tokens, steps = "", 0, 0
+                finish: FinishReason = "length"
                 while tokens < budget and steps < max(depth_left, 1):
                     [step] = self._generate(
                         [tree], [prompt + text], n=1, stop=[cfg.step_delimiter],
                         max_tokens=min(cfg.max_step_tokens, budget - tokens),
                     )  # fmt: skip
-                    # A step cut by the delimiter ends a step; one cut by length goes on.
-                    ended = step.finish_reason != "length"
-                    text += step.text + (cfg.step_delimiter if ended else "")
                     tokens += step.num_tokens
+                    if step.finish_reason == "eos":  # the model ended the solution
+                        text += step.text
+                        finish = "eos"
+                        break
+                    # A step cut by the delimiter ends a step; one cut by length goes on.
+                    ended = step.finish_reason == "stop_string"
+                    text += step.text + (cfg.step_delimiter if ended else "")
                     steps += int(ended)
                     if step.num_tokens == 0 or final_answer(step.text) is not None:
+                        finish = "eos"
                         break
-                out.append(Completion(len(out) // cfg.rollouts, text, tokens, "stop", ""))
+                out.append(Completion(len(out) // cfg.rollouts, text, tokens, finish, ""))
         return out
 
 

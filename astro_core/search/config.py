@@ -22,28 +22,42 @@ class SearchConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    c_puct: float = Field(2.0, ge=0, description="Exploration weight c in PUCT.")
+    c_puct: float = Field(
+        2.0, ge=0, allow_inf_nan=False, description="Exploration weight c in PUCT."
+    )
     k: int = Field(8, ge=1, le=64, description="Children sampled per expansion.")
     rollouts: int = Field(
         16, ge=1, le=128, description="M: rollouts to a final answer that value each new node."
     )
-    iterations: int = Field(32, ge=1, description="Selections (and backups) per tree.")
-    max_depth: int = Field(50, ge=1, description="A step at this depth is terminal.")
-    max_step_tokens: int = Field(256, ge=1, description="Token limit of one step.")
+    # Upper bounds keep a request from asking for endless work; they are far above any
+    # published setting (the paper's reimplementations: 32 iterations, depth 50).
+    iterations: int = Field(32, ge=1, le=10_000, description="Selections (and backups) per tree.")
+    max_depth: int = Field(50, ge=1, le=10_000, description="A step at this depth is terminal.")
+    max_step_tokens: int = Field(256, ge=1, le=131_072, description="Token limit of one step.")
     max_solution_tokens: int = Field(
-        4096, ge=1, description="Token limit of a whole solution; a step reaching it is terminal."
+        4096,
+        ge=1,
+        le=1_048_576,
+        description="Token limit of a whole solution; a step reaching it is terminal.",
     )
-    temperature: float = Field(0.7, ge=0, description="Sampling temperature (0 = greedy).")
+    temperature: float = Field(
+        0.7, ge=0, allow_inf_nan=False, description="Sampling temperature (0 = greedy)."
+    )
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass.")
-    seed: int | None = Field(0, description="Base sampling seed (null: nondeterministic).")
+    seed: int | None = Field(
+        0, ge=0, le=2**62, description="Base sampling seed (null: nondeterministic)."
+    )
     step_delimiter: str = Field(
         STEP_DELIMITER, min_length=1, description="Text that ends a step (a blank line)."
     )
     virtual_loss: float = Field(
-        1.0, ge=0, description="Losses a pending selection adds to each node on its path."
+        1.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="Losses a pending selection adds to each node on its path.",
     )
     parallel_selections: int = Field(
-        1, ge=1, le=64, description="Selections per tree per round, kept apart by virtual loss."
+        1, ge=1, le=64, description="Selections per tree per round, each at a distinct leaf."
     )
 
     @model_validator(mode="after")

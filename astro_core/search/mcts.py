@@ -5,19 +5,23 @@ followed by the step delimiter. One round of `MCTS.step(trees)` advances every t
 `parallel_selections` iterations and sends all trees' work through the same calls:
 
 1. select   - in each tree, walk down by PUCT  Q + c * P * sqrt(N(s)) / (1 + N(s,a))  to a
-              leaf; pending selections add virtual loss so the next one takes another path.
-2. expand   - ONE generate call for every selected leaf of every tree (n=k, stop=delimiter).
-              P(a|s) is the softmax of the k steps' log-probabilities (normalised over
-              siblings).
+              leaf; pending selections add virtual loss, and a leaf already selected this
+              round is closed to the next selections, so they end at distinct leaves.
+2. expand   - ONE generate call for every selected leaf of every tree (n=k, stop=delimiter,
+              each prompt's budget capped by what its solution has left). P(a|s) is the
+              softmax of the k steps' log-probabilities (normalised over siblings).
 3. value    - ONE generate call for every new non-terminal child (n=M) that runs each to the
-              end of a solution. Rollouts are kept as chains of `rollout` nodes.
+              end of a solution, each prompt with its own remaining solution budget.
+              Rollouts are kept as chains of `rollout` nodes.
 4. verify   - ONE verify_batch for every terminal met in 2 and 3 (reward 1 correct, 0 not).
               A child's rollout value is the mean of its M rollout scores.
-5. back up  - write the new nodes, then along each selected path (atomically in the store):
-              N += 1, Q(s) = (sum_children Q*N + own rollout value) / (sum_children N + 1).
+5. back up  - write the new nodes and, along each selected path, N += 1 and
+              Q(s) = (sum_children Q*N + own rollout value) / (sum_children N + 1): one atomic
+              commit per tree in the store.
 
-A step is terminal when it holds a final answer, sits at max_depth, or brings the solution
-to max_solution_tokens. A fresh root is valued by M rollouts in its first round, which also
+A step is terminal when it holds a final answer, ended with the model's end-of-sequence
+(the model considers the solution finished), sits at max_depth, or brings the solution to
+max_solution_tokens. A fresh root is valued by M rollouts in its first round, which also
 gives cloning a set of direct solutions. New children start with N=1 (their valuation).
 """
 
@@ -64,6 +68,7 @@ class TreeSearch:
     kids: dict[str, list[str]] = field(default_factory=dict)  # step children only
     child_count: dict[str, int] = field(default_factory=dict)  # all children (next index)
     pending: dict[str, int] = field(default_factory=dict)  # virtual loss per node this round
+    closed: set[str] = field(default_factory=set)  # this round: leaves taken, subtrees full
     generator_calls: int = 0
 
     def add(self, node: TreeNode, tokens: int) -> None:
@@ -105,8 +110,15 @@ class TreeSearch:
         q = node.q * node.visits / visits if extra and visits else node.q
         return q, visits
 
-    def select(self, config: SearchConfig) -> list[str]:
-        """Walk from the root by PUCT to a leaf (unexpanded or terminal); returns the path."""
+    def select(self, config: SearchConfig) -> list[str] | None:
+        """Walk from the root by PUCT to a leaf (unexpanded or terminal) that no earlier
+        selection of this round took; returns the path, or None when every leaf is taken.
+
+        Virtual loss alone cannot keep selections apart: when values are 0 a loss changes
+        no Q, and the same child keeps the best score. So a selected leaf is closed for the
+        rest of the round, and so is every node whose children are all closed."""
+        if ROOT_ID in self.closed:
+            return None
         path = [ROOT_ID]
         node = self.root
         while not node.terminal and self.kids.get(node.id):
@@ -114,17 +126,29 @@ class TreeSearch:
             best: TreeNode | None = None
             best_score = -math.inf
             for child_id in self.kids[node.id]:
+                if child_id in self.closed:
+                    continue
                 child = self.nodes[child_id]
                 q, visits = self._effective(child, config.virtual_loss)
                 score = puct(q, child.prior, parent_visits, visits, config.c_puct)
                 if score > best_score:  # ties keep the first child
                     best, best_score = child, score
-            assert best is not None
+            assert best is not None  # an open node has an open child
             node = best
             path.append(node.id)
         for node_id in path:
             self.pending[node_id] = self.pending.get(node_id, 0) + 1
+        self.closed.add(path[-1])
+        for node_id in reversed(path[:-1]):
+            if not all(kid in self.closed for kid in self.kids[node_id]):
+                break
+            self.closed.add(node_id)
         return path
+
+    def end_round(self) -> None:
+        """Forget this round's virtual losses and closed leaves."""
+        self.pending.clear()
+        self.closed.clear()
 
     def export(self, config: dict[str, Any], stats: dict[str, Any]) -> SearchTree:
         ordered = sorted(self.nodes.values(), key=lambda n: id_order(n.id))
@@ -224,33 +248,42 @@ class MCTS:
 
     def step(self, trees: Sequence[TreeSearch]) -> None:
         """Advance each unfinished tree by up to parallel_selections iterations."""
+        try:
+            self._round(trees)
+        finally:
+            for tree in trees:
+                tree.end_round()
+
+    def _round(self, trees: Sequence[TreeSearch]) -> None:
         cfg = self.config
         selections: list[tuple[TreeSearch, list[str]]] = []
         for tree in trees:
             budget = min(cfg.parallel_selections, cfg.iterations - tree.iterations_done)
-            chosen: set[str] = set()
             for _ in range(max(budget, 0)):
                 path = tree.select(cfg)
-                if path[-1] in chosen:  # virtual loss did not steer away: stop this tree
+                if path is None:  # every leaf is taken this round
                     break
-                chosen.add(path[-1])
                 selections.append((tree, path))
 
         to_expand = [(t, p) for t, p in selections if not t.nodes[p[-1]].terminal]
         new_nodes: dict[str, list[StoredNode]] = {}
         self._value(self._expand(to_expand), new_nodes)
 
-        # Nodes are written once valued, so a stored expansion is always a complete one.
-        for tree in trees:
-            if new_nodes.get(tree.key):
-                self.store.add_nodes(tree.key, new_nodes[tree.key])
-                self.counters.nodes_created += len(new_nodes[tree.key])
+        # Nodes are written once valued, together with the round's backups (one atomic
+        # commit per tree): a stored expansion is complete and its Q counts its children.
+        paths: dict[str, list[list[str]]] = {}
         for tree, path in selections:
-            for node_id, (visits, q) in self.store.backup(tree.key, path).items():
+            paths.setdefault(tree.key, []).append(path)
+        for tree in trees:
+            nodes = new_nodes.get(tree.key, [])
+            if not nodes and not paths.get(tree.key):
+                continue
+            for node_id, (visits, q) in self.store.commit(
+                tree.key, nodes, paths.get(tree.key, [])
+            ).items():
                 tree.nodes[node_id].visits = visits
                 tree.nodes[node_id].q = q
-        for tree in trees:
-            tree.pending.clear()
+            self.counters.nodes_created += len(nodes)
 
     def _generate(
         self, trees: Iterable[TreeSearch], prompts: list[str], **kw: Any
@@ -281,11 +314,17 @@ class MCTS:
             continuation_prompt(t.chat_prompt, t.steps(p[-1]), cfg.step_delimiter)
             for t, p in selections
         ]
+        # A step may not take the solution past max_solution_tokens (a non-terminal leaf
+        # always has at least one token left).
+        budgets = [
+            max(min(cfg.max_step_tokens, cfg.max_solution_tokens - t.path_tokens(p[-1])), 1)
+            for t, p in selections
+        ]
         completions = self._generate(
             [t for t, _ in selections],
             prompts,
             n=cfg.k,
-            max_tokens=cfg.max_step_tokens,
+            max_tokens=budgets,
             stop=[cfg.step_delimiter],
             logprobs=True,
         )
@@ -312,6 +351,7 @@ class MCTS:
                 )
                 node.terminal = (
                     answer is not None
+                    or completion.finish_reason == "eos"  # the model ended its solution
                     or node.depth >= cfg.max_depth
                     or base_tokens + tokens >= cfg.max_solution_tokens
                     or (not text and completion.finish_reason != "length")
@@ -335,9 +375,11 @@ class MCTS:
                 continuation_prompt(p.tree.chat_prompt, p.tree.steps(p.node.id), cfg.step_delimiter)
                 for p in rolling
             ]
-            # One budget for the call: the largest any of its prompts has left.
-            budget = max(cfg.max_solution_tokens - p.tree.path_tokens(p.node.id) for p in rolling)
-            completions = self._rollouts([p.tree for p in rolling], prompts, max(budget, 1))
+            # Each rollout gets what its own solution has left, in one batch.
+            budgets = [
+                max(cfg.max_solution_tokens - p.tree.path_tokens(p.node.id), 1) for p in rolling
+            ]
+            completions = self._rollouts([p.tree for p in rolling], prompts, budgets)
             for index, item in enumerate(rolling):
                 group = completions[index * cfg.rollouts : (index + 1) * cfg.rollouts]
                 for completion in group:
@@ -384,10 +426,11 @@ class MCTS:
             new_nodes[item.tree.key].extend(StoredNode(n) for n in chain)
 
     def _rollouts(
-        self, trees: list[TreeSearch], prompts: list[str], budget: int
+        self, trees: list[TreeSearch], prompts: list[str], budgets: list[int]
     ) -> list[Completion]:
-        """M completions of each prompt, each run to the end of a solution, in one call."""
-        return self._generate(trees, prompts, n=self.config.rollouts, max_tokens=budget)
+        """M completions of each prompt, each run to the end of a solution (the model's
+        end-of-sequence or the prompt's token budget), in one call."""
+        return self._generate(trees, prompts, n=self.config.rollouts, max_tokens=budgets)
 
     def _rollout_chain(self, item: _Pending, text: str) -> list[TreeNode]:
         """Split a rollout into steps, cut at the first final answer or at max_depth."""

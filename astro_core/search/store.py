@@ -3,8 +3,10 @@
 A store keeps, per tree key, a header (problem, gold, config, stats) and the nodes, each
 written as it is created. Visit counts and values change only through `backup`, which a
 store must apply atomically: two workers backing up through the same node never lose an
-update. The Redis implementation (services/coordinator/redis_tree_store.py) does this with
-one Lua script; this in-memory one with a lock.
+update. The search writes a round with `commit`: its new nodes and its backups together,
+so a process that dies mid-round leaves no expanded node whose Q ignores its children.
+The Redis implementation (services/coordinator/redis_tree_store.py) does this with Lua
+scripts in one MULTI/EXEC; this in-memory one with a lock.
 """
 
 from __future__ import annotations
@@ -67,6 +69,13 @@ class TreeStore(Protocol):
         (visits, q) of every node on the path."""
         ...
 
+    def commit(
+        self, key: str, nodes: Sequence[StoredNode], paths: Sequence[Sequence[str]]
+    ) -> dict[str, tuple[int, float]]:
+        """Atomically, one round: `add_nodes(nodes)`, then `backup` of each path in order.
+        Returns the final (visits, q) of every node on the paths."""
+        ...
+
     def load_nodes(self, key: str) -> list[StoredNode]:
         """Every node of the tree with its current visits and q, parents before children."""
         ...
@@ -99,24 +108,40 @@ class MemoryTreeStore:
 
     def add_nodes(self, key: str, nodes: Sequence[StoredNode]) -> None:
         with self._lock:
-            table, kids = self._nodes[key], self._kids[key]
-            for stored in nodes:
-                node = stored.node
-                table[node.id] = StoredNode(replace(node), stored.tokens)
-                if node.parent is not None and node.kind == "step":
-                    kids.setdefault(node.parent, []).append(node.id)
+            self._add(key, nodes)
 
     def backup(self, key: str, path: Sequence[str]) -> dict[str, tuple[int, float]]:
         with self._lock:
-            table, kids = self._nodes[key], self._kids[key]
+            return self._backup(key, path)
+
+    def commit(
+        self, key: str, nodes: Sequence[StoredNode], paths: Sequence[Sequence[str]]
+    ) -> dict[str, tuple[int, float]]:
+        with self._lock:
+            self._add(key, nodes)
             result: dict[str, tuple[int, float]] = {}
-            for node_id in reversed(path):
-                node = table[node_id].node
-                node.visits += 1
-                children = [(table[c].node.q, table[c].node.visits) for c in kids.get(node_id, [])]
-                node.q = backed_up_q(children, node.rollout_value)
-                result[node_id] = (node.visits, node.q)
+            for path in paths:
+                result.update(self._backup(key, path))
             return result
+
+    def _add(self, key: str, nodes: Sequence[StoredNode]) -> None:
+        table, kids = self._nodes[key], self._kids[key]
+        for stored in nodes:
+            node = stored.node
+            table[node.id] = StoredNode(replace(node), stored.tokens)
+            if node.parent is not None and node.kind == "step":
+                kids.setdefault(node.parent, []).append(node.id)
+
+    def _backup(self, key: str, path: Sequence[str]) -> dict[str, tuple[int, float]]:
+        table, kids = self._nodes[key], self._kids[key]
+        result: dict[str, tuple[int, float]] = {}
+        for node_id in reversed(path):
+            node = table[node_id].node
+            node.visits += 1
+            children = [(table[c].node.q, table[c].node.visits) for c in kids.get(node_id, [])]
+            node.q = backed_up_q(children, node.rollout_value)
+            result[node_id] = (node.visits, node.q)
+        return result
 
     def load_nodes(self, key: str) -> list[StoredNode]:
         with self._lock:

@@ -6,7 +6,7 @@ Keys (all under `astro:search:`):
                                  client_request_id, created_unix, finished_unix, message
     job:{sid}:problems   list    the problems as JSON, in order; task i is problems[i]
     job:{sid}:done       set     indices of finished problems (added once, atomically)
-    job:{sid}:counters   hash    problems_done, solved, generator_calls
+    job:{sid}:counters   hash    problems_done, solved, generator_calls, setup_failures
     job:{sid}:finished_by hash   index -> the replica (stream consumer) that finished it
     idem:{request id}    string  the search id a client request id started
     tasks                stream  one entry {sid, index} per problem; consumer group
@@ -190,6 +190,10 @@ class JobStore:
 
     def is_done(self, sid: str, index: int) -> bool:
         return bool(self.client.sismember(job_key(sid, "done"), str(index)))
+
+    def count_setup_failure(self, sid: str) -> int:
+        """Count one failed setup of the search (over all replicas); returns the count."""
+        return int(self.client.hincrby(job_key(sid, "counters"), "setup_failures", 1))  # type: ignore[arg-type]
 
     def add_generator_calls(self, sid: str, calls: int) -> None:
         if calls:

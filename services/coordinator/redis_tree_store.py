@@ -10,7 +10,9 @@ Per tree (key K), under `astro:search:tree:K:`:
     kids   hash   node id -> comma-separated ids of its step children
 
 Adding nodes and backing up a path are each one Lua script, so they run atomically in
-Redis: concurrent backups through the same node never lose a visit or a value.
+Redis: concurrent backups through the same node never lose a visit or a value. A round's
+`commit` runs both scripts in one MULTI/EXEC: its nodes and backups land together or not
+at all.
 """
 
 from __future__ import annotations
@@ -150,17 +152,30 @@ class RedisTreeStore:
         )
 
     def add_nodes(self, key: str, nodes: Sequence[StoredNode]) -> None:
-        args = [arg for stored in nodes for arg in _node_args(stored)]
-        if args:
-            keys = [self._key(key, p) for p in ("node", "n", "q", "rv", "kids")]
-            self._add(keys=keys, args=args)
+        self.commit(key, nodes, [])
 
     def backup(self, key: str, path: Sequence[str]) -> dict[str, tuple[int, float]]:
-        keys = [self._key(key, p) for p in ("n", "q", "rv", "kids")]
-        flat = self._backup(keys=keys, args=list(path))
-        return {
-            str(flat[i]): (int(flat[i + 1]), float(flat[i + 2])) for i in range(0, len(flat), 3)
-        }
+        return self.commit(key, [], [path])
+
+    def commit(
+        self, key: str, nodes: Sequence[StoredNode], paths: Sequence[Sequence[str]]
+    ) -> dict[str, tuple[int, float]]:
+        args = [arg for stored in nodes for arg in _node_args(stored)]
+        if not args and not paths:
+            return {}
+        pipe = self.client.pipeline(transaction=True)
+        if args:
+            keys = [self._key(key, p) for p in ("node", "n", "q", "rv", "kids")]
+            self._add(keys=keys, args=args, client=pipe)
+        backup_keys = [self._key(key, p) for p in ("n", "q", "rv", "kids")]
+        for path in paths:
+            self._backup(keys=backup_keys, args=list(path), client=pipe)
+        replies = pipe.execute()
+        result: dict[str, tuple[int, float]] = {}
+        for flat in replies[1 if args else 0 :]:
+            for i in range(0, len(flat), 3):
+                result[str(flat[i])] = (int(flat[i + 1]), float(flat[i + 2]))
+        return result
 
     def load_nodes(self, key: str) -> list[StoredNode]:
         pipe = self.client.pipeline(transaction=True)

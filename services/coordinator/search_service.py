@@ -10,10 +10,13 @@ import grpc
 import yaml
 
 from astro_core.config import ConfigError
-from astro_core.problems import Problem, load_problems
+from astro_core.paths import data_dir as astro_data_dir
+from astro_core.problems import Problem
 from astro_core.search.config import SearchConfig, load_search_config
 from services.coordinator.convert import status_to_progress, status_to_proto, tree_to_proto
+from services.coordinator.datasets import DatasetAccess, DatasetError
 from services.coordinator.jobs import FINAL_STATES, JobStore
+from services.coordinator.settings import CoordinatorSettings
 from services.protos.astro.v1 import common_pb2, search_pb2, search_pb2_grpc
 
 
@@ -37,19 +40,21 @@ def parse_config(request: search_pb2.StartSearchRequest, default_preset: str) ->
         raise InvalidSearch(f"{field}: {exc}") from exc
 
 
-def parse_problems(request: search_pb2.StartSearchRequest) -> list[Problem]:
+def parse_problems(
+    request: search_pb2.StartSearchRequest, datasets: DatasetAccess, max_problems: int
+) -> list[Problem]:
     if request.limit < 0:
         raise InvalidSearch(f"limit: must be >= 0, got {request.limit}")
     limit = request.limit or None
     if request.problems and request.dataset_path:
         raise InvalidSearch("problems: give problems inline or a dataset_path, not both")
     if request.dataset_path:
+        # one more than allowed is enough to know the dataset is too large
+        take = min(limit or max_problems + 1, max_problems + 1)
         try:
-            problems = load_problems(request.dataset_path, limit)
-        except FileNotFoundError as exc:
-            raise InvalidSearch(f"dataset_path: file not found: {request.dataset_path}") from exc
-        except (OSError, ValueError) as exc:
-            raise InvalidSearch(f"dataset_path: {exc}") from exc
+            problems = datasets.problems(request.dataset_path, take)
+        except DatasetError as exc:
+            raise InvalidSearch(str(exc)) from exc
     else:
         problems = []
         for index, given in enumerate(request.problems[:limit]):
@@ -62,13 +67,29 @@ def parse_problems(request: search_pb2.StartSearchRequest) -> list[Problem]:
             )
     if not problems:
         raise InvalidSearch("problems: no problems given (inline or through dataset_path)")
+    if len(problems) > max_problems:
+        raise InvalidSearch(
+            f"problems: more than max_problems ({max_problems}) in one search; "
+            "use limit or split the search"
+        )
     return problems
 
 
 class SearchCoordinatorServicer(search_pb2_grpc.SearchCoordinatorServicer):  # type: ignore[misc]
-    def __init__(self, jobs: JobStore, default_preset: str, watch_interval: float = 0.5) -> None:
+    def __init__(
+        self,
+        jobs: JobStore,
+        settings: CoordinatorSettings,
+        data_dir: str | None = None,
+        watch_interval: float = 0.5,
+    ) -> None:
         self.jobs = jobs
-        self.default_preset = default_preset
+        self.default_preset = settings.default_preset
+        self.max_problems = settings.max_problems
+        roots = settings.dataset_roots
+        if roots is None:  # the service's data directory
+            roots = [data_dir or str(astro_data_dir())]
+        self.datasets = DatasetAccess.of(roots, settings.max_dataset_bytes)
         self.watch_interval = watch_interval
 
     async def _known(self, sid: str, context: grpc.aio.ServicerContext) -> None:
@@ -82,7 +103,9 @@ class SearchCoordinatorServicer(search_pb2_grpc.SearchCoordinatorServicer):  # t
     ) -> search_pb2.StartSearchResponse:
         try:
             config = parse_config(request, self.default_preset)
-            problems = await asyncio.to_thread(parse_problems, request)
+            problems = await asyncio.to_thread(
+                parse_problems, request, self.datasets, self.max_problems
+            )
         except InvalidSearch as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         model = {

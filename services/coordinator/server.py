@@ -33,7 +33,7 @@ async def register(runtime: ServiceRuntime, backends: Backends | None = None) ->
     jobs = JobStore(handle.new_client())
     jobs.ensure_group()
     search_pb2_grpc.add_SearchCoordinatorServicer_to_server(
-        SearchCoordinatorServicer(jobs, settings.default_preset), runtime.server
+        SearchCoordinatorServicer(jobs, settings, runtime.config.data_dir), runtime.server
     )
     if settings.worker:
         if backends is None:

@@ -26,6 +26,24 @@ class CoordinatorSettings(BaseModel):
     generate_timeout_seconds: float = Field(
         600.0, gt=0, description="Deadline of one Generate / VerifyBatch call."
     )
+    dataset_roots: list[str] | None = Field(
+        None,
+        description="Folders a StartSearch dataset_path may name (after resolving symlinks); "
+        "a relative path is taken from the first. Null: the service's data directory; []: "
+        "inline problems only. Add benchmark folders (e.g. a mounted /data) here.",
+    )
+    max_dataset_bytes: int = Field(
+        64 * 1024 * 1024, ge=1, description="Largest dataset file StartSearch reads."
+    )
+    max_problems: int = Field(
+        100_000, ge=1, description="Most problems one search holds (inline or from a dataset)."
+    )
+    setup_retries: int = Field(
+        3,
+        ge=0,
+        description="Times a search whose setup (model load, chat template) fails with a "
+        "retryable error (UNAVAILABLE, a timeout) is retried before it fails.",
+    )
     backends: str | None = Field(
         None,
         description="'module:function' returning Backends (generator, verifier, template) "

@@ -5,6 +5,11 @@ replicas first), drops trees it no longer owns or whose search ended, advances t
 each search with one batched MCTS round, and finishes trees that ran all their iterations:
 problem marked done once (atomically), task acknowledged. A heartbeat thread keeps the
 tasks it holds from looking idle while a long round runs.
+
+Failures end searches instead of looping: an error that retrying cannot fix (an unknown
+model, a refused credential, a bad request) fails the search at once with its message; a
+transient one (the generator unreachable, a timeout) is retried a bounded number of times,
+then fails the search. Either way the other searches of the replica go on.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
+
 from astro_core.prompts import ChatTemplate
 from astro_core.protocols import Generator, Verifier
 from astro_core.search.mcts import MCTS, TreeSearch
@@ -27,7 +34,38 @@ from services.coordinator.settings import CoordinatorSettings
 
 log = logging.getLogger("astro.coordinator.worker")
 
-MAX_FAILURES = 3
+MAX_FAILURES = 3  # rounds of one search that may fail in a row (transient errors) before it fails
+
+# gRPC codes that retrying may cure; any other code is the request's or the setup's fault.
+RETRYABLE_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether trying again later may succeed: transient gRPC codes and unexpected errors,
+    not NOT_FOUND / INVALID_ARGUMENT / UNAUTHENTICATED / PERMISSION_DENIED / ... nor a request
+    the engine refuses (InvalidRequest) or a bad config (ValueError)."""
+    if isinstance(exc, grpc.RpcError):
+        code = exc.code() if callable(getattr(exc, "code", None)) else None
+        return code in RETRYABLE_CODES
+    return not isinstance(exc, ValueError)
+
+
+def describe(exc: BaseException) -> str:
+    """One line for a search's message: `CODE: details` for gRPC errors."""
+    if isinstance(exc, grpc.RpcError) and callable(getattr(exc, "code", None)):
+        details = exc.details() if callable(getattr(exc, "details", None)) else ""
+        return f"{exc.code().name}: {details}"
+    return f"{type(exc).__name__}: {exc}"
 
 
 @dataclass
@@ -141,6 +179,7 @@ class SearchWorker:
         free = self.settings.max_active_trees - len(self.active)
         block = None if self.active else int(self.settings.poll_seconds * 1000)
         reclaim_ms = int(self.settings.reclaim_idle_seconds * 1000)
+        failed_now: set[str] = set()  # searches whose setup failed in this claim
         for task in self.jobs.claim(self.consumer, free, reclaim_ms, block):
             if task.entry_id in self.active:
                 continue
@@ -149,11 +188,37 @@ class SearchWorker:
             ):
                 self.jobs.ack([task.entry_id])
                 continue
-            driver = self._driver(task.search_id)
-            problem = self.jobs.problem(task.search_id, task.index)
-            tree = driver.open_tree(problem, tree_key(task.search_id, task.index))
+            if task.search_id in failed_now:
+                continue  # left pending: reclaimed, or acknowledged once the search ended
+            try:
+                driver = self._driver(task.search_id)
+                problem = self.jobs.problem(task.search_id, task.index)
+                tree = driver.open_tree(problem, tree_key(task.search_id, task.index))
+            except Exception as exc:
+                failed_now.add(task.search_id)
+                self._setup_failed(task, exc)
+                continue
             with self._lock:
                 self.active[task.entry_id] = _Active(task, tree)
+
+    def _setup_failed(self, task: Task, exc: Exception) -> None:
+        """A search that cannot start fails now, or after `setup_retries` transient errors
+        (each retry waits for the task to be reclaimed: reclaim_idle_seconds)."""
+        sid, reason = task.search_id, describe(exc)
+        if is_retryable(exc):
+            tries = self.jobs.count_setup_failure(sid)
+            if tries <= self.settings.setup_retries:
+                log.warning(
+                    "search setup failed; will retry",
+                    extra={"search_id": sid, "error": reason, "tries": tries},
+                )
+                return  # the task stays pending and is reclaimed after reclaim_idle_seconds
+            message = f"search setup failed {tries} times: {reason}"
+        else:
+            message = f"search setup failed: {reason}"
+        log.error("search failed", extra={"search_id": sid, "error": message})
+        self.jobs.end(sid, "failed", message)
+        self.jobs.ack([task.entry_id])
 
     def _driver(self, sid: str) -> MCTS:
         if sid not in self.drivers:
@@ -196,16 +261,23 @@ class SearchWorker:
 
     def _round_failed(self, sid: str, items: list[_Active], exc: Exception) -> None:
         """Forget the trees (their memory may be ahead of Redis); their tasks go idle and
-        are reclaimed from the stored trees. After repeated failures the search fails."""
-        log.error("search round failed", extra={"search_id": sid, "error": str(exc)})
+        are reclaimed from the stored trees. An error retrying cannot cure fails the search
+        at once; transient ones do after MAX_FAILURES rounds in a row."""
+        reason = describe(exc)
+        log.error("search round failed", extra={"search_id": sid, "error": reason})
         for item in items:
             self._forget(item.task.entry_id)
         self.drivers.pop(sid, None)
         self.failures[sid] = self.failures.get(sid, 0) + 1
-        if self.failures[sid] >= MAX_FAILURES:
-            self.jobs.end(sid, "failed", f"search round failed {MAX_FAILURES} times: {exc}")
-            self.jobs.ack([i.task.entry_id for i in items])
-            self.failures.pop(sid)
+        if not is_retryable(exc):
+            message = f"search round failed: {reason}"
+        elif self.failures[sid] >= MAX_FAILURES:
+            message = f"search round failed {MAX_FAILURES} times: {reason}"
+        else:
+            return
+        self.jobs.end(sid, "failed", message)
+        self.jobs.ack([i.task.entry_id for i in items])
+        self.failures.pop(sid)
 
     def _forget(self, entry_id: str) -> None:
         with self._lock:

@@ -3,10 +3,14 @@ services on loopback, MATH-500 problems in, schema-valid trees out."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import queue
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,11 +25,13 @@ NODE_FIELDS = {
 }  # fmt: skip
 
 
-def astro(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+def astro(
+    *args: str, timeout: float = 240, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "astro_cli.main", *args],
         cwd=REPO,
-        env=dict(os.environ),
+        env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -145,26 +151,197 @@ def test_astro_search_in_process_writes_schema_valid_trees(
         (["--preset", "huge"], "--preset"),
         (["--limit", "0"], "--limit"),
         (["--config", "BAD"], " k: "),
-        (["--problems", "/no/such.jsonl"], "--problems"),
+        (["--problems", "/no/such.jsonl"], "--problems: no file at /no/such.jsonl"),
+        (["--problems", "."], "--problems: no file at . (a folder)"),
+        (["--problems", "/dev/zero"], "--problems: no file at /dev/zero"),
+        (["--problems", "NOT_UTF8"], "--problems: "),
+        (["--model", "/nonexistent"], "--model: no model directory at /nonexistent"),
+        (["--model", "EMPTY_DIR"], "is not a Hugging Face model (no config.json)"),
+        (["--model", "ghost"], "a registered checkpoint needs --coordinator"),
+        (["--out", "/nonexistent/dir/o.jsonl"], "--out: folder /nonexistent/dir does not exist"),
+        (["--out", "TMP"], "is a folder; name a file in it"),
     ],
 )
 def test_astro_search_bad_input_fails_in_one_line(
     tmp_path: Path, args: list[str], message: str
 ) -> None:
+    """Each bad input: one line on stderr, a non-zero exit, and nothing written or created
+    (regressions: tracebacks for a folder or a missing or empty model directory; --out
+    created the missing folders)."""
     problems = tmp_path / "p.jsonl"
     problems.write_text(json.dumps({"problem": "1+1?", "answer": "2"}) + "\n")
     bad = tmp_path / "bad.yaml"
     bad.write_text("k: 0\n")
-    full = ["search", "--problems", str(problems), "--out", str(tmp_path / "t.jsonl")]
-    for index, arg in enumerate(args):
-        if arg == "BAD":
-            args[index] = str(bad)
+    (tmp_path / "emptydir").mkdir()
+    (tmp_path / "latin1.jsonl").write_bytes(b'{"problem": "caf\xe9?", "answer": "1"}\n')
+    places = {"BAD": str(bad), "EMPTY_DIR": str(tmp_path / "emptydir"), "TMP": str(tmp_path),
+              "NOT_UTF8": str(tmp_path / "latin1.jsonl")}  # fmt: skip
+    out = tmp_path / "t.jsonl"
+    full = ["search", "--problems", str(problems), "--out", str(out)]
+    args = [places.get(arg, arg) for arg in args]
     for name, value in zip(args[::2], args[1::2], strict=True):
         if name in full:
             full[full.index(name) + 1] = value
         else:
             full += [name, value]
+    before = sorted(tmp_path.rglob("*"))
     result = astro(*full, timeout=60)
-    assert result.returncode != 0
+    assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], lines
+    assert sorted(tmp_path.rglob("*")) == before and not Path("/nonexistent").exists()
+
+
+def coordinator_with(backends: object, redis_url: str) -> object:
+    from functools import partial
+
+    from services.coordinator.server import register
+    from services.runtime.config import ServiceConfig
+    from services.testing import ServiceThread
+
+    config = ServiceConfig(
+        port=0,
+        metrics_port=None,
+        redis_url=redis_url,
+        grace_seconds=1,
+        settings={"poll_seconds": 0.05, "default_preset": "tiny"},
+    )
+    return ServiceThread("coordinator", partial(register, backends=backends), config)
+
+
+def test_astro_search_status_and_cancel(tmp_path: Path) -> None:
+    """`astro search status|cancel ID` reach --coordinator, or the one `astro up` recorded."""
+    from services.coordinator.client import SearchClient
+    from services.coordinator.worker import Backends
+    from services.runtime.redis_store import connect_redis
+    from tests.search.fakes import (
+        TEMPLATE,
+        ExactVerifier,
+        SlowGenerator,
+        endless_policy,
+        problem_list,
+    )
+
+    # a search that runs until cancelled: every round generates, 0.1 s a call
+    slow = SlowGenerator(endless_policy(), 0.1)
+    backends = Backends(slow, ExactVerifier(), lambda: TEMPLATE)
+    with (
+        connect_redis(None, tmp_path / "redis") as redis,
+        coordinator_with(backends, redis.url) as svc,  # type: ignore[attr-defined]
+        SearchClient(svc.address) as client,
+    ):
+        long = "iterations: 1000\nmax_depth: 1000\nmax_solution_tokens: 100000"
+        running = client.start(problem_list(2), config_yaml=long)
+        quick = client.start(problem_list(1), config_yaml="iterations: 1")
+        shown = astro("search", "status", running, "--coordinator", svc.address, timeout=60)
+        assert shown.returncode == 0, shown.stderr
+        assert f"search       {running}" in shown.stdout
+        assert "state        running" in shown.stdout and "/2 done" in shown.stdout
+        # no --coordinator: the address `astro up` recorded in its data directory
+        home = tmp_path / "astro-home"
+        home.mkdir()
+        up = {"pid": 1, "services": {"coordinator": {"address": svc.address}}}
+        (home / "up.json").write_text(json.dumps(up))
+        env = {"ASTRO_DATA_DIR": str(home)}
+        stopped = astro("search", "cancel", running, env=env, timeout=60)
+        assert stopped.returncode == 0, stopped.stderr
+        assert stopped.stdout.startswith(f"search {running} cancelled (")
+        assert client.status(running).state == "cancelled"
+        shown = astro("search", "status", running, env=env, timeout=60)
+        assert "state        cancelled" in shown.stdout and "message      cancelled" in shown.stdout
+        while client.status(quick).state == "running":
+            time.sleep(0.05)
+        late = astro("search", "cancel", quick, env=env, timeout=60)
+        assert late.returncode == 1
+        assert (
+            late.stderr.strip() == f"error: search {quick} had already succeeded; nothing to cancel"
+        )
+        assert client.status(quick).state == "succeeded"
+        unknown = astro("search", "status", "nope", env=env, timeout=60)
+        assert unknown.returncode == 1
+        assert unknown.stderr.strip() == (
+            f"error: coordinator at {svc.address}: NOT_FOUND: search_id: no search 'nope'"
+        )
+
+
+def test_astro_search_prints_why_a_search_failed(tmp_path: Path) -> None:
+    """Regression: a search whose model the generator cannot load left `astro search`
+    waiting silently for minutes; it now ends at once with the coordinator's reason."""
+    import grpc
+
+    from services.coordinator.worker import Backends
+    from services.runtime.redis_store import connect_redis
+    from tests.search.fakes import TEMPLATE, ExactVerifier, RpcFailure, ScriptedGenerator
+
+    def load_model(ref: dict[str, object]) -> None:
+        raise RpcFailure(grpc.StatusCode.NOT_FOUND, f"no registered checkpoint {ref['name']}")
+
+    generator = ScriptedGenerator(lambda s: [("a", -1.0)], lambda s: ["\\boxed{1}"])
+    backends = Backends(generator, ExactVerifier(), lambda: TEMPLATE, load_model=load_model)
+    problems = tmp_path / "p.jsonl"
+    problems.write_text(json.dumps({"problem": "1+1?", "answer": "2"}) + "\n")
+    out = tmp_path / "t.jsonl"
+    with (
+        connect_redis(None, tmp_path / "redis") as redis,
+        coordinator_with(backends, redis.url) as svc,  # type: ignore[attr-defined]
+    ):
+        started = time.monotonic()
+        result = astro(
+            "search", "--problems", str(problems), "--out", str(out), "--model", "ghost",
+            "--coordinator", svc.address, timeout=60,
+        )  # fmt: skip
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: search ") and last.endswith(
+        " ended failed: search setup failed: NOT_FOUND: no registered checkpoint ghost"
+    )
+    assert time.monotonic() - started < 30 and not out.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_in_process_search_stops_everything_it_started(
+    tmp_path: Path, shared_data: Path, tiny_model_dir: Path, sig: signal.Signals
+) -> None:
+    """Ctrl-C or SIGTERM in the middle of an in-process `astro search`: it cancels, exits 130,
+    writes nothing, and every process it started (verifier workers, embedded Redis) ends."""
+    import psutil
+
+    config = tmp_path / "search.yaml"
+    config.write_text("iterations: 200\nk: 4\nrollouts: 4\n")  # runs far longer than the test
+    out = tmp_path / "trees.jsonl"
+    command = [
+        sys.executable, "-m", "astro_cli.main", "search",
+        "--problems", str(shared_data / "math500.jsonl"), "--limit", "2",
+        "--model", str(tiny_model_dir), "--config", str(config), "--out", str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "ASTRO_DATA_DIR": str(tmp_path / "home")}
+    search = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(x) for x in search.stderr], daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        deadline = time.monotonic() + 120
+        seen: list[str] = []
+        while not any(" started on " in line for line in seen):
+            assert time.monotonic() < deadline and search.poll() is None, seen
+            with contextlib.suppress(queue.Empty):
+                seen.append(lines.get(timeout=0.5))
+        time.sleep(2.0)  # mid-search
+        children = psutil.Process(search.pid).children(recursive=True)
+        assert children, "the verifier pool's workers should be running"
+        search.send_signal(sig)
+        assert search.wait(60) == 130
+    finally:
+        if search.poll() is None:
+            search.kill()
+            search.wait()
+    reader.join(5)
+    while not lines.empty():
+        seen.append(lines.get())
+    assert seen[-1].startswith("error: interrupted; search "), seen
+    _, alive = psutil.wait_procs(children, timeout=20)
+    assert not alive, [p.cmdline() for p in alive]
+    assert not out.exists()

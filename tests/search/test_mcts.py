@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +16,14 @@ from astro_core.search import MCTS, MemoryTreeStore, SearchConfig, TreeSearch
 from astro_core.search.config import load_search_config
 from astro_core.search.mcts import sibling_priors
 from astro_core.trees import SearchTree, TreeNode
-from tests.search.fakes import TEMPLATE, ExactVerifier, ScriptedGenerator, Steps, steps_of
+from tests.search.fakes import (
+    TEMPLATE,
+    Choice,
+    ExactVerifier,
+    ScriptedGenerator,
+    Steps,
+    steps_of,
+)
 
 PROBLEM = Problem(id="p1", problem="What is 1?", answer="1")
 
@@ -64,14 +72,26 @@ def test_puct_picks_expected_child() -> None:
     tree.add(TreeNode("0.1", "0", 1, "B", prior=0.8, visits=1, q=0.3), 1)
     # c=2: A 0.5 + 2*0.2*sqrt(10)/5 = 0.753, B 0.3 + 2*0.8*sqrt(10)/2 = 2.83
     assert tree.select(config(c_puct=2.0)) == ["0", "0.1"]
-    tree.pending.clear()
+    tree.end_round()
     # c=0.1: A 0.5126, B 0.4265 -> exploitation wins
     assert tree.select(config(c_puct=0.1)) == ["0", "0.0"]
-    tree.pending.clear()
-    # c=0: pure Q; a pending selection through A counts as a loss and steers the next to B
+    tree.end_round()
+    # c=0: pure Q. Give A two children so that one selection does not close it: a pending
+    # selection through A counts as a loss and steers the next one to B ...
+    tree.add(TreeNode("0.0.0", "0.0", 2, "A1", prior=0.5, visits=2, q=0.5), 1)
+    tree.add(TreeNode("0.0.1", "0.0", 2, "A2", prior=0.5, visits=2, q=0.5), 1)
     cfg = config(c_puct=0.0, virtual_loss=4.0)
-    assert tree.select(cfg) == ["0", "0.0"]
+    assert tree.select(cfg) == ["0", "0.0", "0.0.0"]
     assert tree.select(cfg) == ["0", "0.1"]  # A: 0.5*4/(4+4) = 0.25 < 0.3
+    tree.end_round()
+    # ... without virtual loss it goes down A again, to the leaf not taken yet
+    cfg = config(c_puct=0.0, virtual_loss=0.0)
+    assert tree.select(cfg) == ["0", "0.0", "0.0.0"]
+    assert tree.select(cfg) == ["0", "0.0", "0.0.1"]
+    assert tree.select(cfg) == ["0", "0.1"]
+    assert tree.select(cfg) is None  # every leaf is taken this round
+    tree.end_round()
+    assert tree.select(cfg) == ["0", "0.0", "0.0.0"]
 
 
 def test_priors_are_softmax_of_step_logprobs() -> None:
@@ -231,3 +251,88 @@ def test_real_engine_gets_every_trees_prompts_in_each_call(tiny_model_dir: Path)
     for tree in trees:
         tree.validate()
         assert tree.stats["iterations"] == 2
+
+
+def test_each_prompt_gets_the_budget_its_own_solution_has_left() -> None:
+    """Regression: a call's prompts once all got the largest budget any of them had left,
+    so rollouts from long prefixes ran past max_solution_tokens."""
+
+    def expand(steps: Steps) -> list[tuple[str, float]]:
+        return [("short", -1.0), ("long one", -1.0)] if not steps else [("more", -1.0)]
+
+    lengths = {"short": 2, "long one": 6, "more": 3}
+    gen = ScriptedGenerator(
+        expand, lambda steps: ["r \\boxed{1}"], tokens_of=lambda text: lengths.get(text, 100)
+    )
+    cfg = config(k=2, iterations=3, max_step_tokens=8, max_solution_tokens=10)
+    tree, _ = run_one(cfg, gen)
+    rollout_calls = [call for call in gen.calls if not call.stop]
+    expand_calls = [call for call in gen.calls if call.stop]
+    # round 1: the root, then its two children valued in one call: 10, 10-2, 10-6
+    assert expand_calls[0].budgets == (8,)
+    assert rollout_calls[0].budgets == (10, 8, 4)
+    # round 2 expands "short" (2 tokens used): a step may take min(8, 10 - 2)
+    assert expand_calls[1].budgets == (8,)
+    # round 3 expands "long one" (6 used): only 4 tokens are left for its step
+    assert steps_of(expand_calls[2].prompts[0]) == ("long one",)
+    assert expand_calls[2].budgets == (4,)
+    for call in gen.calls:  # the rollouts' 100 tokens were cut at each prompt's budget
+        for prompt, budget in zip(call.prompts, call.budgets, strict=True):
+            used = sum(lengths[s] for s in steps_of(prompt))
+            assert used + budget <= cfg.max_solution_tokens
+    assert tree.stats["iterations"] == 3
+
+
+def test_a_step_that_ends_with_eos_is_terminal_and_clones() -> None:
+    """Regression: a step the model ended (EOS) was extended as if it stopped at the step
+    delimiter. It is terminal: no rollouts, never expanded; without a stated answer it is
+    valued 0, exported with answer and correct null, and cloning passes it over."""
+    from astro_core.cloning import CloningConfig, clone_trees
+
+    def expand(steps: Steps) -> list[Choice]:
+        if not steps:
+            return [("I am done.", -0.5, "eos"), ("Guess 2.", -1.0)]
+        return [("So \\boxed{2}.", -1.0, "eos")]
+
+    gen = ScriptedGenerator(expand, lambda steps: ["\\boxed{1}"])
+    tree, _ = run_one(config(k=2, iterations=2), gen)
+    nodes, children = tree.by_id(), tree.children()
+    done, guess = nodes["0.0"], nodes["0.1"]
+    assert done.text == "I am done." and done.terminal
+    assert (done.answer, done.correct, done.rollout_value, done.q) == (None, None, 0.0, 0.0)
+    assert children[done.id] == []  # neither rolled out nor expanded
+    assert not any(steps_of(p)[:1] == ("I am done.",) for c in gen.calls for p in c.prompts)
+    assert not guess.terminal and guess.rollout_value == 1.0
+    wrong = [n for n in children[guess.id] if n.kind == "step"]
+    assert [(n.terminal, n.answer, n.correct) for n in wrong] == [(True, "2", False)] * 2
+    assert all(children[n.id] == [] for n in wrong)  # EOS with an answer: verified, no rollouts
+    result = clone_trees([tree], CloningConfig(self_eval=False))
+    assert result.summary["trees_traced"] == 1
+    for record in result.records:
+        assert "I am done." not in json.dumps(record.messages)
+
+
+def test_parallel_selections_take_distinct_leaves_when_values_are_all_zero() -> None:
+    """Regression: with every value 0 virtual loss changed no score, so the second selection
+    of a round took the first one's leaf and the tree needed an extra round."""
+
+    def expand(steps: Steps) -> list[tuple[str, float]]:
+        return [(f"a{len(steps)}", -1.0), (f"b{len(steps)}", -2.0)]
+
+    gen = ScriptedGenerator(expand, lambda steps: ["no answer here"])
+    tree, _ = run_one(config(k=2, iterations=3, parallel_selections=2), gen)
+    expands = [call for call in gen.calls if call.stop]
+    # round 1: the fresh root is the only leaf; round 2: both of its children at once
+    assert [sorted(steps_of(p) for p in call.prompts) for call in expands] == [
+        [()],
+        [("a0",), ("b0",)],
+    ]
+    assert all(n.q == 0.0 for n in tree.nodes) and tree.stats["iterations"] == 3
+    # more selections than leaves: each leaf is taken once a round, the rest wait
+    gen = ScriptedGenerator(expand, lambda steps: ["no answer here"])
+    tree, _ = run_one(config(k=2, iterations=7, parallel_selections=4), gen)
+    expands = [call for call in gen.calls if call.stop]
+    assert [len(call.prompts) for call in expands] == [1, 2, 4]
+    for call in expands:
+        assert len(set(call.prompts)) == len(call.prompts)
+    assert tree.stats["iterations"] == 7

@@ -99,3 +99,51 @@ def test_concurrent_backups_lose_no_update(redis_handle: Any) -> None:
         )
         assert result[node_id].q == pytest.approx(expected), node_id
     store.delete(key)
+
+
+@pytest.mark.parametrize("kind", ["redis", "memory"])
+def test_a_round_lands_whole_for_any_reader(redis_handle: Any, kind: str) -> None:
+    """Regression: a round's new nodes and its backups were separate writes, so a replica
+    that died between them (or a reader in between) saw an expanded node whose Q ignored
+    its children. `commit` writes both at once: every snapshot satisfies the formula."""
+    store = RedisTreeStore(redis_handle.new_client()) if kind == "redis" else MemoryTreeStore()
+    reader = RedisTreeStore(redis_handle.new_client()) if kind == "redis" else store
+    key = f"test-{uuid.uuid4().hex}"
+    store.create_tree(key, TreeHeader("p", "problem", "1"), StoredNode(TreeNode("0", None, 0, "")))
+    rounds, done, bad = 150, threading.Event(), []
+
+    def read() -> None:
+        while not done.is_set():
+            nodes = {s.node.id: s.node for s in reader.load_nodes(key)}
+            kids: dict[str, list[TreeNode]] = {}
+            for node in nodes.values():
+                if node.parent is not None:
+                    kids.setdefault(node.parent, []).append(node)
+            for node_id, node in nodes.items():
+                expected = backed_up_q(
+                    [(k.q, k.visits) for k in kids.get(node_id, [])], node.rollout_value
+                )
+                if kids.get(node_id) and abs(node.q - expected) > 1e-9:
+                    bad.append(node_id)
+
+    watcher = threading.Thread(target=read)
+    watcher.start()
+    leaf = "0"
+    try:
+        for index in range(rounds):  # a chain: each round expands the last leaf into two
+            children = [
+                TreeNode(f"{leaf}.{i}", leaf, leaf.count(".") + 1, "s", visits=1,
+                         q=float(i), rollout_value=float(i))
+                for i in range(2)
+            ]  # fmt: skip
+            path = [".".join(leaf.split(".")[: d + 1]) for d in range(leaf.count(".") + 1)]
+            store.commit(key, [StoredNode(c) for c in children], [path])
+            leaf = children[index % 2].id
+    finally:
+        done.set()
+        watcher.join()
+    assert not bad, f"a reader saw nodes without their backup: {bad[:5]}"
+    root = {s.node.id: s.node for s in store.load_nodes(key)}["0"]
+    assert root.visits == rounds
+    if isinstance(store, RedisTreeStore):
+        store.delete(key)
