@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.jobs.backend import TrainerBackendSettings
+
 
 class CoordinatorSettings(BaseModel):
     # other parts of the coordinator (Runs) keep their own keys in the same mapping
@@ -48,4 +50,8 @@ class CoordinatorSettings(BaseModel):
         None,
         description="'module:function' returning Backends (generator, verifier, template) "
         "instead of the gRPC clients; for embedding and tests.",
+    )
+    trainer: TrainerBackendSettings = Field(
+        default_factory=TrainerBackendSettings,
+        description="Where trainer jobs run: local child processes or Kubernetes Jobs.",
     )
