@@ -73,7 +73,8 @@ class ProductProblem:
     def try_step(self, guess: int, claimed: int | None = None) -> str:
         """One guess and its check; `claimed` misstates the product (an arithmetic slip)."""
         product = guess * (guess + self.b) if claimed is None else claimed
-        return f"Try x = {guess}: {guess} * ({guess} + {self.b}) = {guess} * {guess + self.b} = {product}."
+        factors = f"{guess} * ({guess} + {self.b}) = {guess} * {guess + self.b}"
+        return f"Try x = {guess}: {factors} = {product}."
 
     @staticmethod
     def answer_step(x: int) -> str:
@@ -180,3 +181,60 @@ def corpus(ranges: FamilyRanges = FamilyRanges()) -> list[str]:
         texts.extend([p.try_step(p.x), p.answer_step(p.x)])
     texts.extend(f"Compute {x} * {y}." for x, y in ranges.factors())
     return texts
+
+
+SYNTH_PREFIX = "synth:"
+_SPLITS: tuple[Split, ...] = ("train", "heldout")
+
+
+@dataclass(frozen=True)
+class SynthSpec:
+    """A synthetic problem set named in text: `synth:<family>[?n=N&seed=S&split=SPLIT]`.
+
+    n defaults to the whole split, seed to 0, split to train."""
+
+    family: str
+    n: int
+    seed: int = 0
+    split: Split = "train"
+
+    def problems(self) -> list[Problem]:
+        return [p.to_problem() for p in sample_problems(self.n, self.seed, self.split)]
+
+
+def is_synth_spec(text: str) -> bool:
+    return text.startswith(SYNTH_PREFIX)
+
+
+def parse_synth_spec(text: str) -> SynthSpec:
+    """The SynthSpec `text` names; ValueError saying what is wrong (unknown family or key,
+    a value that is not a number, more problems than the split has)."""
+    body = text[len(SYNTH_PREFIX) :] if is_synth_spec(text) else text
+    family, _, query = body.partition("?")
+    if family not in FAMILIES:
+        raise ValueError(f"unknown synthetic family {family!r}; known: {', '.join(FAMILIES)}")
+    values: dict[str, str] = {}
+    for item in filter(None, query.split("&")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in ("n", "seed", "split"):
+            raise ValueError(f"{item!r} is not one of n=N, seed=S, split=train|heldout")
+        if key in values:
+            raise ValueError(f"{key} is given twice")
+        values[key] = value
+    split = values.get("split", "train")
+    if split not in _SPLITS:
+        raise ValueError(f"split must be train or heldout, not {split!r}")
+    size = sum(1 for p in all_problems() if p.split == split)
+    n, seed = size, 0
+    for key in ("n", "seed"):
+        if key in values:
+            raw = values[key]
+            if not raw.isdigit() or len(raw) > 10:
+                raise ValueError(f"{key} must be a non-negative integer, not {raw!r}")
+            if key == "n":
+                n = int(raw)
+            else:
+                seed = int(raw)
+    if not 1 <= n <= size:
+        raise ValueError(f"n={n}: the {family} family's {split} split has {size} problems")
+    return SynthSpec(family, n, seed, "train" if split == "train" else "heldout")
