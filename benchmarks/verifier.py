@@ -3,11 +3,15 @@
 Sets:
 - equivalence: ../shared/data/answer_equivalence.jsonl (math-verify's own labelled cases).
   math-verify runs each row with the row's own configuration (precision, strict, ...), as its
-  test suite does. Ours runs each row with its equivalent settings (`row_settings`), and the
+  test suite does. Ours runs each row with its equivalent settings (`row_settings`: precision
+  is our float_places), and the
   table also shows ours with its defaults on every row.
 - math500: each MATH-500 gold paired with its reference solution (label: equal), with
   reformatted answers (final-answer sentence, \\dfrac, spaces, \\left( \\right)) (equal), and
   with perturbed answers (gold + 1) (not equal). math-verify runs with its defaults.
+- categories: the answer-category tables of tests/verifier/test_categories.py (rounded
+  decimals, powers of ten, matrices, repeating decimals, the imaginary unit, ...), each answer
+  boxed in a sentence; both run with their defaults. Agreement only (not timed).
 
 Throughput: all items of both sets; ours = `VerifierPool.check_batch` with `--workers`
 processes (started before timing), math-verify = `verify(parse(gold), parse(pred))` called
@@ -40,26 +44,33 @@ def equivalence_rows() -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines]
 
 
-def row_settings(row: dict[str, Any]) -> tuple[str, bool, bool]:
+def row_settings(row: dict[str, Any]) -> tuple[str, bool, bool, int]:
     """Our settings equivalent to a row's math-verify configuration: (fallback,
-    relation_for_set, strict_variables). Latex-only extraction takes no bare numbers."""
+    relation_for_set, strict_variables, float_places). Latex-only extraction takes no bare
+    numbers."""
     types = row["match_types"]
     fallback = "latex" if isinstance(types, list) and "expr" not in types else "last_math"
-    return fallback, bool(row["allow_set_relation_comp"]), bool(row["strict"])
+    return (
+        fallback,
+        bool(row["allow_set_relation_comp"]),
+        bool(row["strict"]),
+        int(row["precision"]),
+    )
 
 
 def check_with_row_settings(pool: VerifierPool, rows: list[dict[str, Any]]) -> list[Verdict]:
     """One batch per distinct settings, verdicts back in row order."""
-    groups: dict[tuple[str, bool, bool], list[int]] = {}
+    groups: dict[tuple[str, bool, bool, int], list[int]] = {}
     for i, row in enumerate(rows):
         groups.setdefault(row_settings(row), []).append(i)
     verdicts: list[Verdict | None] = [None] * len(rows)
-    for (fallback, relation_for_set, strict), indices in groups.items():
+    for (fallback, relation_for_set, strict, float_places), indices in groups.items():
         settings = pool.config.model_copy(
             update={
                 "fallback": fallback,
                 "relation_for_set": relation_for_set,
                 "strict_variables": strict,
+                "float_places": float_places,
             }
         )
         batch = [VerifyItem(rows[i]["pred"], rows[i]["gold"]) for i in indices]
@@ -113,6 +124,16 @@ def peer_default(gold: str, pred: str) -> bool:
     return bool(verify(parse(f"${gold}$"), parse(pred)))
 
 
+def category_items() -> list[tuple[str, str, bool]]:
+    from tests.verifier.test_categories import TABLES
+
+    return [
+        (gold, f"So the answer is $\\boxed{{{answer}}}$.", equal)
+        for table in TABLES.values()
+        for gold, answer, equal in table
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)
@@ -136,11 +157,17 @@ def main() -> None:
         ours_m5 = [v.correct for v in pool.check_batch(m5_items)]
         ours_seconds = time.perf_counter() - started
         ours_eq_defaults = [v.correct for v in pool.check_batch(eq_items)]  # not timed
+        categories = category_items()
+        ours_cat = [
+            v.correct for v in pool.check_batch([VerifyItem(p, g) for g, p, _ in categories])
+        ]
 
     started = time.perf_counter()
     peer_eq = [peer_equivalence(r) for r in rows]
     peer_m5 = [peer_default(gold, pred) for gold, pred, _ in math500]
     peer_seconds = time.perf_counter() - started
+    peer_cat = [peer_default(gold, pred) for gold, pred, _ in categories]
+    labels_cat = [label for _, _, label in categories]
 
     def agree(pred: list[bool], labels: list[bool]) -> str:
         hits = sum(p == t for p, t in zip(pred, labels, strict=True))
@@ -166,6 +193,7 @@ def main() -> None:
             agree(peer_eq, corrected),
         ),
         ("math500 + variants: agreement", agree(ours_m5, labels_m5), agree(peer_m5, labels_m5)),
+        ("categories: agreement", agree(ours_cat, labels_cat), agree(peer_cat, labels_cat)),
         (
             f"items/s ({total} items)",
             f"{ours_rate:.1f} ({args.workers} workers)",

@@ -6,11 +6,15 @@
 One pair prints a JSON object and exits 0 when correct, 1 when not. File mode reads lines with
 `gold` and `pred` (or `response`) and writes each back with `equal`, `extracted`, `reason`.
 Checks run in a local worker pool, or on a running service with --verifier HOST:PORT.
+Bad input (an empty gold, a file without lines, an output folder that does not exist) is one
+line on stderr and exit 2 (exit 1 for an input file with nothing to verify), before anything
+is written.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +32,15 @@ def _gold_text(value: Any) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
+
+
+def _is_text(value: Any) -> bool:
+    """A gold or response a line may hold: a string or a finite number (not true/false)."""
+    if isinstance(value, str):
+        return True
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return math.isfinite(value)
+    return False
 
 
 @contextmanager
@@ -72,6 +85,11 @@ def _read_lines(path: Path) -> list[dict[str, Any]]:
                 fail(f"{path}:{number}: a line needs a 'gold' field")
             if "pred" not in row and "response" not in row:
                 fail(f"{path}:{number}: a line needs a 'pred' or 'response' field")
+            answer = row.get("pred", row.get("response"))
+            if not _is_text(row["gold"]) or not _is_text(answer):
+                fail(f"{path}:{number}: 'gold' and 'pred'/'response' must be strings or numbers")
+            if not _gold_text(row["gold"]).strip():
+                fail(f"{path}:{number}: 'gold' is empty")
             rows.append(row)
     return rows
 
@@ -86,8 +104,10 @@ def verify(
         Path | None, typer.Option(help="JSONL with gold and pred/response per line.")
     ] = None,
     out: Annotated[Path | None, typer.Option(help="Where file mode writes its JSONL.")] = None,
-    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 2,
-    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds per item, hard limit.")] = 5.0,
+    workers: Annotated[int, typer.Option(min=1, max=256, help="Worker processes.")] = 2,
+    timeout: Annotated[
+        float, typer.Option(min=0.1, max=3600, help="Seconds per item, hard limit.")
+    ] = 5.0,
     verifier: Annotated[
         str | None, typer.Option(help="Use a running verifier service at HOST:PORT.")
     ] = None,
@@ -95,9 +115,13 @@ def verify(
     """Check answers: exit 0 if correct, 1 if not (single mode)."""
     from astro_core.protocols import VerifyItem
 
+    if not math.isfinite(timeout):  # "nan" passes typer's range check
+        fail(f"--timeout must be a number of seconds, got {timeout}")
     if file is None:
         if gold is None or response is None:
             fail("give --gold and --response, or --file IN.jsonl --out OUT.jsonl")
+        if not gold.strip():
+            fail("--gold is empty")
         with _checker(1, timeout, verifier) as check:
             [(correct, extracted, reason)] = check([VerifyItem(response, gold, problem)])
         typer.echo(json.dumps({"equal": correct, "extracted": extracted, "reason": reason}))
@@ -106,7 +130,13 @@ def verify(
         fail("--file needs --out")
     if not file.is_file():
         fail(f"no such file: {file}")
+    if not out.parent.is_dir():
+        fail(f"--out: no such directory: {out.parent}")
+    if out.exists() and out.resolve() == file.resolve():
+        fail("--out is the input file; write the results somewhere else")
     rows = _read_lines(file)
+    if not rows:
+        fail(f"{file} has no lines to verify", code=1)
     _verify_file(rows, out, workers, timeout, verifier)
 
 

@@ -1,10 +1,10 @@
 """Mathematical equivalence of two parsed answers.
 
 Rules (docs/verifier.md has the table):
-- numbers are exact: 1/2004! and 1/2006! differ, 0.5 = 1/2, 27.0 = 27. A decimal against an
-  exact value that has no finite decimal form (1/3, sqrt(17), pi) is accepted when it is that
-  value correctly rounded to the decimal's own number of places, with at least 2 significant
-  digits (0.33 ~ 1/3, 2.6667 ~ 8/3, never 0.3 ~ 1/3 with one digit, never 0 ~ 1/2004!).
+- numbers are exact: 1/2004! and 1/2006! differ, 0.5 = 1/2, 27.0 = 27, 10^{-3} = 0.001.
+  A decimal answer is exact too (0.33 is not 1/3); a decimal gold is met by an exact answer
+  that rounds to it (gold 0.33, answer 1/3); a decimal with 6+ places is a numeric
+  evaluation and agrees to 6 places (fast.decimal_tolerance holds the rule).
 - expressions are compared at random points, positive ones and negative ones; a point where
   either side is not real is skipped for the negative points only, so sqrt(1/n) = 1/sqrt(n)
   (equal wherever both are real) but |x| != x.
@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from dataclasses import dataclass
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import mpmath
@@ -27,11 +29,23 @@ import sympy
 from sympy.core.function import AppliedUndef
 from sympy.matrices import MatrixBase
 
+from astro_core.answers.fast import FLOAT_PLACES, decimal_tolerance
 from astro_core.answers.parse import Answer
 
 _TOLERANCE_MP = mpmath.mpf("1e-9")
 _POINTS = 4
 _MAX_ITEMS = 200  # elements of a set/tuple/matrix compared pairwise
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The per-call settings of a comparison (VerifierConfig fields of the same names)."""
+
+    relation_for_set: bool = True
+    float_places: int = FLOAT_PLACES
+
+
+_DEFAULT_RULES = Rules()
 
 
 def answers_equal(
@@ -41,11 +55,12 @@ def answers_equal(
     percent_problem: bool = False,
     relation_for_set: bool = True,
     strict_variables: bool = True,
+    float_places: int = FLOAT_PLACES,
 ) -> bool:
     """Is `pred` the same answer as `gold`?
 
     percent_problem: the problem asks for a percent, so 0.28 also matches a gold 28%.
-    relation_for_set: see `values_equal`.
+    relation_for_set: see `values_equal`. float_places: see `fast.decimal_tolerance`.
     strict_variables: False renames the prediction's variables to the gold's when both have
     the same number (matched in name order), so `f(y)` = `f(x)` (math-verify's strict=False).
     """
@@ -57,19 +72,20 @@ def answers_equal(
         return False
     if not strict_variables:
         pred = _renamed_like(pred, gold)
-    if values_equal(gold.value, pred.value, relation_for_set):
+    rules = Rules(relation_for_set, float_places)
+    if values_equal(gold.value, pred.value, rules):
         return True
     if gold.assigned is not None and not _is_equation(pred.value):
-        if values_equal(gold.assigned, pred.assigned or pred.value, relation_for_set):
+        if values_equal(gold.assigned, pred.assigned or pred.value, rules):
             return True
     if pred.assigned is not None and not _is_equation(gold.value):
-        if values_equal(gold.value, pred.assigned, relation_for_set):
+        if values_equal(gold.value, pred.assigned, rules):
             return True
     if percent_problem and isinstance(gold.value, sympy.Expr):
         if isinstance(pred.value, sympy.Expr):
             hundred = sympy.Integer(100)
-            return values_equal(gold.value, pred.value * hundred, relation_for_set) or values_equal(
-                gold.value * hundred, pred.value
+            return values_equal(gold.value, pred.value * hundred, rules) or values_equal(
+                gold.value * hundred, pred.value, rules
             )
     return False
 
@@ -102,47 +118,51 @@ def _is_equation(value: Any) -> bool:
     return isinstance(value, sympy.Eq | sympy.And)
 
 
-def values_equal(a: Any, b: Any, relation_for_set: bool = True) -> bool:
+def values_equal(a: Any, b: Any, rules: Rules = _DEFAULT_RULES) -> bool:
     """Equality of two parsed values (numbers, expressions, relations, sets, matrices).
 
-    `a` is the gold side. relation_for_set: a one-variable inequality answer may equal the
-    set gold it describes (gold `[-2, 7]`, answer `-2 <= x <= 7`); False refuses that
+    `a` is the gold side. rules.relation_for_set: a one-variable inequality answer may equal
+    the set gold it describes (gold `[-2, 7]`, answer `-2 <= x <= 7`); False refuses that
     direction only, as math-verify's default `allow_set_relation_comp=False` does (a gold
     inequality still accepts its interval).
     """
     if a is None or b is None:
         return False
     if isinstance(a, MatrixBase) or isinstance(b, MatrixBase):
-        return _matrices_equal(a, b, relation_for_set)
+        return _matrices_equal(a, b, rules)
     if isinstance(a, sympy.Eq) and isinstance(b, sympy.Eq):
-        return _relations_equal(a, b, relation_for_set)
+        return _relations_equal(a, b, rules)
     if isinstance(a, sympy.Rel) and isinstance(b, sympy.Rel):
-        return _relations_equal(a, b, relation_for_set)
-    if not relation_for_set and isinstance(a, sympy.Set) and isinstance(b, sympy.Rel | sympy.And):
+        return _relations_equal(a, b, rules)
+    if (
+        not rules.relation_for_set
+        and isinstance(a, sympy.Set)
+        and isinstance(b, sympy.Rel | sympy.And)
+    ):
         return False
     if _as_set(a) is not None or _as_set(b) is not None:
         set_a, set_b = _as_set(a), _as_set(b)
         if set_a is not None and set_b is not None and (set_a is not a or set_b is not b):
-            return values_equal(set_a, set_b, relation_for_set)
+            return values_equal(set_a, set_b, rules)
     if isinstance(a, sympy.Interval) and isinstance(b, sympy.Interval):
         return (
             a.left_open == b.left_open
             and a.right_open == b.right_open
-            and _expr_equal(a.start, b.start)
-            and _expr_equal(a.end, b.end)
+            and _expr_equal(a.start, b.start, rules)
+            and _expr_equal(a.end, b.end, rules)
         )
     if isinstance(a, sympy.FiniteSet) and isinstance(b, sympy.FiniteSet):
-        return _unordered_equal(list(a.args), list(b.args), relation_for_set)
+        return _unordered_equal(list(a.args), list(b.args), rules)
     if isinstance(a, sympy.Union) and isinstance(b, sympy.Union):
-        return _unordered_equal(list(a.args), list(b.args), relation_for_set)
+        return _unordered_equal(list(a.args), list(b.args), rules)
     if _is_sequence(a) and _is_sequence(b):
-        return _ordered_equal(_items(a), _items(b), relation_for_set)
+        return _ordered_equal(_items(a), _items(b), rules)
     if isinstance(a, sympy.FiniteSet) and len(a.args) == 1:
-        return values_equal(a.args[0], b, relation_for_set)
+        return values_equal(a.args[0], b, rules)
     if isinstance(b, sympy.FiniteSet) and len(b.args) == 1:
-        return values_equal(a, b.args[0], relation_for_set)
+        return values_equal(a, b.args[0], rules)
     if isinstance(a, sympy.Expr) and isinstance(b, sympy.Expr):
-        return _expr_equal(a, b)
+        return _expr_equal(a, b, rules)
     return bool(a == b)
 
 
@@ -161,7 +181,11 @@ def _items(value: Any) -> list[Any]:
 
 
 def _as_set(value: Any) -> Any:
-    """Inequalities in one variable as sets: -2 <= x <= 7 -> [-2, 7]."""
+    """Inequalities in one variable as sets: -2 <= x <= 7 -> [-2, 7]; a list of them in the
+    same variable is their union (`x < -1 or x > 1`, read as a list, is two intervals)."""
+    if isinstance(value, sympy.FiniteSet | sympy.Tuple) and _inequalities_in_one_variable(value):
+        parts = [_as_set(relation) for relation in value.args]
+        return sympy.Union(*parts) if all(p is not None for p in parts) else None
     if isinstance(value, sympy.Set):
         return value
     if isinstance(value, sympy.Rel | sympy.And) and not isinstance(value, sympy.Eq | sympy.Ne):
@@ -176,19 +200,32 @@ def _as_set(value: Any) -> Any:
     return None
 
 
-def _ordered_equal(xs: list[Any], ys: list[Any], relation_for_set: bool) -> bool:
+def _inequalities_in_one_variable(values: Any) -> bool:
+    relations = values.args
+    if len(relations) < 2 or not all(
+        isinstance(r, sympy.Rel | sympy.And) and not isinstance(r, sympy.Eq | sympy.Ne)
+        for r in relations
+    ):
+        return False
+    return (
+        len({frozenset(r.free_symbols) for r in relations}) == 1
+        and len(relations[0].free_symbols) == 1
+    )
+
+
+def _ordered_equal(xs: list[Any], ys: list[Any], rules: Rules) -> bool:
     if len(xs) != len(ys) or len(xs) > _MAX_ITEMS:
         return False
-    return all(values_equal(x, y, relation_for_set) for x, y in zip(xs, ys, strict=True))
+    return all(values_equal(x, y, rules) for x, y in zip(xs, ys, strict=True))
 
 
-def _unordered_equal(xs: list[Any], ys: list[Any], relation_for_set: bool) -> bool:
+def _unordered_equal(xs: list[Any], ys: list[Any], rules: Rules) -> bool:
     if len(xs) != len(ys) or len(xs) > _MAX_ITEMS:
         return False
     remaining = list(ys)
     for x in xs:
         for i, y in enumerate(remaining):
-            if values_equal(x, y, relation_for_set):
+            if values_equal(x, y, rules):
                 del remaining[i]
                 break
         else:
@@ -196,12 +233,19 @@ def _unordered_equal(xs: list[Any], ys: list[Any], relation_for_set: bool) -> bo
     return True
 
 
-def _matrices_equal(a: Any, b: Any, relation_for_set: bool) -> bool:
+def _matrices_equal(a: Any, b: Any, rules: Rules) -> bool:
+    """Same shape, entry by entry; a vector (one row or one column) also equals the tuple of
+    its entries, in order: gold `\\begin{pmatrix}2\\\\-1\\end{pmatrix}`, answer `(2, -1)`."""
+    for vector, other in ((a, b), (b, a)):
+        if isinstance(vector, MatrixBase) and 1 in vector.shape and _is_sequence(other):
+            if isinstance(other, sympy.FiniteSet):
+                return False  # a set has no order
+            return _ordered_equal(list(vector), _items(other), rules)
     if not (isinstance(a, MatrixBase) and isinstance(b, MatrixBase)) or a.shape != b.shape:
         return False
     if a.rows * a.cols > _MAX_ITEMS:
         return False
-    return all(values_equal(x, y, relation_for_set) for x, y in zip(list(a), list(b), strict=True))
+    return all(values_equal(x, y, rules) for x, y in zip(list(a), list(b), strict=True))
 
 
 # --- numbers and expressions -------------------------------------------------------------
@@ -222,45 +266,34 @@ def _exact(expr: sympy.Expr) -> sympy.Expr:
     return expr.xreplace({f: _rational(f) for f in floats}) if floats else expr
 
 
-def _terminates(value: sympy.Expr) -> bool:
-    """A rational with a finite decimal expansion (denominator 2^a 5^b)."""
-    if not value.is_Rational:
+def _decimal_equal(gold: sympy.Expr, pred: sympy.Expr, rules: Rules) -> bool:
+    """Numbers where one side was written as a decimal: `fast.decimal_tolerance`'s rule."""
+    tolerance = decimal_tolerance(
+        _decimal(gold) if isinstance(gold, sympy.Float) else None,
+        _decimal(pred) if isinstance(pred, sympy.Float) else None,
+        rules.float_places,
+    )
+    exact_gold, exact_pred = _exact(gold), _exact(pred)
+    if exact_gold.free_symbols or exact_pred.free_symbols:
         return False
-    q = int(sympy.fraction(value)[1])
-    for p in (2, 5):
-        while q % p == 0:
-            q //= p
-    return q == 1
-
-
-def _decimal_matches(decimal: sympy.Float, exact: sympy.Expr) -> bool:
-    d = _decimal(decimal)
-    as_rational = sympy.Rational(str(d))
-    exact = _exact(exact)
-    if exact.free_symbols:
+    # 10^{-3} is parsed unevaluated: its value is 1/1000.
+    difference = (exact_gold - exact_pred).doit()
+    if difference.is_Rational:
+        return bool(abs(Fraction(int(difference.p), int(difference.q))) <= tolerance)
+    if tolerance == 0:
+        return False  # an irrational difference is never 0
+    error = _number(difference, {})
+    if error is None:
         return False
-    if exact.is_Rational:
-        if as_rational == exact:
-            return True
-        if _terminates(exact):
-            return False  # both have exact decimal forms: no tolerance
-    exponent = d.as_tuple().exponent
-    places = -exponent if isinstance(exponent, int) and exponent < 0 else 0
-    significant = len(d.as_tuple().digits) if d != 0 else 0
-    if significant < 2:
-        return False
-    error = abs(sympy.N(as_rational - exact, 30))
-    half_unit = sympy.Rational(1, 2 * 10**places)
-    return bool(error <= half_unit * (1 + sympy.Rational(1, 10**12)))
+    with mpmath.workdps(30):
+        return bool(abs(error) <= mpmath.mpf(tolerance.numerator) / tolerance.denominator)
 
 
-def _expr_equal(a: sympy.Expr, b: sympy.Expr) -> bool:
+def _expr_equal(a: sympy.Expr, b: sympy.Expr, rules: Rules = _DEFAULT_RULES) -> bool:
     if a == b:
         return True
-    if isinstance(a, sympy.Float) and not isinstance(b, sympy.Float):
-        return _decimal_matches(a, b)
-    if isinstance(b, sympy.Float) and not isinstance(a, sympy.Float):
-        return _decimal_matches(b, a)
+    if isinstance(a, sympy.Float) or isinstance(b, sympy.Float):
+        return _decimal_equal(a, b, rules)
     a, b = _exact(a), _exact(b)
     if not a.free_symbols and not b.free_symbols:
         a, b = a.doit(), b.doit()  # 1/2004! as an exact rational (huge ones never get here)
@@ -360,14 +393,14 @@ def _normal_form(rel: Any) -> tuple[type, sympy.Expr]:
     return kind, rhs - lhs
 
 
-def _relations_equal(a: Any, b: Any, relation_for_set: bool) -> bool:
+def _relations_equal(a: Any, b: Any, rules: Rules) -> bool:
     if a == b:
         return True
     if not all(isinstance(x, sympy.Expr) for x in (a.lhs, a.rhs, b.lhs, b.rhs)):
         return (
             type(a) is type(b)
-            and values_equal(a.lhs, b.lhs, relation_for_set)
-            and values_equal(a.rhs, b.rhs, relation_for_set)
+            and values_equal(a.lhs, b.lhs, rules)
+            and values_equal(a.rhs, b.rhs, rules)
         )
     kind_a, ea = _normal_form(a)
     kind_b, eb = _normal_form(b)
@@ -375,7 +408,7 @@ def _relations_equal(a: Any, b: Any, relation_for_set: bool) -> bool:
         return False
     if not isinstance(ea, sympy.Expr) or not isinstance(eb, sympy.Expr):
         return bool(ea == eb)
-    ratio = _constant_ratio(ea, eb)
+    ratio = _constant_ratio(ea, eb, rules)
     if ratio is None:
         return False
     if kind_a in (sympy.Eq, sympy.Ne):
@@ -383,13 +416,13 @@ def _relations_equal(a: Any, b: Any, relation_for_set: bool) -> bool:
     return ratio > 0
 
 
-def _constant_ratio(ea: sympy.Expr, eb: sympy.Expr) -> float | None:
+def _constant_ratio(ea: sympy.Expr, eb: sympy.Expr, rules: Rules) -> float | None:
     """c with ea = c * eb everywhere, or None."""
     if ea.has(AppliedUndef) or eb.has(AppliedUndef):
         return 1.0 if _simplifies_to_zero(ea - eb) else None
     symbols = sorted(ea.free_symbols | eb.free_symbols, key=str)
     if not symbols:
-        return 1.0 if _expr_equal(ea, eb) else None
+        return 1.0 if _expr_equal(ea, eb, rules) else None
     ratio: Any = None
     for point in _points(symbols, 1):
         x, y = _number(ea, point), _number(eb, point)

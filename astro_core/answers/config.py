@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from astro_core.answers.extract import Fallback
+from astro_core.answers.fast import FLOAT_PLACES
 
 
 class VerifierConfig(BaseModel):
@@ -12,7 +13,10 @@ class VerifierConfig(BaseModel):
 
     workers: int = Field(2, ge=1, le=256, description="Worker processes checking answers.")
     timeout_seconds: float = Field(
-        5.0, gt=0, description="Hard time limit per item; a stuck worker is killed."
+        5.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Hard time limit per item; a stuck worker is killed.",
     )
     fallback: Fallback = Field(
         "last_math",
@@ -32,4 +36,12 @@ class VerifierConfig(BaseModel):
         True,
         description="Variable names matter (f(x) != f(y)); false pairs the variables of "
         "both answers in name order, as math-verify's strict=False.",
+    )
+    float_places: int = Field(
+        FLOAT_PLACES,
+        ge=1,
+        le=15,
+        description="A decimal written with at least this many places is a numeric evaluation "
+        "and equals a value it agrees with to this many places (math-verify's float_rounding); "
+        "shorter decimals are exact (0.33 is not 1/3).",
     )

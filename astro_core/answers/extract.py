@@ -47,6 +47,15 @@ _FINAL_ANSWER = re.compile(
     re.IGNORECASE | re.DOTALL,
 )
 _SHORT_ANSWER_CHARS = 400
+# Unit words after a number ("5 cm^2", "12 square units"): the number is the answer. Only
+# words of two letters or more, after a space, so "5m" or "5 m" (perhaps a variable) stay.
+_UNIT = (
+    r"(?:square|sq\.?|cubic|cu\.?)?\s*(?:cm|mm|km|in|inch|inches|ft|feet|foot|yd|yards?|miles?"
+    r"|mi|meters?|metres?|units?|hours?|hrs?|minutes?|mins?|seconds?|secs?|days?|weeks?"
+    r"|months?|years?|cents?|dollars?|degrees?|pounds?|lbs?|ounces?|oz|kg|grams?|liters?"
+    r"|litres?|gallons?|mph|people|students|ways|points)"
+)
+NUMBER_WITH_UNIT = re.compile(r"(?P<number>-?[\d.,]*\d)\s+" + _UNIT + r"(?:\s*\^\s*\{?[23]\}?)?")
 
 
 @dataclass(frozen=True)
@@ -182,7 +191,7 @@ def _final_answer(text: str) -> tuple[int, str] | None:
     if spans:
         if len(spans) > 1 and re.fullmatch(r"(?:\s*\$[^$]*\$\s*(?:,|and|or)?\s*)+", answer):
             return end, ", ".join(s.strip() for s in spans)
-        return end, spans[-1].strip()
+        return end, spans[0].strip()  # "the answer is $3$, not $7$": the first
     if re.fullmatch(r"[\w\s]+", answer) and re.search(r"\d", answer):
         number = _last_number(answer)  # "Jane started growing Sphere 3 hours ago"
         return (end, number) if number else None
@@ -190,12 +199,34 @@ def _final_answer(text: str) -> tuple[int, str] | None:
     return (end, answer) if answer else None
 
 
+# Words in a formula that are not prose: environment names and short \text{} units.
+_NOT_PROSE = re.compile(
+    r"\\(?:begin|end)\s*\{[a-zA-Z*]+\}|\\(?:text|mathrm|mbox|textbf|operatorname)\s*\{[^{}]{0,20}\}"
+)
+# "Monday", "(B)", "no solution", "(E) none of these"
+_BARE_TEXT = re.compile(r"(?:\(?[A-Ea-e]\)\s+)?\(?[A-Za-z][A-Za-z'\- ]{0,40}\)?\.?")
+
+
 def _looks_like_bare_math(text: str) -> bool:
-    """A short response that is only an answer: "\\frac{10}{9}", "x = 3"."""
+    """A short response that is only an answer: "\\frac{10}{9}", "x = 3",
+    "\\begin{pmatrix}1\\\\2\\end{pmatrix}"."""
     if len(text) > 200 or "\n" in text.strip():
         return False
-    words = re.sub(r"\\[a-zA-Z]+", " ", text)
-    return re.search(r"[a-zA-Z]{2,}", words) is None and re.search(r"[\d\\]", text) is not None
+    words = re.sub(r"\\[a-zA-Z]+", " ", _NOT_PROSE.sub(" ", text))
+    # Digits, LaTeX, an operator between letters ("x+y") or Unicode mathematics ("π", "√2").
+    math = re.search(r"[\d\\+\-*/^=<>|π√∞½¼¾≤≥]", text)
+    return re.search(r"[a-zA-Z]{2,}", words) is None and math is not None
+
+
+def _is_number_with_unit(text: str) -> bool:
+    return NUMBER_WITH_UNIT.fullmatch(text.strip().rstrip(".")) is not None
+
+
+def _looks_like_bare_text(text: str) -> bool:
+    """A response that is only a short word answer: "Monday", "C", "(B)", "no solution"
+    (at most 6 words, no digits or LaTeX)."""
+    stripped = text.strip()
+    return bool(_BARE_TEXT.fullmatch(stripped)) and len(stripped.split()) <= 6
 
 
 def extract_answer(text: str, fallback: Fallback = "last_math") -> Extraction:
@@ -203,9 +234,9 @@ def extract_answer(text: str, fallback: Fallback = "last_math") -> Extraction:
 
     Order: the last box (with boxes joined to it by "and"/commas) or the last
     "final answer is X" / "answer: X", whichever comes later; then a response that is only
-    an answer ("\\frac{10}{9}"); then `fallback`: "last_math" (the last $...$, \\(...\\),
-    \\[...\\] span or number, whichever comes last), "latex" (the last math span, inline
-    ones on one line), "last_number", or "none".
+    an answer ("\\frac{10}{9}", "Monday", "C"); then `fallback`: "last_math" (the last
+    $...$, \\(...\\), \\[...\\] span or number, whichever comes last), "latex" (the last
+    math span, inline ones on one line), "last_number", or "none".
     """
     boxes = find_boxes(text)
     plain = strip_emphasis(text)
@@ -216,8 +247,8 @@ def extract_answer(text: str, fallback: Fallback = "last_math") -> Extraction:
         return Extraction(last_boxed(text) or "", "boxed")
     if final is not None:
         return Extraction(final[1], "final_answer")
-    if _looks_like_bare_math(plain):
-        return Extraction(plain.strip(), "whole")
+    if _looks_like_bare_math(plain) or _looks_like_bare_text(plain) or _is_number_with_unit(plain):
+        return Extraction(plain.strip().rstrip("."), "whole")
     found = None
     if fallback == "last_math":
         found = _last_math_or_number(plain)

@@ -10,8 +10,8 @@ Decided here:
 - the same normalised text (`\\dfrac12` and `\\frac{1}{2}`, `1,000` and `1000`): equal;
 - a gold that is a choice letter (`(B)`): equal to the same letter only;
 - two plain numbers (integers with leading zeros or thousands separators, decimals,
-  `a/b`, `\\frac{a}{b}`): exact rational equality, and the one documented tolerance for a
-  decimal against a fraction without a finite decimal form (`0.33` ~ `1/3`).
+  `a/b`, `\\frac{a}{b}`): exact rational equality, and the decimal rule of
+  `decimal_tolerance` (the one place that rule lives; `compare` uses it too).
 Not decided here: percent problems whose numbers differ (the x100 rule lives in `compare`).
 """
 
@@ -76,39 +76,53 @@ def plain_number(text: str) -> Number | None:
     return None
 
 
-def _terminates(value: Fraction) -> bool:
-    """Has a finite decimal expansion (denominator 2^a 5^b)."""
-    q = value.denominator
-    for p in (2, 5):
-        while q % p == 0:
-            q //= p
-    return q == 1
+# math-verify's float_rounding: a decimal with this many places is a numeric evaluation.
+FLOAT_PLACES = 6
 
 
-def rounds_to(decimal: Decimal, exact: Fraction) -> bool:
-    """Is the written decimal `exact` correctly rounded to its own places (>= 2 significant
-    digits)? The same rule as compare._decimal_matches, in exact arithmetic."""
-    d = decimal.normalize()
-    if d == 0 or len(d.as_tuple().digits) < 2:
-        return False
-    exponent = d.as_tuple().exponent
-    places = -exponent if isinstance(exponent, int) and exponent < 0 else 0
-    error = abs(Fraction(d) - exact)
-    return error <= Fraction(1, 2 * 10**places) * (1 + Fraction(1, 10**12))
+def _places(decimal: Decimal) -> int:
+    exponent = decimal.normalize().as_tuple().exponent
+    return -exponent if isinstance(exponent, int) and exponent < 0 else 0
 
 
-def numbers_equal(gold: Number, pred: Number) -> bool:
+def _significant(decimal: Decimal) -> int:
+    return 0 if decimal == 0 else len(decimal.normalize().as_tuple().digits)
+
+
+def decimal_tolerance(
+    gold: Decimal | None, pred: Decimal | None, float_places: int = FLOAT_PLACES
+) -> Fraction:
+    """How far apart a gold and an answer may be and still count as equal, given the
+    decimals they were written as (None: not written as a decimal). 0: exactly equal.
+
+    - A decimal is exact: `0.33` is 33/100, never 1/3, and `1.414` is not sqrt(2).
+    - A decimal gold is the answer rounded: an exact answer counts when it rounds to the gold
+      (within half a unit of the gold's last place; gold `0.33`, answer `1/3`), if the gold
+      has at least 2 significant digits.
+    - A decimal with at least `float_places` places is a numeric evaluation
+      (`0.0833333333333333` for 1/12): the two agree to `float_places` places, as
+      math-verify's float_rounding compares them.
+    Both need at least 2 significant digits (`0.000000` is not 1/2004!).
+    """
+    tolerance = Fraction(0)
+    if gold is not None and pred is None and _significant(gold) >= 2:
+        tolerance = Fraction(1, 2 * 10 ** _places(gold))
+    for decimal in (gold, pred):
+        if decimal is not None and _places(decimal) >= float_places and _significant(decimal) >= 2:
+            tolerance = max(tolerance, Fraction(1, 2 * 10**float_places))
+    return tolerance
+
+
+def numbers_equal(gold: Number, pred: Number, float_places: int = FLOAT_PLACES) -> bool:
     if gold.value == pred.value:
         return True
-    # The one tolerance: a written decimal against a fraction with no finite decimal form.
-    for decimal, other in ((pred, gold), (gold, pred)):
-        if decimal.decimal is not None and other.decimal is None:
-            if not _terminates(other.value):
-                return rounds_to(decimal.decimal, other.value)
-    return False
+    tolerance = decimal_tolerance(gold.decimal, pred.decimal, float_places)
+    return tolerance > 0 and abs(gold.value - pred.value) <= tolerance
 
 
-def quick_verdict(gold: str, pred: str, *, percent_problem: bool = False) -> bool | None:
+def quick_verdict(
+    gold: str, pred: str, *, percent_problem: bool = False, float_places: int = FLOAT_PLACES
+) -> bool | None:
     """Equal / not equal for answers decided by exact string and number rules, else None.
 
     `gold` and `pred` are extracted answers (as `parse.parse_answer` takes them).
@@ -127,6 +141,6 @@ def quick_verdict(gold: str, pred: str, *, percent_problem: bool = False) -> boo
     pred_number = plain_number(pred_clean)
     if pred_number is None:
         return None
-    if numbers_equal(gold_number, pred_number):
+    if numbers_equal(gold_number, pred_number, float_places):
         return True
     return None if percent_problem else False

@@ -17,6 +17,10 @@ from typing import Any
 
 import sympy
 from sympy.core.function import AppliedUndef
+from sympy.matrices import MatrixBase
+
+from astro_core.answers.extract import NUMBER_WITH_UNIT
+from astro_core.answers.notation import rewrite_notation
 
 MAX_ANSWER_CHARS = 1000
 _LETTER = re.compile(r"^\(?\s*([A-E])\s*\)?(?:\s|$|[.:])")
@@ -25,6 +29,10 @@ _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\degree|°|\\circ")
 _TEXT_CMD = re.compile(r"\\(?:text|textbf|textit|textnormal|mbox|mathrm|mathbf|operatorname)\s*\{")
 # A `^` inside an exponent, a 7+ digit exponent, or a 6+ digit factorial: sympy would try to
 # build the number. Compared as strings only.
+# {x | x > 2}, {x : x > 2}: the condition describes the set.
+_SET_BUILDER = re.compile(r"\\\{\s*[a-zA-Z]\s*(?:\\mid|\||:)\s*(?P<condition>.+?)\s*\\\}")
+_EMPTY_SET = re.compile(r"\\varnothing|\\o\b|\\\{\s*\\\}")
+_ALL_REALS = re.compile(r"(?:\\text\{\s*)?all real numbers(?:\s*\})?|\\R\b", re.IGNORECASE)
 _HUGE = re.compile(r"\^\s*\{[^{}]*\^|\^\s*\d+\s*\^|\^\s*\{?\s*\d{7,}|\d{6,}\s*!|\\uparrow")
 
 
@@ -65,10 +73,10 @@ def _unwrap_text_commands(s: str) -> str:
 
 
 def choice_letter(s: str) -> str | None:
-    """`(B)`, `\\textbf{(B)}`, `B`, `(B) 27` -> "B"."""
+    """`(B)`, `\\textbf{(B)}`, `B`, `(B) 27`, `B) 27` -> "B"."""
     plain = _unwrap_text_commands(s).replace("$", "").replace("\\", " ").strip()
     match = _LETTER.match(plain)
-    if match and (len(plain) <= 3 or plain.startswith("(")):
+    if match and (len(plain) <= 3 or plain.startswith("(") or plain[1:2] == ")"):
         return match.group(1)
     return None
 
@@ -90,18 +98,26 @@ def clean_answer(raw: str) -> tuple[str, bool]:
     and whether it carried a percent."""
     s = raw.strip()
     s = re.sub(r"^\\\(|\\\)$|^\\\[|\\\]$", "", s).strip()
-    s = s.strip("$").strip()
+    s = rewrite_notation(s.strip("$").strip())
     s = re.sub(r"[.\s]+$", "", s)
     s = re.sub(r"^(?:[a-zA-Z]\s*\\in\s*)", "", s)  # "x \in [0,1)" -> "[0,1)"
+    s = _EMPTY_SET.sub(r"\\emptyset", s)
+    s = _ALL_REALS.sub(r"\\mathbb{R}", s)
+    builder = _SET_BUILDER.fullmatch(s)
+    if builder:
+        s = builder["condition"]
+    with_unit = NUMBER_WITH_UNIT.fullmatch(s)
+    if with_unit:
+        s = with_unit["number"]
     percent = bool(_PERCENT.search(s))
     if percent:
         s = _PERCENT.sub("", s).strip()
     s = _DEGREES.sub("", s).strip()
     unwrapped = _unwrap_text_commands(s).strip()
-    if unwrapped != s and re.fullmatch(
-        r"\(?\s*-?[\d.,]+\s*\)?", unwrapped
-    ):  # \textbf{(113) }, \mathbf{127}
-        s = unwrapped.strip("() ")
+    # \textbf{(113) }, \mathbf{127}, \text{7 days}: the number
+    number = re.fullmatch(r"\(?\s*(-?[\d.,]+)\s*\)?(?:\s+[a-zA-Z][a-zA-Z ]{0,20})?", unwrapped)
+    if unwrapped != s and number:
+        s = number.group(1)
     s = re.sub(r"(?<=\d),\\!\s?(?=\d{3})", "", s)  # 11,\!111 -> 11111
     s = re.sub(r"(?<=\d)\{,\}(?=\d{3})", "", s)
     s = re.sub(r"^(?:\\text\{\s*or\s*\}|or)\s+", "", s)
@@ -221,7 +237,16 @@ def _latex_value(latex: str) -> Any:
         value = value.doit()
     if isinstance(value, sympy.Basic) and value.has(sympy.zoo, sympy.nan, sympy.S.ComplexInfinity):
         return None
-    return value
+    return _imaginary_unit(value)
+
+
+def _imaginary_unit(value: Any) -> Any:
+    """A free `i` is the imaginary unit (`3+4i`, `i^2 = -1`); the parser makes it a symbol.
+    Bound ones (`\\sum_{i=1}^n i`) stay variables."""
+    if not isinstance(value, sympy.Basic | MatrixBase):
+        return value
+    units = [s for s in value.free_symbols if getattr(s, "name", None) == "i"]
+    return value.subs({unit: sympy.I for unit in units}) if units else value
 
 
 def _logging_quiet() -> None:

@@ -49,7 +49,12 @@ def check(item: VerifyItem, config: VerifierConfig | None = None) -> Verdict:
     percent_problem = bool(_PERCENT_PROBLEM.search(item.problem))
     gold_text = extract_gold(gold).answer
     try:
-        quick = quick_verdict(gold_text, extraction.answer, percent_problem=percent_problem)
+        quick = quick_verdict(
+            gold_text,
+            extraction.answer,
+            percent_problem=percent_problem,
+            float_places=config.float_places,
+        )
         if quick is not None:  # plain numbers, letters, identical text: no parser needed
             return Verdict(quick, extraction.answer, "equal" if quick else "not equal")
         gold_answer = parse_answer(gold_text)
@@ -60,6 +65,7 @@ def check(item: VerifyItem, config: VerifierConfig | None = None) -> Verdict:
             percent_problem=percent_problem,
             relation_for_set=config.relation_for_set,
             strict_variables=config.strict_variables,
+            float_places=config.float_places,
         )
     except (RecursionError, MemoryError) as exc:
         return Verdict(False, extraction.answer, f"error: {type(exc).__name__}")

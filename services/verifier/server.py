@@ -2,19 +2,24 @@
 
 Settings (ServiceConfig.settings, `VerifierSettings`): the pool's `VerifierConfig` fields
 (`workers`, `timeout_seconds`, `fallback`, ...) plus the request limits
-`max_request_response_chars` and `max_batch_items`.
+`max_request_response_chars`, `max_batch_items` and `max_batch_seconds`.
+
+A request whose client gave up (cancelled, or past its deadline) stops: its queued items are
+dropped and a worker busy with one of them is replaced (`VerifierPool.check_batch(cancel=)`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
 import grpc
 from prometheus_client import Counter, Histogram
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from astro_core.answers import Verdict, VerifierConfig, VerifierPool
 from astro_core.protocols import RewardMapping, VerifyItem
@@ -32,10 +37,34 @@ class VerifierSettings(VerifierConfig):
         4_000_000, gt=0, description="A longer response is refused with INVALID_ARGUMENT."
     )
     max_batch_items: int = Field(10_000, gt=0, description="Most items in one VerifyBatch.")
+    max_batch_seconds: float = Field(
+        3600.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="Most worst-case work one request may ask for, in worker-seconds: its "
+        "items x timeout_seconds. A larger request is RESOURCE_EXHAUSTED (split it).",
+    )
+
+    @model_validator(mode="after")
+    def _one_item_fits(self) -> VerifierSettings:
+        if self.max_batch_seconds < self.timeout_seconds:
+            raise ValueError(
+                f"max_batch_seconds ({self.max_batch_seconds:g}) is below timeout_seconds "
+                f"({self.timeout_seconds:g}): no request would fit"
+            )
+        return self
 
 
 class InvalidRequest(ValueError):
     """A request the service refuses; the message names what is wrong."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class OverBudget(InvalidRequest):
+    """A request asking for more work than `max_batch_seconds` allows."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 class VerifierMetrics:
@@ -56,6 +85,11 @@ class VerifierMetrics:
         self.errors = Counter(
             "astro_verifier_errors", "Items whose check failed with an error.", registry=registry
         )
+        self.cancelled = Counter(
+            "astro_verifier_cancelled",
+            "Requests whose client gave up (cancel or deadline); their work was dropped.",
+            registry=registry,
+        )
 
     def record(self, method: str, seconds: float, verdicts: Sequence[Verdict]) -> None:
         self.item_seconds.labels(method).observe(seconds)
@@ -71,11 +105,17 @@ class VerifierMetrics:
             self.items.labels(outcome).inc()
 
 
-def _rewards(message: verifier_pb2.RewardMapping, default: RewardMapping) -> RewardMapping:
-    return RewardMapping(
-        correct=message.correct if message.HasField("correct") else default.correct,
-        incorrect=message.incorrect if message.HasField("incorrect") else default.incorrect,
-    )
+def _rewards(
+    message: verifier_pb2.RewardMapping, default: RewardMapping, where: str
+) -> RewardMapping:
+    """The request's rewards over `default`; NaN and infinities are refused."""
+    values = {}
+    for name in ("correct", "incorrect"):
+        value = getattr(message, name) if message.HasField(name) else getattr(default, name)
+        if not math.isfinite(value):
+            raise InvalidRequest(f"{where}rewards.{name} is {value}; rewards must be finite")
+        values[name] = value
+    return RewardMapping(**values)
 
 
 class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
@@ -86,6 +126,7 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
         self.metrics = metrics
         self.max_response = settings.max_request_response_chars
         self.max_items = settings.max_batch_items
+        self.max_seconds = settings.max_batch_seconds
 
     def _item(self, request: verifier_pb2.VerifyRequest, index: int | None) -> VerifyItem:
         where = "" if index is None else f"items[{index}]: "
@@ -95,17 +136,34 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
             raise InvalidRequest(
                 f"{where}gold is {len(request.gold)} chars, over {self.pool.config.max_gold_chars}"
             )
-        if len(request.response) > self.max_response:
-            raise InvalidRequest(
-                f"{where}response is {len(request.response)} chars, over {self.max_response}"
-            )
+        for name in ("response", "problem"):
+            size = len(getattr(request, name))
+            if size > self.max_response:
+                raise InvalidRequest(
+                    f"{where}{name} is {size} chars, over max_request_response_chars "
+                    f"{self.max_response}"
+                )
         return VerifyItem(request.response, request.gold, request.problem)
+
+    def _check_budget(self, count: int) -> None:
+        seconds = count * self.pool.config.timeout_seconds
+        if seconds > self.max_seconds:
+            raise OverBudget(
+                f"{count} items x timeout_seconds {self.pool.config.timeout_seconds:g} = "
+                f"{seconds:g} s, over max_batch_seconds {self.max_seconds:g}; split the batch"
+            )
 
     async def _run(
         self, method: str, items: list[VerifyItem], rewards: list[RewardMapping]
     ) -> list[verifier_pb2.VerifyResult]:
         started = time.perf_counter()
-        verdicts = await asyncio.to_thread(self.pool.check_batch, items)
+        cancel = threading.Event()
+        try:
+            verdicts = await asyncio.to_thread(self.pool.check_batch, items, cancel=cancel)
+        except asyncio.CancelledError:  # the client cancelled or its deadline passed
+            cancel.set()
+            self.metrics.cancelled.inc()
+            raise
         self.metrics.record(method, time.perf_counter() - started, verdicts)
         return [
             verifier_pb2.VerifyResult(
@@ -122,9 +180,10 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
     ) -> verifier_pb2.VerifyResult:
         try:
             item = self._item(request, None)
+            rewards = _rewards(request.rewards, RewardMapping(), "")
+            self._check_budget(1)
         except InvalidRequest as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        rewards = _rewards(request.rewards, RewardMapping())
+            await context.abort(exc.code, str(exc))
         return (await self._run("Verify", [item], [rewards]))[0]
 
     async def VerifyBatch(
@@ -132,15 +191,18 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
     ) -> verifier_pb2.VerifyBatchResponse:
         try:
             if len(request.items) > self.max_items:
-                raise InvalidRequest(f"{len(request.items)} items, over {self.max_items}")
+                raise InvalidRequest(
+                    f"{len(request.items)} items, over max_batch_items {self.max_items}"
+                )
             items = [self._item(r, i) for i, r in enumerate(request.items)]
+            default = _rewards(request.rewards, RewardMapping(), "")
+            rewards = [
+                _rewards(r.rewards, default, f"items[{i}].") if r.HasField("rewards") else default
+                for i, r in enumerate(request.items)
+            ]
+            self._check_budget(len(items))
         except InvalidRequest as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        default = _rewards(request.rewards, RewardMapping())
-        rewards = [
-            _rewards(r.rewards, default) if r.HasField("rewards") else default
-            for r in request.items
-        ]
+            await context.abort(exc.code, str(exc))
         results = await self._run("VerifyBatch", items, rewards)
         return verifier_pb2.VerifyBatchResponse(results=results)
 

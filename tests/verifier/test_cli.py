@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from astro_cli.main import app
@@ -24,6 +25,59 @@ def test_single_pair_exit_codes() -> None:
 def test_missing_arguments_fail_with_a_message() -> None:
     result = runner.invoke(app, ["verify", "--gold", "3"])
     assert result.exit_code == 2 and "--response" in result.output
+
+
+def test_bare_letters_and_words_count() -> None:
+    """docs/verifier.md: a letter counts without a box (`--gold B --response B` was exit 1)."""
+    for gold, response in (("B", "B"), (r"\text{(C)}", "C"), (r"\text{Monday}", "Monday")):
+        result = runner.invoke(app, ["verify", "--gold", gold, "--response", response])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["equal"] is True
+    wrong = runner.invoke(app, ["verify", "--gold", "B", "--response", "C"])
+    assert wrong.exit_code == 1 and json.loads(wrong.stdout)["equal"] is False
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--gold", "", "--response", "B"], 2, "--gold is empty"),
+        (["--gold", "  ", "--response", "B"], 2, "--gold is empty"),
+        (["--gold", "1", "--response", "1", "--timeout", "nan"], 2, "--timeout"),
+        (["--gold", "1", "--response", "1", "--workers", "100000"], 2, "--workers"),
+    ],
+)
+def test_bad_single_mode_input_is_a_usage_error(args: list[str], code: int, message: str) -> None:
+    result = runner.invoke(app, ["verify", *args])
+    assert result.exit_code == code
+    assert message in result.output and "Traceback" not in result.output
+    assert result.stdout.strip() == "" or "Usage" in result.output
+
+
+def test_bad_file_mode_input_writes_nothing(tmp_path: Path) -> None:
+    """Each: one line on stderr, a non-zero exit, and no output file."""
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    blank_gold = tmp_path / "blank.jsonl"
+    blank_gold.write_text(json.dumps({"gold": " ", "pred": "1"}) + "\n")
+    null_pred = tmp_path / "null.jsonl"
+    null_pred.write_text(json.dumps({"gold": "1", "pred": None}) + "\n")
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps({"gold": "1", "pred": "1"}) + "\n")
+    out = tmp_path / "out.jsonl"
+    cases = [
+        ([str(empty), str(out)], 1, "has no lines to verify"),
+        ([str(blank_gold), str(out)], 2, ":1: 'gold' is empty"),
+        ([str(null_pred), str(out)], 2, ":1: 'gold' and 'pred'/'response' must be"),
+        ([str(good), str(tmp_path / "missing" / "out.jsonl")], 2, "no such directory"),
+        ([str(good), str(good)], 2, "--out is the input file"),
+    ]
+    for (source, target), code, message in cases:
+        result = runner.invoke(app, ["verify", "--file", source, "--out", target])
+        assert result.exit_code == code, (source, result.output)
+        [line] = result.output.strip().splitlines()
+        assert line.startswith("error: ") and message in line
+        assert not out.exists() and not (tmp_path / "missing").exists()
+    assert good.read_text() == json.dumps({"gold": "1", "pred": "1"}) + "\n"
 
 
 def test_file_mode(tmp_path: Path) -> None:

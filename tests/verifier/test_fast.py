@@ -44,15 +44,26 @@ DECIDED = [
     ("0.1", "0.14", False),
     ("1.5", "1.50", True),
     ("2.5", "2.05", False),
-    # the one tolerance: a decimal against a fraction with no finite decimal form
-    ("1/3", "0.333", True),
-    ("1/3", "0.33", True),
-    ("1/3", "0.3", False),  # one significant digit
-    ("1/3", "0.334", False),  # not correctly rounded
-    (r"\frac{8}{3}", "2.6667", True),
-    (r"\frac{8}{3}", "2.6666", False),
-    ("0.333", "1/3", True),
+    # a decimal answer is exact: a rounded value of an exact gold is not the gold
+    ("1/3", "0.333", False),
+    ("1/3", "0.33", False),
+    ("1/3", "0.3", False),
+    (r"\frac{8}{3}", "2.6667", False),
     ("1/3", "0", False),
+    # a decimal gold is a rounding: an exact answer that rounds to it counts
+    ("0.333", "1/3", True),
+    ("0.33", r"\frac{1}{3}", True),
+    ("2.6667", r"\frac{8}{3}", True),
+    ("2.6666", r"\frac{8}{3}", False),  # not correctly rounded
+    ("0.13", r"\frac{1}{8}", True),  # 0.125 rounds half up
+    ("0.3", "1/3", False),  # one significant digit: no rounding
+    ("0.33", "0.333", False),  # two decimals are compared exactly
+    # six or more places: a numeric evaluation, agreeing to 6 places (math-verify's rule)
+    (r"\frac{1}{12}", "0.0833333333333333", True),
+    ("1/3", "0.333333", True),
+    ("1/3", "0.33333", False),
+    ("1/3", "0.333334", False),
+    ("0.3333333", "0.333333", True),
     # percent and degree marks are dropped; no x100 outside percent problems
     (r"10\%", "10", True),
     (r"10\%", "0.1", False),

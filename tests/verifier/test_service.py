@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -58,6 +60,7 @@ def test_verify_and_batch_order(service: ServiceThread) -> None:
         (verifier_pb2.VerifyRequest(response=r"\boxed{1}", gold=""), "gold is required"),
         (verifier_pb2.VerifyRequest(response="x" * 200_000, gold="1"), "response is 200000"),
         (verifier_pb2.VerifyRequest(response="1", gold="1" * 20_000), "gold is 20000"),
+        (verifier_pb2.VerifyRequest(response="1", gold="1", problem="p" * 200_000), "problem is"),
     ],
 )
 def test_invalid_requests(
@@ -95,3 +98,101 @@ def test_client_implements_the_protocol_and_metrics(service: ServiceThread) -> N
         registry.get_sample_value("astro_verifier_batch_seconds_count", {"method": "VerifyBatch"})
         or 0
     ) >= 1
+
+
+STUCK = verifier_pb2.VerifyRequest(response=r"\boxed{(10^{8})!}", gold=r"(10^{8})! + 1")
+TWO = verifier_pb2.VerifyRequest(response=r"\boxed{2}", gold="2")
+
+
+@pytest.fixture(scope="module")
+def strict_service() -> Iterator[ServiceThread]:
+    """A short item limit and a small per-request budget (20 items at 5 s)."""
+    settings = {"workers": 2, "timeout_seconds": 5, "max_batch_seconds": 100}
+    config = ServiceConfig(port=0, metrics_port=0, settings=settings)
+    with ServiceThread("verifier", register, config) as svc:
+        yield svc
+
+
+def _next_small_call_seconds(stub: verifier_pb2_grpc.VerifierStub) -> float:
+    started = time.monotonic()
+    reply = stub.Verify(TWO, timeout=60)
+    assert reply.correct
+    return time.monotonic() - started
+
+
+def test_abandoned_batches_free_the_workers(strict_service: ServiceThread) -> None:
+    """Regression: a VerifyBatch whose client gave up kept both workers busy (the next small
+    call waited 58 s). Past its deadline, or cancelled, its work is dropped: the next small
+    call answers within one item limit (5 s), not after 20 stuck items x 5 s / 2 workers."""
+    stub = verifier_pb2_grpc.VerifierStub(sync_channel(strict_service.client_config()))
+    registry = strict_service.runtime.metrics.registry
+    batch = verifier_pb2.VerifyBatchRequest(items=[STUCK] * 20)
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.VerifyBatch(batch, timeout=1.0)
+    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert _next_small_call_seconds(stub) < 5
+
+    call = stub.VerifyBatch.future(batch)
+    time.sleep(1.0)
+    call.cancel()
+    assert _next_small_call_seconds(stub) < 5
+    assert registry.get_sample_value("astro_verifier_cancelled_total") == 2
+    # no abandoned item ran on to its time limit
+    assert registry.get_sample_value("astro_verifier_timeouts_total") == 0
+
+
+def test_request_budget_is_bounded(strict_service: ServiceThread) -> None:
+    """items x timeout_seconds over max_batch_seconds is RESOURCE_EXHAUSTED, naming it."""
+    stub = verifier_pb2_grpc.VerifierStub(sync_channel(strict_service.client_config()))
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.VerifyBatch(verifier_pb2.VerifyBatchRequest(items=[TWO] * 21))
+    assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "max_batch_seconds 100" in (raised.value.details() or "")
+    assert "21 items" in (raised.value.details() or "")
+    reply = stub.VerifyBatch(verifier_pb2.VerifyBatchRequest(items=[TWO] * 20))
+    assert [r.correct for r in reply.results] == [True] * 20
+
+
+def test_client_splits_big_batches(strict_service: ServiceThread) -> None:
+    """VerifierClient sends a batch as requests of at most batch_items, so a batch over the
+    service's budget still works, results in input order."""
+    items = [VerifyItem(rf"\boxed{{{n}}}", str(n if n % 4 else n + 1)) for n in range(45)]
+    with VerifierClient(strict_service.client_config(), batch_items=20) as client:
+        results = client.verify_batch(items)
+    assert [r.extracted_answer for r in results] == [str(n) for n in range(45)]
+    assert [r.correct for r in results] == [n % 4 != 0 for n in range(45)]
+    with pytest.raises(ValueError, match="batch_items"):
+        VerifierClient(strict_service.client_config(), batch_items=0)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_rewards_are_invalid(service: ServiceThread, bad: float) -> None:
+    stub = verifier_pb2_grpc.VerifierStub(sync_channel(service.client_config()))
+    one = verifier_pb2.VerifyRequest(response=r"\boxed{1}", gold="1")
+    one.rewards.correct = bad
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.Verify(one)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "rewards.correct" in (raised.value.details() or "")
+    batch = verifier_pb2.VerifyBatchRequest(items=[TWO, TWO])
+    batch.items[1].rewards.incorrect = bad
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.VerifyBatch(batch)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "items[1].rewards.incorrect" in (raised.value.details() or "")
+    batch = verifier_pb2.VerifyBatchRequest(items=[TWO], rewards={"incorrect": bad})
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.VerifyBatch(batch)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert stub.Verify(TWO).reward == 1.0  # the service is fine afterwards
+
+
+def test_settings_where_no_request_fits_are_refused() -> None:
+    from services.runtime.config import ConfigError, parse_settings
+    from services.verifier.server import VerifierSettings
+
+    with pytest.raises(ConfigError, match="max_batch_seconds"):
+        parse_settings(VerifierSettings, {"timeout_seconds": 10, "max_batch_seconds": 5})
+    with pytest.raises(ConfigError, match="max_batch_seconds"):
+        parse_settings(VerifierSettings, {"max_batch_seconds": "inf"})
+    assert parse_settings(VerifierSettings, {"max_batch_seconds": 10}).max_batch_seconds == 10
