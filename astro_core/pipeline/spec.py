@@ -170,7 +170,7 @@ def parse_config_yaml(text: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise RunSpecError(f"config_yaml: not valid YAML: {exc}") from exc
+        raise RunSpecError(f"config_yaml: not valid YAML: {one_line(exc)}") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -202,8 +202,13 @@ def load_run_spec(path: str | Path) -> RunSpec:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"run spec {path} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"run spec {path} is not valid YAML: {one_line(exc)}") from exc
     return run_spec_from_mapping(data if data is not None else {}, str(path))
+
+
+def one_line(exc: Exception) -> str:
+    """An error (YAML's span several lines) as one line."""
+    return " ".join(str(exc).split())
 
 
 def _fields_message(exc: ValidationError) -> str:

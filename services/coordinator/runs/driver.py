@@ -68,7 +68,8 @@ class RunDriver:
         self.runners = stage_runners or runners()
         self.held: dict[str, _Held] = {}  # by entry id
         self._lock = threading.Lock()
-        self._stop = threading.Event()
+        self._stop = threading.Event()  # no more claims
+        self._release = threading.Event()  # runners stop (set once claiming has stopped)
         self._threads: list[threading.Thread] = []
 
     # ---- lifecycle -----------------------------------------------------------------------
@@ -83,27 +84,18 @@ class RunDriver:
     def stop(self, timeout: float = 30.0) -> None:
         """Stop driving: runners stop at their next check (local trainer jobs end with them),
         and the runs are handed back to the queue for another replica."""
+        deadline = time.monotonic() + timeout
         self._stop.set()
+        for thread in self._threads:  # claiming ends first, so no run handed back is re-read
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._release.set()
         with self._lock:
             held = list(self.held.values())
         for item in held:
             item.wake.set()
-        deadline = time.monotonic() + timeout
         for item in held:
             if item.thread is not None:
                 item.thread.join(max(0.0, deadline - time.monotonic()))
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        with self._lock:
-            remaining = list(self.held.values())
-        for item in remaining:
-            if item.thread is not None and item.thread.is_alive():
-                continue  # still busy: its entry is reclaimed once idle
-            try:
-                if not item.lost and self.store.state(item.run_id) not in FINAL_STATES:
-                    self.store.requeue(item.entry_id, item.run_id)
-            except Exception:
-                log.exception("could not hand a run back", extra={"run_id": item.run_id})
 
     def wake(self, rid: str) -> None:
         """Make the runner of `rid` (if here) look at the run's state now (e.g. cancelled)."""
@@ -135,10 +127,12 @@ class RunDriver:
         )
         for entry_id, fields in entries:
             rid = fields.get("run_id", "")
-            if not rid or rid in driving or entry_id in self.held:
-                if rid not in driving:  # an entry without a run: drop it
-                    self.store.queue.ack([entry_id])
-                continue  # the same run queued twice (a hand-back raced a reclaim)
+            if self._stop.is_set():  # claimed while stopping: straight back to the queue
+                self.store.requeue(entry_id, rid)
+                continue
+            if not rid or rid in driving:  # no run, or one driven here already: drop it
+                self.store.queue.ack([entry_id])
+                continue
             item = _Held(entry_id, rid)
             item.thread = threading.Thread(
                 target=self._drive, args=(item,), name=f"run-{rid}", daemon=True
@@ -172,11 +166,15 @@ class RunDriver:
         finally:
             with self._lock:
                 self.held.pop(item.entry_id, None)
-            if finished and not item.lost:
-                try:
+            try:
+                if item.lost:
+                    pass  # another replica drives it now
+                elif finished:
                     self.store.queue.ack([item.entry_id])
-                except Exception:
-                    log.exception("could not acknowledge a run", extra={"run_id": item.run_id})
+                elif self._release.is_set() and self.store.state(item.run_id) not in FINAL_STATES:
+                    self.store.requeue(item.entry_id, item.run_id)  # another replica, at once
+            except Exception:
+                log.exception("could not settle a run's entry", extra={"run_id": item.run_id})
 
     # ---- one run -------------------------------------------------------------------------
 
@@ -274,7 +272,7 @@ class RunDriver:
     def _interrupted(self, item: _Held, rid: str) -> str | None:
         if self.store.state(rid) == "cancelled":
             return "cancelled"
-        if self._stop.is_set():
+        if self._release.is_set():
             return "stopping"
         if item.lost:
             return "lost to another replica"
