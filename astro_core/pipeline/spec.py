@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from astro_core.config import ConfigError, format_validation_error
+from astro_core.config import ConfigError
 
 # The stages a spec may name, in pipeline order. Arms add sft_direct and grpo_direct.
 PIPELINE_STAGES = ("search", "clone", "sft", "select_prompts", "grpo", "eval", "report")
@@ -187,7 +187,7 @@ def run_spec_from_mapping(data: Any, source: str = "") -> RunSpec:
     try:
         return RunSpec.model_validate(data)
     except ValidationError as exc:
-        raise RunSpecError(_fields_message(exc)) from exc
+        raise RunSpecError(fields_message(exc)) from exc
 
 
 def load_run_spec(path: str | Path) -> RunSpec:
@@ -211,7 +211,14 @@ def one_line(exc: Exception) -> str:
     return " ".join(str(exc).split())
 
 
-def _fields_message(exc: ValidationError) -> str:
-    """`field: problem` for each problem, config written as config_yaml as in the message."""
-    text = format_validation_error(exc)
-    return "; ".join(part.removeprefix("invalid config: ") for part in text.split("; "))
+def fields_message(exc: ValidationError, config_field: str = "config") -> str:
+    """`field: problem` for each problem of a RunSpec validation, `; `-joined; the config
+    mapping is named `config_field` (`config_yaml` when the spec came as a message)."""
+    parts = []
+    for error in exc.errors():
+        loc = [str(p) for p in error["loc"]]
+        if loc and loc[0] == "config":
+            loc[0] = config_field
+        message = str(error["msg"]).removeprefix("Value error, ")
+        parts.append(f"{'.'.join(loc)}: {message}" if loc else message)
+    return "; ".join(parts)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from google.protobuf.message import Message
 from pydantic import ValidationError
 
-from astro_core.pipeline.spec import RunSpec, RunSpecError, parse_config_yaml
+from astro_core.pipeline.spec import RunSpec, RunSpecError, fields_message, parse_config_yaml
 from services.coordinator.runs.store import Event, RunRecord
 from services.protos.astro.v1 import common_pb2, run_pb2
 
@@ -37,11 +36,7 @@ def spec_from_proto(message: run_pb2.RunSpec) -> RunSpec:
     try:
         return RunSpec.model_validate(data)
     except ValidationError as exc:
-        parts = []
-        for error in exc.errors():
-            loc = ".".join(str(p) for p in error["loc"]).replace("config", "config_yaml", 1)
-            parts.append(f"{loc}: {error['msg']}")
-        raise RunSpecError("; ".join(parts)) from exc
+        raise RunSpecError(fields_message(exc, "config_yaml")) from exc
 
 
 def spec_to_proto(spec: RunSpec) -> run_pb2.RunSpec:
@@ -102,7 +97,3 @@ def event_to_progress(rid: str, event: Event) -> common_pb2.Progress:
         metrics=event.metrics,
         event_id=event.event_id,
     )
-
-
-def message_size(message: Message) -> int:
-    return int(message.ByteSize())

@@ -60,7 +60,7 @@ class RunsServicer(run_pb2_grpc.RunsServicer):  # type: ignore[misc]
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "run_id: is empty")
         if not RUN_ID.match(rid):
             await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"run_id: {rid[:64]!r} is no run id"
+                grpc.StatusCode.INVALID_ARGUMENT, f"run_id: {rid[:64]!r} is not a run id"
             )
         if not await asyncio.to_thread(self.store.exists, rid):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"run_id: no run {rid!r}")
