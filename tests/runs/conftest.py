@@ -56,7 +56,7 @@ def start_coordinator(tmp_path: Path, redis_url: str) -> Iterator[Callable[..., 
 
     started: list[Coordinator] = []
 
-    def start(**settings: Any) -> Coordinator:
+    def start(service: dict[str, Any] | None = None, **settings: Any) -> Coordinator:
         data_dir = tmp_path / "data"
         data_dir.mkdir(exist_ok=True)
         config = ServiceConfig(
@@ -66,9 +66,11 @@ def start_coordinator(tmp_path: Path, redis_url: str) -> Iterator[Callable[..., 
             data_dir=str(data_dir),
             redis_url=redis_url,
             settings=deep_merge(FAST, settings),
+            **(service or {}),
         )
-        service = ServiceThread("coordinator", register, config).start()
-        coordinator = Coordinator(service, RunsClient(service.address), data_dir, redis_url)
+        thread = ServiceThread("coordinator", register, config).start()
+        client = RunsClient(thread.client_config(auth=config.auth))
+        coordinator = Coordinator(thread, client, data_dir, redis_url)
         started.append(coordinator)
         return coordinator
 

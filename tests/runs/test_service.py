@@ -187,3 +187,18 @@ def test_a_cancelled_pending_run_never_starts(start_coordinator: object, model_d
     assert status.state == "cancelled"
     assert [s.state for s in status.stages[:2]] == ["pending", "pending"]
     assert not store.stage(rid, "search").handle  # no search was ever made
+
+
+def test_with_auth_on_a_call_without_the_token_is_refused(
+    start_coordinator: object, model_dir: Path
+) -> None:
+    from services.coordinator.runs.client import RunsClient
+
+    coordinator = start_coordinator(service={"auth": {"token": "s3cret"}})  # type: ignore[operator]
+    rid = coordinator.client.start(spec(model_dir)).run_id
+    with RunsClient(coordinator.address) as anonymous:
+        for call in (anonymous.list, lambda: anonymous.get(rid), lambda: anonymous.cancel(rid)):
+            with pytest.raises(grpc.RpcError) as info:
+                call()
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert wait_for(coordinator.client, rid).state == "succeeded"
