@@ -3,6 +3,11 @@
 Each child is the same `astro serve NAME` a container runs. The launcher writes each child
 a config file, waits for its ready file (the bound ports), then for SERVING on gRPC health,
 and records the addresses in `<data_dir>/up.json` for `astro status` and other clients.
+
+Children are tied to the launcher: the kernel sends them SIGTERM when it dies, even by
+SIGKILL (services/runtime/processes.py). While up, `supervise` restarts a child that exits,
+on the same ports, after a backoff that doubles with each restart, and gives up (stopping
+everything) once one service needed `max_restarts` restarts within `restart_window_seconds`.
 On stop it sends SIGTERM to every child, waits for their graceful exit, and kills stragglers.
 """
 
@@ -11,29 +16,34 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from astro_core.config import deep_merge
+from astro_core.config import deep_merge, format_validation_error
 from astro_core.paths import data_dir as default_data_dir
 from services.catalog import SERVICES, start_order
 from services.health import check_health
-from services.runtime.config import ClientConfig
+from services.runtime.config import ClientConfig, ServiceConfig
+from services.runtime.processes import kill_group, spawn_tied, stop_process
 from services.runtime.redis_store import RedisHandle, connect_redis
 
 log = logging.getLogger("astro.launcher")
 STATE_FILE = "up.json"
+MAX_RESTART_BACKOFF_SECONDS = 30.0
 
 
 class UpConfig(BaseModel):
     """Configuration of `astro up`."""
+
+    model_config = ConfigDict(extra="forbid")
 
     data_dir: str | None = Field(None, description="State directory (default ~/.astro).")
     host: str = "127.0.0.1"
@@ -41,6 +51,16 @@ class UpConfig(BaseModel):
     services: list[str] = Field(default_factory=lambda: list(SERVICES))
     start_timeout_seconds: float = Field(120.0, gt=0)
     stop_timeout_seconds: float = Field(30.0, gt=0)
+    max_restarts: int = Field(
+        5,
+        ge=0,
+        description="Restarts of one service within restart_window_seconds; one more exit "
+        "stops the platform (0: never restart).",
+    )
+    restart_window_seconds: float = Field(300.0, gt=0, description="See max_restarts.")
+    restart_backoff_seconds: float = Field(
+        1.0, gt=0, description="Wait before a restart; doubles per recent restart, up to 30 s."
+    )
     common: dict[str, Any] = Field(
         default_factory=dict, description="ServiceConfig fields given to every service."
     )
@@ -49,25 +69,42 @@ class UpConfig(BaseModel):
         description="ServiceConfig fields per service, e.g. {generator: {port: 0}}.",
     )
 
+    @model_validator(mode="after")
+    def _services_and_configs_valid(self) -> UpConfig:
+        for name in [*self.services, *self.overrides]:
+            if name not in SERVICES:
+                raise ValueError(f"unknown service {name!r}; choose from {', '.join(SERVICES)}")
+        for name in self.services:
+            self.service_config(name)  # a typo in common/overrides fails here, not in a child
+        return self
+
+    def service_config(self, name: str) -> ServiceConfig:
+        """The ServiceConfig fields `common` and `overrides` give service `name`."""
+        try:
+            return ServiceConfig.model_validate(
+                deep_merge(self.common, self.overrides.get(name, {}))
+            )
+        except ValidationError as exc:
+            raise ValueError(format_validation_error(exc, source=f"the config of {name}")) from None
+
 
 class LocalPlatform:
-    """Start, watch and stop the local platform."""
+    """Start, supervise and stop the local platform."""
 
-    def __init__(self, config: UpConfig) -> None:
+    def __init__(self, config: UpConfig, report: Callable[[str], None] | None = None) -> None:
         self.config = config
         self.dir = Path(config.data_dir) if config.data_dir else default_data_dir()
         self.run_dir = self.dir / "up"
         self.redis: RedisHandle | None = None
         self.children: dict[str, subprocess.Popen[bytes]] = {}
         self.addresses: dict[str, dict[str, Any]] = {}
+        self.restarts: dict[str, list[float]] = {}  # monotonic times of each service's restarts
+        self._report = report or log.warning
 
     def start(self) -> dict[str, dict[str, Any]]:
-        unknown = [s for s in self.config.services if s not in SERVICES]
-        if unknown:
-            raise ValueError(f"unknown service(s) {unknown}; choose from {list(SERVICES)}")
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.redis = connect_redis(self.config.redis_url, self.dir / "redis")
         try:
+            self.redis = connect_redis(self.config.redis_url, self.dir / "redis")
             deadline = time.monotonic() + self.config.start_timeout_seconds
             # In waves, so a service is told the addresses of those it calls (ports may be 0).
             for wave in start_order(self.config.services):
@@ -81,7 +118,8 @@ class LocalPlatform:
             raise
         return self.addresses
 
-    def _spawn(self, name: str) -> None:
+    def _spawn(self, name: str, ports: dict[str, Any] | None = None) -> None:
+        """Start `astro serve NAME`; `ports` pins the ports it had (a restart)."""
         spec = SERVICES[name]
         ready = self.run_dir / f"{name}.ready.json"
         ready.unlink(missing_ok=True)
@@ -95,6 +133,8 @@ class LocalPlatform:
             },
             deep_merge(self.config.common, self.config.overrides.get(name, {})),
         )
+        if ports is not None:
+            service_config.update(port=ports["port"], metrics_port=ports["metrics_port"])
         if spec.needs_redis:
             assert self.redis is not None
             service_config["redis_url"] = self.redis.url
@@ -104,17 +144,27 @@ class LocalPlatform:
                 settings.setdefault(f"{dependency}_address", self.addresses[dependency]["address"])
         config_path = self.run_dir / f"{name}.yaml"
         config_path.write_text(yaml.safe_dump(service_config))
-        log_file = (self.run_dir / f"{name}.log").open("ab")
         cmd = [sys.executable, "-m", "astro_cli.main", "serve", name, "--config", str(config_path)]
-        self.children[name] = subprocess.Popen(
-            cmd, stdout=log_file, stderr=log_file, env=os.environ
-        )
-        log_file.close()
+        with (self.run_dir / f"{name}.log").open("ab") as log_file:
+            self.children[name] = spawn_tied(
+                cmd,
+                name=name,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+                env=os.environ,
+                # Its own process group: a terminal's Ctrl-C reaches `astro up`, which stops
+                # the children in order, and a crashed child's own children can be cleared.
+                start_new_session=True,
+            )
 
-    def _wait_ready(self, name: str, deadline: float) -> dict[str, Any]:
+    def _wait_ready(
+        self, name: str, deadline: float, stop: threading.Event | None = None
+    ) -> dict[str, Any]:
         ready = self.run_dir / f"{name}.ready.json"
         child = self.children[name]
-        while time.monotonic() < deadline:
+        own = self.config.service_config(name)  # its credentials, for the health check
+        while time.monotonic() < deadline and not (stop and stop.is_set()):
             if child.poll() is not None:
                 raise RuntimeError(
                     f"service {name} exited with code {child.returncode} during start; "
@@ -122,15 +172,14 @@ class LocalPlatform:
                 )
             if ready.exists():
                 info: dict[str, Any] = json.loads(ready.read_text())
-                status = check_health(self.client_config(info["address"]))
-                if status == "SERVING":
+                if check_health(own.client_config(info["address"])) == "SERVING":
                     return info
             time.sleep(0.1)
         raise TimeoutError(f"service {name} did not become SERVING in time")
 
     def client_config(self, address: str) -> ClientConfig:
-        auth = {**self.config.common.get("auth", {})}
-        return ClientConfig(address=address, auth=auth)
+        """How a client of this platform reaches `address`: the credentials in `common`."""
+        return ServiceConfig.model_validate(self.config.common).client_config(address)
 
     def _write_state(self) -> None:
         state = {
@@ -138,28 +187,74 @@ class LocalPlatform:
             "redis_url": self.redis.url if self.redis else None,
             "services": self.addresses,
         }
-        (self.dir / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+        path = self.dir / STATE_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2) + "\n")
+        tmp.replace(path)
 
-    def failed_child(self) -> str | None:
-        """Name of a child that exited on its own, if any."""
-        for name, child in self.children.items():
-            if child.poll() is not None:
-                return name
-        return None
+    def supervise(self, stop: threading.Event, poll_seconds: float = 0.5) -> int:
+        """Until `stop` is set: restart children that exit (logged, with backoff). Returns 0
+        when stopped, 1 when a service exhausted its restarts (the caller stops everything)."""
+        due: dict[str, float] = {}  # service -> when to restart it
+        while not stop.wait(poll_seconds):
+            now = time.monotonic()
+            for name, child in self.children.items():
+                code = child.poll()
+                if code is None or name in due:
+                    continue
+                kill_group(child)  # what the dead child left running
+                recent = [t for t in self.restarts.get(name, []) if now - t < self.window]
+                self.restarts[name] = recent
+                if len(recent) >= self.config.max_restarts:
+                    self._report(
+                        f"service {name} exited with code {code} after {len(recent)} restarts "
+                        f"in {self.window:.0f}s; stopping the platform"
+                    )
+                    return 1
+                delay = min(
+                    self.config.restart_backoff_seconds * 2 ** len(recent),
+                    MAX_RESTART_BACKOFF_SECONDS,
+                )
+                self._report(
+                    f"service {name} exited with code {code}; restarting it in {delay:.1f}s "
+                    f"(restart {len(recent) + 1} of at most {self.config.max_restarts})"
+                )
+                due[name] = now + delay
+            for name, when in list(due.items()):
+                if time.monotonic() >= when and not stop.is_set():
+                    del due[name]
+                    self._restart(name, stop)
+        return 0
+
+    @property
+    def window(self) -> float:
+        return self.config.restart_window_seconds
+
+    def _restart(self, name: str, stop: threading.Event) -> None:
+        self.restarts.setdefault(name, []).append(time.monotonic())
+        self._spawn(name, ports=self.addresses[name])
+        deadline = time.monotonic() + self.config.start_timeout_seconds
+        try:
+            self.addresses[name] = self._wait_ready(name, deadline, stop)
+        except (RuntimeError, TimeoutError) as exc:
+            # Counted like any exit: the next supervision round sees it and decides.
+            stop_process(self.children[name], self.config.stop_timeout_seconds)
+            if not stop.is_set():
+                self._report(f"restart of service {name} failed: {exc}")
+            return
+        self._write_state()
+        self._report(f"service {name} is back (pid {self.addresses[name]['pid']})")
 
     def stop(self) -> dict[str, int]:
         """SIGTERM every child, wait for graceful exits, kill what remains. Returns exit codes."""
         for child in self.children.values():
             if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
+                child.terminate()
         deadline = time.monotonic() + self.config.stop_timeout_seconds
         codes: dict[str, int] = {}
         for name, child in self.children.items():
-            try:
-                codes[name] = child.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.kill()
-                codes[name] = child.wait()
+            codes[name] = stop_process(child, max(0.0, deadline - time.monotonic()))
+            kill_group(child)
         self.children.clear()
         state = self.dir / STATE_FILE
         if state.exists() and json.loads(state.read_text()).get("pid") == os.getpid():
@@ -170,10 +265,24 @@ class LocalPlatform:
         return codes
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
 def read_state(directory: str | Path | None = None) -> dict[str, Any] | None:
-    """The addresses `astro up` recorded, or None when it is not running."""
+    """The addresses `astro up` recorded, or None when it is not running (no state, or the
+    state of an `astro up` that died without removing it)."""
     path = (Path(directory) if directory else default_data_dir()) / STATE_FILE
-    if not path.exists():
+    try:
+        state: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):
         return None
-    state: dict[str, Any] = json.loads(path.read_text())
+    if not isinstance(state.get("pid"), int) or not _alive(state["pid"]):
+        return None
     return state

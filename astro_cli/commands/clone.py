@@ -91,6 +91,8 @@ def clone(
         count_tokens, tokenizer_name = _token_counter(tokenizer), str(tokenizer)
 
     total = sum(1 for line in trees.open(encoding="utf-8") if line.strip())
+    if total == 0:
+        fail(f"no trees in {trees}: nothing to clone", code=1)
     with ExitStack() as stack:
         client, template = None, None
         if generator is not None:

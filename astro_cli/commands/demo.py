@@ -45,12 +45,16 @@ def demo(
     from services.health import check_health
     from services.launcher import LocalPlatform, UpConfig
 
-    directory = (data_dir or Path(tempfile.mkdtemp(prefix="astro-demo-"))).resolve()
+    if limit < 1:  # before anything starts or is written
+        fail(f"--limit must be at least 1, got {limit}")
     problems_path = problems or _default_problems()
     try:
         chosen = load_problems(problems_path, limit)
     except (OSError, ValueError) as exc:
         fail(f"--problems: {exc}")
+    if not chosen:
+        fail(f"--problems: no problems in {problems_path}")
+    directory = (data_dir or Path(tempfile.mkdtemp(prefix="astro-demo-"))).resolve()
     started = time.monotonic()
     model_dir = ensure_tiny_model(directory / "models" / "tiny-llama")
     _step(1, f"tiny model ready at {model_dir}")

@@ -16,9 +16,12 @@ _TEXT_KEYS = ("response", "completion", "output", "text", "trace")
 
 def split_location(spec: str) -> tuple[Path, int | None]:
     """FILE or FILE:LINE (1-based) -> (path, line)."""
-    match = re.fullmatch(r"(.+):(\d+)", spec)
+    match = re.fullmatch(r"(.+):([+-]?[0-9]+)", spec)
     if match and not Path(spec).exists():
-        return Path(match.group(1)), int(match.group(2))
+        line = int(match.group(2))
+        if line < 1:
+            fail(f"{spec}: line numbers start at 1, got {line}")
+        return Path(match.group(1)), line
     return Path(spec), None
 
 
@@ -103,6 +106,8 @@ def graph(
         except ValueError as exc:
             fail(str(exc))
     else:
+        if not text.strip():
+            fail(f"{trace}: the trace is empty: nothing to draw", code=1)
         name = str(row.get("problem_id", "trace")) if row else "trace"
         drawing = trace_graph(text, name=name)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ def serve(
     from services.catalog import SERVICES, load_register
     from services.runtime.config import load_service_config
     from services.runtime.logs import setup_json_logging
-    from services.runtime.server import run_service
+    from services.runtime.server import ServiceStartError, run_service
 
     if service not in SERVICES:
         fail(f"unknown service {service!r}; choose from {', '.join(SERVICES)}")
@@ -55,6 +55,8 @@ def serve(
         asyncio.run(run_service(service, load_register(service), service_config))
     except ConfigError as exc:  # a bad `settings:` value, found when the service registers
         fail(f"{service}: {exc}")
+    except ServiceStartError as exc:  # e.g. the port is taken, Redis unreachable
+        fail(str(exc), code=1)
 
 
 def up(
@@ -71,7 +73,9 @@ def up(
         up_config = load_config(UpConfig, config, overrides=overrides, env_prefix=None)
     except ConfigError as exc:
         fail(str(exc))
-    platform = LocalPlatform(up_config)
+    platform = LocalPlatform(
+        up_config, report=lambda event: typer.echo(f"astro up: {event}", err=True)
+    )
 
     def interrupt(*_: object) -> None:
         raise KeyboardInterrupt
@@ -84,20 +88,14 @@ def up(
         fail(str(exc), code=1)
     except KeyboardInterrupt:
         fail("interrupted while starting; everything started was stopped", code=130)
-    # ... once up, a signal asks the watch loop below to stop everything in order.
+    # ... once up, a signal asks the supervision loop below to stop everything in order.
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     for name, info in addresses.items():
         typer.echo(f"{name:<12} {info['address']:<22} metrics :{info['metrics_port']}  SERVING")
     typer.echo("astro is up; press Ctrl-C to stop.", err=True)
-    exit_code = 0
-    while not stop.wait(0.5):
-        failed = platform.failed_child()
-        if failed:
-            typer.echo(f"error: service {failed} exited; stopping the platform", err=True)
-            exit_code = 1
-            break
+    exit_code = platform.supervise(stop)
     codes = platform.stop()
     bad = {name: code for name, code in codes.items() if code != 0}
     if bad and exit_code == 0:
@@ -126,6 +124,8 @@ def status(
             name, sep, addr = item.partition("=")
             if not sep or not addr:
                 fail(f"--address must be NAME=HOST:PORT, got {item!r}")
+            if name not in SERVICES:
+                fail(f"--address: unknown service {name!r}; choose from {', '.join(SERVICES)}")
             targets[name] = addr
     else:
         state = read_state(data_dir)

@@ -17,7 +17,7 @@ import shutil
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -48,13 +48,25 @@ def is_client_side(url: str) -> bool:
     return fsspec.utils.get_protocol(url) in CLIENT_SIDE_PROTOCOLS
 
 
+MAX_PATH_PARTS = 32
+MAX_PART_BYTES = 255  # what common filesystems allow for one name
+
+
 def check_relpath(rel: str) -> str:
-    """A file path inside a checkpoint: relative, "/"-separated, no "." or ".." parts."""
+    """A file path inside a checkpoint: relative, "/"-separated, no "." or ".." parts, no
+    control characters, at most MAX_PATH_PARTS parts of at most MAX_PART_BYTES each."""
     parts = rel.split("/")
     if not rel or "\\" in rel or any(part in ("", ".", "..") for part in parts):
         raise ValueError(
             f"file path {rel!r} is invalid: it must be relative, '/'-separated, "
             "without empty, '.' or '..' parts"
+        )
+    if any(ord(char) < 32 or char == "\x7f" for char in rel):
+        raise ValueError(f"file path {rel!r} is invalid: it holds a control character")
+    if len(parts) > MAX_PATH_PARTS or any(len(part.encode()) > MAX_PART_BYTES for part in parts):
+        raise ValueError(
+            f"file path {rel[:80]!r}... is invalid: at most {MAX_PATH_PARTS} parts of at "
+            f"most {MAX_PART_BYTES} bytes each"
         )
     return rel
 
@@ -164,6 +176,7 @@ class StagedTree:
         self._rel = ""
         self._file: IO[bytes] | None = None
         self._digest = hashlib.sha256()
+        self._dirs: set[str] = set()  # directories the files written so far lie in
         # A server may abort from another thread while a write is in flight: one at a time.
         self._lock = threading.RLock()
 
@@ -190,6 +203,7 @@ class StagedTree:
             check_relpath(rel)
             if rel in self.sha256:
                 raise ValueError(f"file {rel} was sent twice or its chunks were not consecutive")
+            self._check_no_clash(rel)
             path = f"{self.tmp}/{rel}"
             self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
             self._rel, self._file, self._digest = rel, self.fs.open(path, "wb"), hashlib.sha256()
@@ -197,6 +211,16 @@ class StagedTree:
         self._file.write(data)
         self._digest.update(data)
         self.bytes_written += len(data)
+
+    def _check_no_clash(self, rel: str) -> None:
+        """A file may not also be a directory of another file (`a` and `a/b`)."""
+        parents = ["/".join(rel.split("/")[:i]) for i in range(1, rel.count("/") + 1)]
+        if rel in self._dirs:
+            raise ValueError(f"file path {rel!r} is also the directory of another file")
+        clash = next((p for p in parents if p in self.sha256 or p == self._rel), None)
+        if clash is not None:
+            raise ValueError(f"file path {rel!r} lies inside the file {clash!r}")
+        self._dirs.update(parents)
 
     def end_file(self, expected_sha256: str = "") -> str:
         """Close the file in progress; raise IntegrityError if it differs from expected."""
@@ -284,20 +308,36 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+class CopyStopped(CheckpointError):
+    """A copy was asked to stop (its requester gave up); nothing of it was kept."""
+
+
 def copy_tree(
     src_url: str,
     dest_url: str,
     expected: Mapping[str, str] | None = None,
     where: str = "",
     chunk_bytes: int = CHUNK_BYTES,
+    stop: Callable[[], bool] | None = None,
 ) -> dict[str, str]:
     """Copy every file of src into dest atomically, hashing on the way; with `expected`,
-    the copy is verified (IntegrityError names the file) before it is put in place."""
+    the copy is verified (IntegrityError names the file) before it is put in place. `stop`
+    is asked before each chunk and before the rename: once true, the copy is removed and
+    CopyStopped raised."""
+
+    def chunks(rel: str) -> Iterator[bytes]:
+        for chunk in read_chunks(join_url(src_url, rel), chunk_bytes):
+            if stop is not None and stop():
+                raise CopyStopped(f"the copy of {src_url} was stopped")
+            yield chunk
+
     with StagedTree(dest_url) as staged:
         for rel in list_files(src_url):
-            staged.write_file(rel, read_chunks(join_url(src_url, rel), chunk_bytes))
+            staged.write_file(rel, chunks(rel))
         if expected is not None:
             staged.verify(expected, where or src_url)
+        if stop is not None and stop():
+            raise CopyStopped(f"the copy of {src_url} was stopped")
         staged.commit()
     return staged.sha256
 

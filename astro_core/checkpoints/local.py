@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -49,15 +50,24 @@ _PROCESS_LOCKS_GUARD = threading.Lock()
 
 
 def check_request(
-    name: str, stage: str, parent_version: int, step: int, aliases: Sequence[str]
+    name: str,
+    stage: str,
+    parent_version: int,
+    step: int,
+    aliases: Sequence[str],
+    metrics: Mapping[str, float] | None = None,
 ) -> tuple[str, str, list[str]]:
-    """Validate a registration; returns (name, stage, aliases without "latest", deduplicated)."""
+    """Validate a registration; returns (name, stage, aliases deduplicated). `latest` is
+    refused, as by set_alias: it moves to every new version by itself."""
     check_name(name)
     if parent_version < 0:
         raise ValueError(f"parent_version must be >= 0, got {parent_version}")
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
-    extra = [check_name(a, "alias") for a in dict.fromkeys(aliases) if a != LATEST]
+    for key, value in (metrics or {}).items():
+        if not math.isfinite(value):
+            raise ValueError(f"metric {key!r} must be a finite number, got {value}")
+    extra = [check_settable_alias(a) for a in dict.fromkeys(aliases)]
     return name, check_stage(stage), extra
 
 
@@ -183,7 +193,9 @@ class LocalCheckpointStore:
     ) -> CheckpointInfo:
         """Copy source_dir (verified) under the root and register it as the next version;
         in_place registers the files where they are, and deleting never removes them."""
-        name, stage, extra_aliases = check_request(name, stage, parent_version, step, aliases)
+        name, stage, extra_aliases = check_request(
+            name, stage, parent_version, step, aliases, metrics
+        )
         source = str(source_dir)
         if in_place:
             location, sha256 = source, hash_tree(source)

@@ -27,6 +27,11 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from astro_core.models.accelerator import select_deepspeed_accelerator
+
+# save_pretrained imports deepspeed (through accelerate) when it is installed.
+select_deepspeed_accelerator()
+
 BOS = "<|begin_of_text|>"
 EOS = "<|end_of_text|>"
 PAD = "<|pad|>"

@@ -38,11 +38,10 @@ async def register(runtime: ServiceRuntime, backends: Backends | None = None) ->
     )
     worker = None
     if settings.worker:
-        if backends is None:
-            factory = (
-                load_backends_factory(settings.backends) if settings.backends else grpc_backends
-            )
-            backends = factory(settings)
+        if backends is None and settings.backends:
+            backends = load_backends_factory(settings.backends)(settings)
+        elif backends is None:  # the peers, reached with this service's own credentials
+            backends = grpc_backends(settings, runtime.config.client_config)
         used = backends
         worker = SearchWorker(jobs, used, settings)
         worker.start()

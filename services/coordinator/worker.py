@@ -31,6 +31,7 @@ from astro_core.protocols import Generator, Verifier
 from astro_core.search.mcts import MCTS, TreeSearch
 from services.coordinator.jobs import JobStore, Task, tree_key
 from services.coordinator.settings import CoordinatorSettings
+from services.runtime.config import ClientConfig
 
 log = logging.getLogger("astro.coordinator.worker")
 
@@ -284,17 +285,19 @@ class SearchWorker:
             self.active.pop(entry_id, None)
 
 
-def grpc_backends(settings: CoordinatorSettings) -> Backends:
-    """The generator and verifier services, through their gRPC clients."""
+def grpc_backends(
+    settings: CoordinatorSettings, client_config: Callable[[str], ClientConfig] | None = None
+) -> Backends:
+    """The generator and verifier services, through their gRPC clients. `client_config`
+    gives a peer's ClientConfig (the service's own: ServiceConfig.client_config)."""
     from services.generator.client import GeneratorClient
     from services.runtime.config import client_config_from_env
     from services.verifier.client import VerifierClient
 
+    peer = client_config or client_config_from_env
     timeout = settings.generate_timeout_seconds
-    generator = GeneratorClient(client_config_from_env(settings.generator_address), timeout=timeout)
-    verifier = VerifierClient(
-        client_config_from_env(settings.verifier_address), timeout_seconds=timeout
-    )
+    generator = GeneratorClient(peer(settings.generator_address), timeout=timeout)
+    verifier = VerifierClient(peer(settings.verifier_address), timeout_seconds=timeout)
 
     def load_model(ref: dict[str, Any]) -> None:
         generator.load_model(

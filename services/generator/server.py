@@ -35,7 +35,7 @@ from astro_core.protocols import Completion
 from services.generator.batcher import Batcher, BatcherClosed, QueueFull
 from services.generator.follow import AliasFollower
 from services.protos.astro.v1 import common_pb2, generator_pb2, generator_pb2_grpc
-from services.runtime.config import parse_settings
+from services.runtime.config import ClientConfig, parse_settings
 from services.runtime.server import ServiceRuntime
 
 log = logging.getLogger("astro.generator")
@@ -337,10 +337,10 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
         return model_info(await self._engine(context))
 
 
-def connect_registry(address: str) -> CheckpointStore:
+def connect_registry(config: ClientConfig) -> CheckpointStore:
     from services.registry.client import RegistryClient
 
-    return RegistryClient(address)
+    return RegistryClient(config)
 
 
 def add_generator(
@@ -351,7 +351,7 @@ def add_generator(
     assert runtime.server is not None
     settings = parse_settings(GeneratorSettings, runtime.config.settings)
     if store is None and settings.registry_address:
-        store = connect_registry(settings.registry_address)
+        store = connect_registry(runtime.config.client_config(settings.registry_address))
     if settings.follow_alias and not hasattr(store, "watch"):
         raise ConfigError("settings.follow_alias needs settings.registry_address (a registry)")
     service = GeneratorService(runtime, settings, store)

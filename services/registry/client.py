@@ -38,6 +38,7 @@ from astro_core.checkpoints.artifacts import (
     hash_tree,
     is_client_side,
     iter_tree_chunks,
+    list_files,
 )
 from services.protos.astro.v1 import registry_pb2, registry_pb2_grpc
 from services.registry.messages import event_from_message, from_message
@@ -119,11 +120,7 @@ class RegistryClient:
             aliases=list(aliases),
         )
         if is_client_side(source) and not (self.shared_storage or in_place):
-            messages = self._upload_messages(header, source)
-            reply = _call(
-                lambda: self.stub.UploadCheckpoint(messages, timeout=TRANSFER_TIMEOUT_SECONDS)
-            )
-            return from_message(reply)
+            return self._upload(header, source)
         if is_client_side(source):
             # The server reads the same files: send what we see so it can verify its copy.
             header.sha256.update(hash_tree(source))
@@ -133,6 +130,27 @@ class RegistryClient:
         reply = _call(
             lambda: self.stub.RegisterCheckpoint(header, timeout=TRANSFER_TIMEOUT_SECONDS)
         )
+        return from_message(reply)
+
+    def _upload(
+        self, header: registry_pb2.RegisterCheckpointRequest, source: str
+    ) -> CheckpointInfo:
+        list_files(source)  # not a directory, or empty: say so before any call
+        failures: list[Exception] = []
+
+        def messages() -> Iterator[registry_pb2.UploadCheckpointRequest]:
+            try:
+                yield from self._upload_messages(header, source)
+            except Exception as exc:  # gRPC would only say "Exception iterating requests!"
+                failures.append(exc)
+                raise
+
+        try:
+            reply = self.stub.UploadCheckpoint(messages(), timeout=TRANSFER_TIMEOUT_SECONDS)
+        except grpc.RpcError as exc:
+            if failures:  # reading the files failed: that error, as itself
+                raise failures[0] from None
+            raise _translated(exc) from None
         return from_message(reply)
 
     def _upload_messages(

@@ -116,7 +116,11 @@ return {'ok', version, record, ''}
 """
 )
 
-_EVENT_ID = re.compile(r"\d+(-\d+)?")
+# Stream ids are two unsigned 64-bit numbers ("ms-seq"); ASCII digits only ("１" is a digit
+# to str.isdigit, not to Redis).
+_EVENT_ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")
+_PAGE_TOKEN = re.compile(r"[0-9]{1,20}")
+_UINT64_MAX = 2**64 - 1
 
 
 @dataclass(frozen=True)
@@ -138,7 +142,11 @@ class Event:
 
 
 def check_event_id(event_id: str) -> str:
-    if event_id and not _EVENT_ID.fullmatch(event_id):
+    """Return event_id ("" allowed), or raise ValueError unless Redis would accept it."""
+    if not event_id:
+        return event_id
+    match = _EVENT_ID.fullmatch(event_id)
+    if not match or any(int(part) > _UINT64_MAX for part in match.groups() if part):
         raise ValueError(f"after_event_id {event_id!r} is not an event id (e.g. '1700000000000-0')")
     return event_id
 
@@ -199,7 +207,7 @@ class RedisMetadata:
         self, name: str, stage: str, page_size: int, page_token: str
     ) -> tuple[list[Entry], str]:
         """A page, newest first, and the token of the next page ("" after the last)."""
-        if page_token and not page_token.isdigit():
+        if page_token and not _PAGE_TOKEN.fullmatch(page_token):
             raise ValueError(f"page_token {page_token!r} did not come from ListCheckpoints")
         key = f"{self.prefix}versions:{name}" if name else f"{self.prefix}index"
         upper = f"({page_token}" if page_token else "+inf"

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import threading
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import grpc
+import redis
 import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -32,6 +35,7 @@ from astro_core.checkpoints import (
 from astro_core.checkpoints.artifacts import (
     ArtifactRoot,
     StagedTree,
+    check_relpath,
     compare_digests,
     copy_tree,
     hash_tree,
@@ -41,6 +45,7 @@ from astro_core.checkpoints.artifacts import (
 from astro_core.checkpoints.local import check_request, check_settable_alias, new_record
 from astro_core.paths import data_dir
 from services.protos.astro.v1 import common_pb2, registry_pb2, registry_pb2_grpc
+from services.registry.imports import ImportRoots, check_protocol_available
 from services.registry.messages import event_message, info_from_entry, to_message
 from services.registry.metadata import RedisMetadata, check_event_id
 from services.runtime.config import parse_settings
@@ -77,6 +82,14 @@ class RegistrySettings(BaseModel):
         description="At start, remove `.tmp-` leftovers of dead writers older than this "
         "(local roots); 0 turns the sweep off.",
     )
+    import_roots: list[str] = Field(
+        default_factory=list,
+        description="Directories or fsspec URLs under which RegisterCheckpoint may read "
+        "files the server can see (artifact_uri, in_place); empty: uploads only.",
+    )
+    max_upload_bytes: int = Field(
+        1 << 40, gt=0, description="Largest checkpoint one UploadCheckpoint may send (bytes)."
+    )
 
     @field_validator("key_prefix")
     @classmethod
@@ -85,6 +98,20 @@ class RegistrySettings(BaseModel):
             raise ValueError("key_prefix must start with 'astro:reg:' (the registry's keys)")
         return value
 
+    @field_validator("import_roots")
+    @classmethod
+    def _roots_readable(cls, roots: list[str]) -> list[str]:
+        for root in roots:
+            if not root:
+                raise ValueError("an import root must not be empty")
+            check_protocol_available(root)
+        return roots
+
+    @field_validator("artifact_root")
+    @classmethod
+    def _root_writable(cls, root: str | None) -> str | None:
+        return check_protocol_available(root) if root else root
+
 
 _STATUS: list[tuple[type[Exception], grpc.StatusCode]] = [
     (CheckpointNotFound, grpc.StatusCode.NOT_FOUND),
@@ -92,25 +119,43 @@ _STATUS: list[tuple[type[Exception], grpc.StatusCode]] = [
     (IntegrityError, grpc.StatusCode.DATA_LOSS),
     (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
     (CheckpointError, grpc.StatusCode.INVALID_ARGUMENT),  # e.g. artifact_uri holds no files
+    (ImportError, grpc.StatusCode.FAILED_PRECONDITION),  # an fsspec backend is not installed
+    (redis.ConnectionError, grpc.StatusCode.UNAVAILABLE),
+    (redis.TimeoutError, grpc.StatusCode.UNAVAILABLE),
 ]
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @asynccontextmanager
 async def _reported(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
-    """Turn astro_core's errors into gRPC statuses carrying their message."""
+    """Turn astro_core's errors into gRPC statuses carrying their message (anything else
+    becomes INTERNAL in the runtime)."""
     try:
         yield
-    except (ValueError, CheckpointError) as exc:
+    except tuple(kind for kind, _ in _STATUS) as exc:
         code = next(code for kind, code in _STATUS if isinstance(exc, kind))
-        await context.abort(code, str(exc))
+        message = str(exc)
+        if isinstance(exc, redis.RedisError):
+            message = f"the registry's metadata store is unavailable: {exc}"
+        await context.abort(code, message)
+
+
+def check_sha256(digest: str, where: str) -> str:
+    if not _SHA256.fullmatch(digest):
+        raise ValueError(f"{where}: sha256 must be 64 lowercase hex digits, got {digest[:80]!r}")
+    return digest
 
 
 def _check_header(request: registry_pb2.RegisterCheckpointRequest) -> tuple[str, str, list[str]]:
-    for rel in request.sha256:
-        if not rel:
-            raise ValueError("sha256 has an empty file path")
+    for rel, digest in request.sha256.items():
+        check_sha256(digest, f"sha256[{check_relpath(rel)!r}]")
     return check_request(
-        request.name, request.stage, request.parent_version, request.step, request.aliases
+        request.name,
+        request.stage,
+        request.parent_version,
+        request.step,
+        request.aliases,
+        request.metrics,
     )
 
 
@@ -128,6 +173,7 @@ class RegistryServicer(registry_pb2_grpc.CheckpointRegistryServicer):
         self.meta = meta
         self.artifacts = artifacts
         self.settings = settings
+        self.import_roots = ImportRoots(settings.import_roots)
 
     async def _commit(
         self,
@@ -157,9 +203,9 @@ class RegistryServicer(registry_pb2_grpc.CheckpointRegistryServicer):
     ) -> common_pb2.Checkpoint:
         async with _reported(context):
             checked = _check_header(request)
-            uri = request.artifact_uri
-            if not uri:
+            if not request.artifact_uri:
                 raise ValueError("artifact_uri is required (or send the files: UploadCheckpoint)")
+            uri = await asyncio.to_thread(self.import_roots.resolve, request.artifact_uri)
             declared = dict(request.sha256) or None
             if request.in_place:
                 sha256 = await asyncio.to_thread(hash_tree, uri)
@@ -167,9 +213,30 @@ class RegistryServicer(registry_pb2_grpc.CheckpointRegistryServicer):
                     compare_digests(declared, sha256, uri)
                 return await self._commit(request, checked, uri, sha256, owned=False)
             location = self.artifacts.new_location(checked[0])
-            sha256 = await asyncio.to_thread(copy_tree, uri, location, declared, uri)
+            sha256 = await self._copy(uri, location, declared)
             return await self._commit(request, checked, location, sha256, owned=True)
         raise AssertionError("unreachable")  # _reported aborts
+
+    async def _copy(self, uri: str, location: str, declared: dict[str, str] | None) -> Any:
+        """copy_tree in a thread. If the caller gives up (cancel, deadline) the copy stops at
+        its next chunk and nothing of it is kept."""
+        stop = threading.Event()
+        copying = asyncio.ensure_future(
+            asyncio.to_thread(
+                copy_tree, uri, location, declared, uri, self.settings.chunk_bytes, stop.is_set
+            )
+        )
+        try:
+            return await asyncio.shield(copying)
+        except asyncio.CancelledError:
+            stop.set()
+            copying.add_done_callback(lambda done: self._discard(done, location))
+            raise
+
+    def _discard(self, copy: asyncio.Future[Any], location: str) -> None:
+        """A copy that finished before it saw the stop is removed (off the event loop)."""
+        if not copy.cancelled() and copy.exception() is None:
+            threading.Thread(target=self.artifacts.remove, args=(location,), daemon=True).start()
 
     async def UploadCheckpoint(
         self,
@@ -199,11 +266,20 @@ class RegistryServicer(registry_pb2_grpc.CheckpointRegistryServicer):
                     if part != "chunk" or staged is None:
                         raise ValueError("only the first message of an upload may be a header")
                     chunk = message.chunk
+                    if staged.bytes_written + len(chunk.data) > self.settings.max_upload_bytes:
+                        await context.abort(
+                            grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"upload larger than max_upload_bytes "
+                            f"({self.settings.max_upload_bytes} bytes)",
+                        )
                     await asyncio.to_thread(staged.add, chunk.path, chunk.data)
                     if chunk.sha256:
+                        check_sha256(chunk.sha256, f"file {chunk.path}")
                         await asyncio.to_thread(staged.end_file, chunk.sha256)
                 if header is None or staged is None:
                     raise ValueError("empty upload: send the header, then the files")
+                if not staged.sha256 and not staged.file_in_progress:
+                    raise ValueError("an upload needs at least one file after its header")
                 if staged.file_in_progress:
                     raise ValueError(f"file {staged.file_in_progress} ended without its sha256")
                 if header.sha256:
@@ -286,10 +362,17 @@ class RegistryServicer(registry_pb2_grpc.CheckpointRegistryServicer):
         self, request: registry_pb2.GetCheckpointRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[registry_pb2.DownloadCheckpointResponse]:
         async with _reported(context):
-            info = info_from_entry(await self.meta.get(*_check_get(request)))
+            entry = await self.meta.get(*_check_get(request))
+        info, in_place = info_from_entry(entry), not entry.record.get("owned")
         yield registry_pb2.DownloadCheckpointResponse(checkpoint=to_message(info))
         for rel in sorted(info.sha256):
             url = join_url(info.artifact_uri, rel)
+            if in_place and not self.import_roots.admits_file(url):
+                # Registered in place, then made a link out of the roots: serve nothing of it.
+                await context.abort(
+                    grpc.StatusCode.DATA_LOSS,
+                    f"{info.ref}: file {rel} now leads outside the registry's import roots",
+                )
             try:
                 async for data, last in _file_chunks(url, self.settings.chunk_bytes):
                     chunk = registry_pb2.FileChunk(

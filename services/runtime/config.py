@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from astro_core.config import ConfigError, format_validation_error, load_config
 
@@ -18,6 +18,8 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 class AuthConfig(BaseModel):
     """Optional bearer-token auth. With neither token nor token_file set, auth is off."""
+
+    model_config = ConfigDict(extra="forbid")
 
     token: str | None = Field(None, description="Shared bearer token (prefer token_file).")
     token_file: str | None = Field(
@@ -41,6 +43,8 @@ class AuthConfig(BaseModel):
 class TLSConfig(BaseModel):
     """Optional TLS. Servers need cert_file + key_file; clients may pin ca_file."""
 
+    model_config = ConfigDict(extra="forbid")
+
     enabled: bool = False
     cert_file: str | None = None
     key_file: str | None = None
@@ -57,7 +61,11 @@ class TLSConfig(BaseModel):
 
 
 class ServiceConfig(BaseModel):
-    """One service process. Each service may subclass this to add its own section."""
+    """One service process. Each service may subclass this to add its own section.
+
+    An unknown key is refused (a typo must not silently fall back to a default)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     host: str = Field("127.0.0.1", description="Address to bind; 0.0.0.0 in a container.")
     port: int = Field(0, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
@@ -84,9 +92,31 @@ class ServiceConfig(BaseModel):
         default_factory=dict, description="Service-specific settings (engine, model, pool size...)."
     )
 
+    @model_validator(mode="after")
+    def _metrics_apart(self) -> ServiceConfig:
+        # /metrics needs no token: it must never share the gRPC port.
+        if self.port and self.metrics_port == self.port:
+            raise ValueError(f"metrics_port must differ from port ({self.port})")
+        return self
+
+    def client_config(self, address: str, **fields: Any) -> ClientConfig:
+        """How this service reaches a peer at `address`: with its own credentials (the bearer
+        token, the TLS settings) and message limit. Every client a service builds comes from
+        here, so a token set in the config (e.g. `auth.token_file`, as the chart does) is
+        carried on internal calls too."""
+        options: dict[str, Any] = {
+            "address": address,
+            "auth": self.auth.model_copy(),
+            "tls": self.tls.model_copy(),
+            "max_message_bytes": self.max_message_bytes,
+        }
+        return ClientConfig(**{**options, **fields})
+
 
 class ClientConfig(BaseModel):
     """How a client reaches a service."""
+
+    model_config = ConfigDict(extra="forbid")
 
     address: str = "127.0.0.1:50051"
     timeout_seconds: float = Field(30.0, gt=0, description="Default deadline per call.")

@@ -1,10 +1,12 @@
-"""Server interceptors shared by every service: bearer-token auth and Prometheus metrics."""
+"""Server interceptors shared by every service: bearer-token auth, Prometheus metrics, and
+INTERNAL (with a message) for exceptions a handler did not turn into a status."""
 
 from __future__ import annotations
 
 import asyncio
 import hmac
 import inspect
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -12,8 +14,13 @@ from typing import Any
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+log = logging.getLogger("astro.runtime")
+
 # Kubernetes gRPC probes carry no token, so health stays open; it reveals nothing else.
 UNAUTHENTICATED_METHODS_PREFIX = "/grpc.health.v1.Health/"
+# The metrics label of calls to methods the server does not have (any name a caller sends
+# would otherwise become a label of its own).
+UNKNOWN_METHOD_LABEL = "<unknown>"
 
 _Handler = Any  # grpc.RpcMethodHandler; grpc ships no type information
 _KINDS = ("unary_unary", "unary_stream", "stream_unary", "stream_stream")
@@ -42,9 +49,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> _Handler:
         handler = await continuation(handler_call_details)
-        if handler is None or handler_call_details.method.startswith(
-            UNAUTHENTICATED_METHODS_PREFIX
-        ):
+        if handler_call_details.method.startswith(UNAUTHENTICATED_METHODS_PREFIX):
             return handler
         metadata = dict(handler_call_details.invocation_metadata or ())
         supplied = metadata.get("authorization", "")
@@ -52,7 +57,31 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if hmac.compare_digest(supplied_bytes, self._expected):
             return handler
         reason = "missing bearer token" if not supplied else "invalid bearer token"
+        if handler is None:
+            # Without a token a caller learns nothing, not even which methods exist.
+            return _UNKNOWN_METHOD[reason]
         return _rejecting_handler(handler, grpc.StatusCode.UNAUTHENTICATED, reason)
+
+
+def _unknown_method_handler(reason: str) -> Any:
+    """A handler answering UNAUTHENTICATED for a method the server does not have. Streaming
+    both ways, so it answers any kind of call at once without waiting for a request."""
+
+    async def reject(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)
+        yield  # pragma: no cover - makes this an async generator, as streaming handlers are
+
+    return grpc.stream_stream_rpc_method_handler(reject)
+
+
+_UNKNOWN_METHOD = {
+    reason: _unknown_method_handler(reason)
+    for reason in ("missing bearer token", "invalid bearer token")
+}
+
+
+def _is_unknown_method(handler: Any) -> bool:
+    return any(handler is known for known in _UNKNOWN_METHOD.values())
 
 
 def _rejecting_handler(handler: Any, code: grpc.StatusCode, message: str) -> Any:
@@ -131,6 +160,8 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
+        if _is_unknown_method(handler):
+            method = UNKNOWN_METHOD_LABEL
         kind = _handler_kind(handler)
         behavior = getattr(handler, kind)
         metrics = self.metrics
@@ -178,3 +209,50 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                 metrics.observe(method, code, time.perf_counter() - start)
 
         return _replace_behavior(handler, kind, timed)
+
+
+class InternalErrorInterceptor(grpc.aio.ServerInterceptor):
+    """An exception a handler did not turn into a status becomes INTERNAL with a message
+    (gRPC's own answer is UNKNOWN), and is logged with its traceback."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[_Handler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> _Handler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        kind = _handler_kind(handler)
+        behavior = getattr(handler, kind)
+
+        async def report(exc: Exception, context: grpc.aio.ServicerContext) -> None:
+            if isinstance(exc, grpc.aio.AbortError) or _code_name(context, "OK") != "OK":
+                raise exc  # already a status the handler chose
+            log.exception("unexpected error", extra={"method": method})
+            await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+        if inspect.isasyncgenfunction(behavior):
+
+            async def guarded_stream(
+                request: Any, context: grpc.aio.ServicerContext
+            ) -> AsyncIterator[Any]:
+                try:
+                    async for item in behavior(request, context):
+                        yield item
+                except Exception as exc:
+                    await report(exc, context)
+
+            return _replace_behavior(handler, kind, guarded_stream)
+
+        async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                result = behavior(request, context)
+                if inspect.isawaitable(result):
+                    result = await result
+                return result
+            except Exception as exc:
+                await report(exc, context)
+
+        return _replace_behavior(handler, kind, guarded)

@@ -5,13 +5,19 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from services.runtime.redis_store import RedisHandle, connect_redis
-from services.runtime.server import ServiceRuntime
+import redis
+
+from services.runtime.redis_store import EmbeddedRedisError, RedisHandle, connect_redis
+from services.runtime.server import ServiceRuntime, ServiceStartError
 
 
 async def attach_redis(runtime: ServiceRuntime) -> RedisHandle:
-    """Connect (config.redis_url > REDIS_URL > embedded) and close it when the service stops."""
+    """Connect (config.redis_url > REDIS_URL > embedded) and close it when the service stops.
+    A Redis that cannot be reached or started is a ServiceStartError saying why."""
     directory = Path(runtime.config.data_dir) / "redis" if runtime.config.data_dir else None
-    handle = await asyncio.to_thread(connect_redis, runtime.config.redis_url, directory)
+    try:
+        handle = await asyncio.to_thread(connect_redis, runtime.config.redis_url, directory)
+    except (redis.RedisError, EmbeddedRedisError, OSError) as exc:
+        raise ServiceStartError(f"{runtime.name}: no Redis: {exc}") from None
     runtime.on_shutdown(handle.close)
     return handle

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,12 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from services.runtime.config import ServiceConfig
-from services.runtime.interceptors import AuthInterceptor, MetricsInterceptor, ServiceMetrics
+from services.runtime.interceptors import (
+    AuthInterceptor,
+    InternalErrorInterceptor,
+    MetricsInterceptor,
+    ServiceMetrics,
+)
 
 log = logging.getLogger("astro.runtime")
 
@@ -32,12 +38,33 @@ log = logging.getLogger("astro.runtime")
 Register = Callable[["ServiceRuntime"], Awaitable[Sequence[str]] | Sequence[str]]
 
 
+class ServiceStartError(RuntimeError):
+    """A service could not start (e.g. its port is taken); the message says which and why."""
+
+
 def server_options(config: ServiceConfig) -> list[tuple[str, Any]]:
     return [
         ("grpc.max_send_message_length", config.max_message_bytes),
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
+
+
+def _check_can_listen(name: str, host: str, port: int) -> None:
+    """Raise ServiceStartError saying why `host:port` cannot be bound (gRPC only says that
+    it failed, in a log line of its own)."""
+    if port == 0:
+        return
+    try:
+        family, kind, proto, _, sockaddr = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds
+            probe.bind(sockaddr)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ServiceStartError(f"{name}: cannot listen on {host}:{port}: {reason}") from None
 
 
 class ServiceRuntime:
@@ -56,6 +83,7 @@ class ServiceRuntime:
         self._shutdown_callbacks: list[Callable[[], Awaitable[None] | None]] = []
         self._stopped = asyncio.Event()
         self._metrics_http: Any = None
+        self._serving = False  # the server started (a failed start stops without logging it)
 
     def hold_serving(self, service: str) -> None:
         """Report `service` NOT_SERVING from the start until `set_serving(service, True)`;
@@ -78,13 +106,49 @@ class ServiceRuntime:
         self._shutdown_callbacks.append(callback)
 
     async def start(self, register: Register) -> None:
-        interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(self.metrics)]
+        """Bind the ports, add the service (`register`), start serving. If any step fails,
+        what earlier steps started is stopped (shutdown callbacks included) before raising."""
+        try:
+            await self._start(register)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self, register: Register) -> None:
         token = self.config.auth.resolve_token()
+        interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(self.metrics)]
         if token:
             interceptors.append(AuthInterceptor(token))
+        interceptors.append(InternalErrorInterceptor())
         self.server = grpc.aio.server(
             interceptors=interceptors, options=server_options(self.config)
         )
+        # Ports first: a busy port fails before the service loads anything.
+        address = f"{self.config.host}:{self.config.port}"
+        _check_can_listen(self.name, self.config.host, self.config.port)
+        try:
+            if self.config.tls.enabled:
+                creds = grpc.ssl_server_credentials(
+                    [(self.config.tls.read("key_file"), self.config.tls.read("cert_file"))]
+                )
+                self.port = self.server.add_secure_port(address, creds)
+            else:
+                self.port = self.server.add_insecure_port(address)
+        except RuntimeError:  # grpc: "Failed to bind to address ..."
+            raise ServiceStartError(f"{self.name}: cannot listen on {address}") from None
+        if self.port == 0:
+            raise ServiceStartError(f"{self.name}: cannot listen on {address}")
+        if self.config.metrics_port is not None:
+            try:
+                self._metrics_http, _ = start_http_server(
+                    self.config.metrics_port, addr=self.config.host, registry=self.metrics.registry
+                )
+            except OSError as exc:
+                raise ServiceStartError(
+                    f"{self.name}: cannot serve metrics on "
+                    f"{self.config.host}:{self.config.metrics_port}: {exc.strerror or exc}"
+                ) from None
+            self.metrics_port = int(self._metrics_http.server_port)
         names = register(self)
         if not isinstance(names, Sequence):
             names = await names
@@ -93,22 +157,8 @@ class ServiceRuntime:
         reflection.enable_server_reflection(
             [*self._service_names, health.SERVICE_NAME, reflection.SERVICE_NAME], self.server
         )
-        address = f"{self.config.host}:{self.config.port}"
-        if self.config.tls.enabled:
-            creds = grpc.ssl_server_credentials(
-                [(self.config.tls.read("key_file"), self.config.tls.read("cert_file"))]
-            )
-            self.port = self.server.add_secure_port(address, creds)
-        else:
-            self.port = self.server.add_insecure_port(address)
-        if self.port == 0:
-            raise RuntimeError(f"{self.name}: could not bind {address}")
-        if self.config.metrics_port is not None:
-            self._metrics_http, _ = start_http_server(
-                self.config.metrics_port, addr=self.config.host, registry=self.metrics.registry
-            )
-            self.metrics_port = int(self._metrics_http.server_port)
         await self.server.start()
+        self._serving = True
         for service in ["", *self._service_names]:
             await self.set_serving(service, service not in self._held)
         self._write_ready_file()
@@ -146,20 +196,29 @@ class ServiceRuntime:
         await self.stop()
 
     async def stop(self) -> None:
+        """Stop gracefully, then run the shutdown callbacks (each even if one fails)."""
         if self.server is None:
             return
-        log.info("stopping", extra={"grace_seconds": self.config.grace_seconds})
+        if self._serving:
+            log.info("stopping", extra={"grace_seconds": self.config.grace_seconds})
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.config.grace_seconds)
-        for callback in reversed(self._shutdown_callbacks):
-            result = callback()
-            if result is not None:
-                await result
+        callbacks, self._shutdown_callbacks = self._shutdown_callbacks, []
+        for callback in reversed(callbacks):
+            try:
+                result = callback()
+                if result is not None:
+                    await result
+            except Exception:
+                log.exception("a shutdown step failed")
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()
+            self._metrics_http = None
         self.server = None
-        log.info("stopped")
+        if self._serving:
+            log.info("stopped")
+        self._serving = False
 
 
 async def run_service(name: str, register: Register, config: ServiceConfig) -> None:

@@ -6,7 +6,7 @@ import os
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -39,6 +39,7 @@ class RegistryEnv:
     key_prefix: str
     artifact_root: str
     port: int
+    import_roots: list[str] = field(default_factory=list)
 
     def config(self) -> ServiceConfig:
         return ServiceConfig(
@@ -50,6 +51,7 @@ class RegistryEnv:
                 "artifact_root": self.artifact_root,
                 "key_prefix": self.key_prefix,
                 "watch_poll_ms": 200,
+                "import_roots": self.import_roots,
             },
         )
 

@@ -131,3 +131,12 @@ def test_cli_uses_the_address_astro_up_recorded(
     monkeypatch.delenv("ASTRO_REGISTRY", raising=False)
     code, out, err = astro("ckpt", "register", "tiny", str(make_tree(tmp_path / "s")))
     assert (code, out.strip()) == (0, "1"), err
+
+
+def test_register_of_an_empty_directory_is_one_line(address: str, tmp_path: Path) -> None:
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    code, out, err = astro("ckpt", "register", "m", str(tmp_path / "empty"), "--registry", address)
+    assert (code, out) == (2, "")
+    assert err.strip().splitlines() == [f"error: {tmp_path / 'empty'} holds no files"]
+    code, out, _ = astro("ckpt", "list", "--registry", address)
+    assert code == 0 and len(out.strip().splitlines()) == 1  # the header row only

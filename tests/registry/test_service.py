@@ -137,7 +137,7 @@ def test_bad_input_gets_invalid_argument_or_not_found(
             stub.RegisterCheckpoint,
             registry_pb2.RegisterCheckpointRequest(name="tiny", artifact_uri=str(tmp_path / "x")),
             "INVALID",
-            "is not a directory",
+            "uploads only",
         ),
         (
             stub.RegisterCheckpoint,
@@ -363,7 +363,7 @@ def test_fsspec_artifact_root_and_shared_storage(redis_handle: RedisHandle, tmp_
     """Artifacts under a memory:// root; a source registered by URL instead of uploaded."""
     bucket = f"memory://astro-reg-{uuid.uuid4().hex}"
     prefix = f"astro:reg:test-{uuid.uuid4().hex[:10]}:"
-    env = RegistryEnv(redis_handle.url, prefix, f"{bucket}/artifacts", 0)
+    env = RegistryEnv(redis_handle.url, prefix, f"{bucket}/artifacts", 0, [str(tmp_path)])
     service = env.start()
     try:
         source = make_tree(tmp_path / "src")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from services.protos.astro.v1 import common_pb2 as astro_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61stro/v1/trainer.proto\x12\x08\x61stro.v1\x1a\x15\x61stro/v1/common.proto\"\xe3\x01\n\x0cTrainJobSpec\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12&\n\nbase_model\x18\x03 \x01(\x0b\x32\x12.astro.v1.ModelRef\x12\x13\n\x0b\x64\x61taset_uri\x18\x04 \x01(\t\x12\x13\n\x0b\x63onfig_yaml\x18\x05 \x01(\t\x12\x13\n\x0boutput_name\x18\x06 \x01(\t\x12\x19\n\x11generator_address\x18\x07 \x01(\t\x12\x18\n\x10verifier_address\x18\x08 \x01(\t\x12\x18\n\x10registry_address\x18\t \x01(\t\"\xe2\x01\n\rTrainProgress\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\x03\x12\x13\n\x0btotal_steps\x18\x04 \x01(\x03\x12\x35\n\x07metrics\x18\x05 \x03(\x0b\x32$.astro.v1.TrainProgress.MetricsEntry\x12(\n\ncheckpoint\x18\x06 \x01(\x0b\x32\x14.astro.v1.Checkpoint\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61stro/v1/trainer.proto\x12\x08\x61stro.v1\x1a\x15\x61stro/v1/common.proto\"\xf7\x01\n\x0cTrainJobSpec\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12&\n\nbase_model\x18\x03 \x01(\x0b\x32\x12.astro.v1.ModelRef\x12\x13\n\x0b\x64\x61taset_uri\x18\x04 \x01(\t\x12\x13\n\x0b\x63onfig_yaml\x18\x05 \x01(\t\x12\x13\n\x0boutput_name\x18\x06 \x01(\t\x12\x19\n\x11generator_address\x18\x07 \x01(\t\x12\x18\n\x10verifier_address\x18\x08 \x01(\t\x12\x18\n\x10registry_address\x18\t \x01(\t\x12\x12\n\noutput_dir\x18\n \x01(\t\"\xe2\x01\n\rTrainProgress\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05stage\x18\x02 \x01(\t\x12\x0c\n\x04step\x18\x03 \x01(\x03\x12\x13\n\x0btotal_steps\x18\x04 \x01(\x03\x12\x35\n\x07metrics\x18\x05 \x03(\x0b\x32$.astro.v1.TrainProgress.MetricsEntry\x12(\n\ncheckpoint\x18\x06 \x01(\x0b\x32\x14.astro.v1.Checkpoint\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,9 +35,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRAINPROGRESS_METRICSENTRY']._loaded_options = None
   _globals['_TRAINPROGRESS_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_TRAINJOBSPEC']._serialized_start=60
-  _globals['_TRAINJOBSPEC']._serialized_end=287
-  _globals['_TRAINPROGRESS']._serialized_start=290
-  _globals['_TRAINPROGRESS']._serialized_end=516
-  _globals['_TRAINPROGRESS_METRICSENTRY']._serialized_start=470
-  _globals['_TRAINPROGRESS_METRICSENTRY']._serialized_end=516
+  _globals['_TRAINJOBSPEC']._serialized_end=307
+  _globals['_TRAINPROGRESS']._serialized_start=310
+  _globals['_TRAINPROGRESS']._serialized_end=536
+  _globals['_TRAINPROGRESS_METRICSENTRY']._serialized_start=490
+  _globals['_TRAINPROGRESS_METRICSENTRY']._serialized_end=536
 # @@protoc_insertion_point(module_scope)

@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class TrainJobSpec(_message.Message):
-    __slots__ = ("run_id", "stage", "base_model", "dataset_uri", "config_yaml", "output_name", "generator_address", "verifier_address", "registry_address")
+    __slots__ = ("run_id", "stage", "base_model", "dataset_uri", "config_yaml", "output_name", "generator_address", "verifier_address", "registry_address", "output_dir")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -18,6 +18,7 @@ class TrainJobSpec(_message.Message):
     GENERATOR_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     VERIFIER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     REGISTRY_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_DIR_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     stage: str
     base_model: _common_pb2.ModelRef
@@ -27,7 +28,8 @@ class TrainJobSpec(_message.Message):
     generator_address: str
     verifier_address: str
     registry_address: str
-    def __init__(self, run_id: _Optional[str] = ..., stage: _Optional[str] = ..., base_model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., dataset_uri: _Optional[str] = ..., config_yaml: _Optional[str] = ..., output_name: _Optional[str] = ..., generator_address: _Optional[str] = ..., verifier_address: _Optional[str] = ..., registry_address: _Optional[str] = ...) -> None: ...
+    output_dir: str
+    def __init__(self, run_id: _Optional[str] = ..., stage: _Optional[str] = ..., base_model: _Optional[_Union[_common_pb2.ModelRef, _Mapping]] = ..., dataset_uri: _Optional[str] = ..., config_yaml: _Optional[str] = ..., output_name: _Optional[str] = ..., generator_address: _Optional[str] = ..., verifier_address: _Optional[str] = ..., registry_address: _Optional[str] = ..., output_dir: _Optional[str] = ...) -> None: ...
 
 class TrainProgress(_message.Message):
     __slots__ = ("run_id", "stage", "step", "total_steps", "metrics", "checkpoint")

@@ -1,0 +1,324 @@
+"""Reliability: what must hold when things go wrong, with real processes and real signals.
+
+- Concurrent registrations from several processes and threads get unique, gapless versions.
+- Auth round trip: `astro up` with the token in `auth.token_file` (as the chart sets it) runs a
+  search, a registry-backed LoadModel and a verify end to end; a call without it is refused.
+- `astro up` supervises: a killed service comes back on the same port (the event logged);
+  one that keeps dying stops the platform with exit 1.
+- No stray processes: kill -9 of `astro up` takes its services and its embedded Redis with it;
+  an in-process `astro search` leaves no redis-server, whether it finishes or is killed.
+  (tests/conftest.py also fails the whole run if any process a test started outlives it.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psutil
+import pytest
+import yaml
+
+from services.launcher import read_state
+from services.registry.client import RegistryClient
+from services.registry.server import register as registry_service
+from services.runtime.config import AuthConfig, ClientConfig, ServiceConfig
+from services.runtime.redis_store import RedisHandle
+from services.testing import ServiceThread
+from tests.conftest import REPO
+from tests.registry.conftest import make_tree
+
+pytestmark = pytest.mark.slow
+START_TIMEOUT = 180
+
+REGISTERING_PROCESS = textwrap.dedent(
+    """
+    import json, sys
+    from concurrent.futures import ThreadPoolExecutor
+    from services.registry.client import RegistryClient
+
+    address, sources = sys.argv[1], sys.argv[2:]
+    with RegistryClient(address) as client:
+        with ThreadPoolExecutor(len(sources)) as pool:
+            infos = list(pool.map(lambda s: client.register("shared", s), sources))
+    print(json.dumps({s: i.version for s, i in zip(sources, infos)}))
+    """
+)
+
+
+def test_concurrent_registers_from_processes_and_threads_get_unique_gapless_versions(
+    redis_handle: RedisHandle, tmp_path: Path
+) -> None:
+    config = ServiceConfig(
+        port=0,
+        metrics_port=None,
+        redis_url=redis_handle.url,
+        settings={
+            "artifact_root": str(tmp_path / "artifacts"),
+            "key_prefix": f"astro:reg:reliability-{os.getpid()}-{time.monotonic_ns()}:",
+        },
+    )
+    processes, threads = 3, 4
+    with ServiceThread("registry", registry_service, config) as registry:
+        sources = [
+            [str(make_tree(tmp_path / f"p{p}t{t}", files=2, size=256, seed=f"{p}.{t}"))
+             for t in range(threads)]
+            for p in range(processes)
+        ]  # fmt: skip
+        writers = [
+            subprocess.Popen(
+                [sys.executable, "-c", REGISTERING_PROCESS, registry.address, *mine],
+                cwd=REPO,
+                env={**os.environ, "PYTHONPATH": str(REPO)},
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for mine in sources
+        ]
+        versions: dict[str, int] = {}
+        for writer in writers:
+            out, _ = writer.communicate(timeout=120)
+            assert writer.returncode == 0
+            versions.update(json.loads(out))
+        with RegistryClient(registry.client_config()) as client:
+            listed = client.list("shared")
+            # Unique and gapless, and each version holds the files of the call that got it.
+            assert sorted(versions.values()) == list(range(1, processes * threads + 1))
+            assert sorted(i.version for i in listed) == sorted(versions.values())
+            by_version = {i.version: i for i in listed}
+            for source, version in versions.items():
+                pulled = client.pull("shared", tmp_path / "pulled" / str(version), version)
+                assert (pulled / "file0.bin").read_bytes() == (
+                    Path(source) / "file0.bin"
+                ).read_bytes()
+                assert by_version[version].artifact_uri.startswith(str(tmp_path / "artifacts"))
+    for key in redis_handle.client.scan_iter(f"{config.settings['key_prefix']}*"):
+        redis_handle.client.delete(key)
+
+
+# -- `astro up` as a real process ----------------------------------------------------------
+
+
+@contextmanager
+def astro_up(
+    tmp_path: Path, config: dict[str, Any]
+) -> Iterator[tuple[subprocess.Popen[str], dict]]:
+    """`astro up` with `config` (UpConfig) on the embedded Redis; yields it and its state."""
+    path = tmp_path / "up.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("REDIS_URL", None)
+    data = tmp_path / "data"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "astro_cli.main",
+            "up",
+            "--config",
+            str(path),
+            "--data-dir",
+            str(data),
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while (state := read_state(data)) is None or state["pid"] != proc.pid:
+            assert proc.poll() is None, (
+                f"astro up exited: {proc.stderr.read() if proc.stderr else ''}"
+            )
+            assert time.monotonic() < deadline, "astro up did not start in time"
+            time.sleep(0.2)
+        yield proc, state
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+BASE_UP = {"common": {"port": 0, "metrics_port": None, "grace_seconds": 1}}
+
+
+def test_auth_round_trip_through_astro_up(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from astro_core.problems import Problem
+    from astro_core.protocols import VerifyItem
+    from services.coordinator.client import SearchClient
+    from services.generator.client import GeneratorClient
+    from services.verifier.client import VerifierClient
+
+    secret = tmp_path / "token"
+    secret.write_text("round-trip-secret\n")
+    config = {
+        "common": {**BASE_UP["common"], "auth": {"token_file": str(secret)}},
+        "overrides": {
+            "generator": {"settings": {"model": {"path": str(tiny_model_dir)}}},
+            "verifier": {"settings": {"workers": 1}},
+        },
+    }
+    with astro_up(tmp_path, config) as (_, state):
+        address = {name: info["address"] for name, info in state["services"].items()}
+        token = AuthConfig(token_file=str(secret))
+
+        def client(name: str, auth: AuthConfig = token) -> ClientConfig:
+            return ClientConfig(address=address[name], auth=auth, timeout_seconds=120)
+
+        # The registry takes the model; the generator loads it from there (generator ->
+        # registry with the configured token).
+        with RegistryClient(client("registry")) as registry:
+            info = registry.register("tiny-llama", tiny_model_dir)
+        with GeneratorClient(client("generator")) as generator:
+            loaded = generator.load_model(name="tiny-llama", version=info.version)
+            assert loaded.version == info.ref
+        # A search with the registered model: coordinator -> generator, verifier, and the
+        # generator -> registry again.
+        with SearchClient(client("coordinator"), timeout=120) as search:
+            sid = search.start(
+                [Problem("p1", "What is 1 + 1?", "2")],
+                preset="tiny",
+                config_yaml="iterations: 2\nmax_solution_tokens: 16\n",
+                model={"name": "tiny-llama", "version": info.version},
+            )
+            states = [event.state for event in search.watch(sid)]
+            status = search.status(sid)
+            assert states[-1] == "succeeded", status
+            assert status.nodes > 1
+            [tree] = search.export(sid)
+            assert len(tree.nodes) > 1
+        with VerifierClient(client("verifier")) as verifier:
+            assert verifier.verify(VerifyItem("so \\boxed{2}", "2")).correct
+
+        # Without the token (or with a wrong one) every service refuses.
+        for name in address:
+            for auth in (AuthConfig(), AuthConfig(token="wrong")):
+                with pytest.raises(grpc.RpcError) as err, RegistryClient(client(name, auth)) as c:
+                    c.list()  # any method: auth comes first, even for another service's API
+                assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, name
+
+
+def _wait_for(predicate: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _serving(address: str) -> bool:
+    from services.health import check_health
+
+    return check_health(ClientConfig(address=address), timeout=1) == "SERVING"
+
+
+def test_astro_up_restarts_a_killed_service_then_gives_up(tmp_path: Path) -> None:
+    config = {
+        **BASE_UP,
+        "services": ["verifier", "registry"],
+        "max_restarts": 1,
+        "restart_backoff_seconds": 0.5,
+        "overrides": {"verifier": {"settings": {"workers": 1}}},
+    }
+    with astro_up(tmp_path, config) as (proc, state):
+        verifier = state["services"]["verifier"]
+        os.kill(verifier["pid"], signal.SIGKILL)
+        # Back on the same address, a new process, recorded for clients.
+        state_file = tmp_path / "data" / "up.json"
+
+        def restarted() -> dict | None:
+            now = json.loads(state_file.read_text())["services"]["verifier"]
+            return now if now["pid"] != verifier["pid"] and _serving(now["address"]) else None
+
+        again = _wait_for(restarted, 120, "the verifier to come back")
+        assert again["address"] == verifier["address"]
+        assert psutil.Process(again["pid"]).ppid() == proc.pid
+        # The restart limit (1) is spent: the next death stops the platform with exit 1.
+        registry_pid = state["services"]["registry"]["pid"]
+        os.kill(again["pid"], signal.SIGKILL)
+        assert proc.wait(120) == 1
+        assert not psutil.pid_exists(registry_pid) or psutil.Process(registry_pid).status() == (
+            psutil.STATUS_ZOMBIE
+        )
+        events = proc.stderr.read() if proc.stderr else ""
+        assert "service verifier exited with code -9; restarting it in 0.5s" in events
+        assert "service verifier is back" in events
+        assert "after 1 restarts" in events and "stopping the platform" in events
+        assert not state_file.exists()
+
+
+def test_kill_9_of_astro_up_takes_its_services_and_redis_with_it(tmp_path: Path) -> None:
+    config = {**BASE_UP, "services": ["verifier", "registry"]}
+    with astro_up(tmp_path, config) as (proc, state):
+        children = psutil.Process(proc.pid).children(recursive=True)
+        names = " ".join(" ".join(c.cmdline()) for c in children)
+        assert "redis-server" in names and "serve verifier" in names and "serve registry" in names
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        _, alive = psutil.wait_procs(children, timeout=60)
+        assert not alive, f"outlived astro up: {[c.cmdline() for c in alive]}"
+    # The state it left says nothing is up; the next `astro up` on the folder starts fine.
+    assert read_state(tmp_path / "data") is None
+    with astro_up(tmp_path, config) as (_, state):
+        assert _serving(state["services"]["registry"]["address"])
+
+
+@pytest.mark.parametrize("ending", ["finishes", "SIGTERM", "SIGKILL"])
+def test_in_process_astro_search_leaves_no_redis_server(
+    tmp_path: Path, shared_data: Path, tiny_model_dir: Path, ending: str
+) -> None:
+    """`astro search` without --coordinator runs its own embedded Redis: it must end with the
+    command however the command ends. (Orphans would be adopted by this session, the
+    subreaper, and show up among its children.)"""
+    config = tmp_path / "search.yaml"
+    config.write_text("iterations: 2\nmax_solution_tokens: 16\n")
+    search = subprocess.Popen(
+        [
+            sys.executable, "-m", "astro_cli.main", "search",
+            "--problems", str(shared_data / "math500.jsonl"), "--limit", "1",
+            "--model", str(tiny_model_dir), "--config", str(config),
+            "--out", str(tmp_path / "trees.jsonl"),
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+
+    def redis_servers() -> list[psutil.Process]:
+        return [p for p in psutil.Process().children(recursive=True) if "redis-server" in p.name()]
+
+    try:
+        servers = _wait_for(redis_servers, START_TIMEOUT, "the embedded redis-server")
+        if ending == "finishes":
+            assert search.wait(START_TIMEOUT) == 0, search.stderr.read() if search.stderr else ""
+            assert (tmp_path / "trees.jsonl").exists()
+        else:
+            search.send_signal(getattr(signal, ending))
+            search.wait(60)
+        _, alive = psutil.wait_procs(servers, timeout=30)
+        assert not alive, f"redis-server outlived `astro search` ({ending})"
+        assert redis_servers() == []
+    finally:
+        if search.poll() is None:
+            search.kill()
+            search.wait()
