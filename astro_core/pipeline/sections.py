@@ -174,7 +174,10 @@ def parse_section(
     for name in spec.run_fields:
         if name in given:
             raise RunSpecError(f"{where}.{name}: is set by the run, not in its config")
-    model = spec.config_class()
+    try:
+        model = spec.config_class()
+    except ConfigError as exc:  # a stage the training package does not have in this build
+        raise StageUnavailable(f"{where}: {exc}") from exc
     unknown = unknown_fields(model, given)
     if unknown:
         raise RunSpecError(f"{where}.{unknown[0]}: unknown field")

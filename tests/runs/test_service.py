@@ -164,7 +164,7 @@ def test_cancel_stops_the_running_search_and_keeps_artifacts(
     assert cancelled.state == "cancelled" and cancelled.message == "cancelled"
     assert cancelled.stages[0].state == "cancelled"
     status = wait_for(client, rid, until=lambda s: s.stages[0].message != "cancelled")
-    assert status.stages[0].message == "cancelled; its work stopped"
+    assert status.stages[0].message == f"cancelled; search {search_id} cancelled"
     assert status.stages[1].state == "pending"
     jobs = JobStore(store.client)
     assert jobs.state(search_id) == "cancelled"

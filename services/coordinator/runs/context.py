@@ -25,6 +25,7 @@ from astro_core.pipeline.spec import RunSpec
 from services.coordinator.runs.store import RunStore
 
 PROGRESS_INTERVAL_SECONDS = 0.5
+RUN_CANCELLED = "run cancelled"
 
 
 class StageCancelled(Exception):
@@ -100,7 +101,7 @@ class StageContext:
     def check(self) -> None:
         reason = self.interrupted()
         if reason == "cancelled":
-            raise StageCancelled("run cancelled")
+            raise StageCancelled(RUN_CANCELLED)
         if reason is not None:
             raise DriverStopping(reason)
 

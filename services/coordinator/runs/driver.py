@@ -26,6 +26,7 @@ from pathlib import Path
 from astro_core.pipeline.plan import PlannedStage
 from astro_core.pipeline.spec import RunSpec
 from services.coordinator.runs.context import (
+    RUN_CANCELLED,
     DriverStopping,
     StageCancelled,
     StageContext,
@@ -217,8 +218,10 @@ class RunDriver:
                     rid, name, result.artifacts, result.metrics, digests, result.message
                 )
                 return None
-            except StageCancelled:
-                self.store.stage_stopped(rid, name, "cancelled; its work stopped")
+            except StageCancelled as exc:
+                # a runner that stopped its work says how ("trainer job X cancelled")
+                note = str(exc) if str(exc) not in ("", RUN_CANCELLED) else "its work stopped"
+                self.store.stage_stopped(rid, name, f"cancelled; {note}")
                 return True
             except DriverStopping:
                 return False

@@ -62,11 +62,7 @@ def add_runs(
     assert runtime.server is not None
     data_dir = Path(runtime.config.data_dir) if runtime.config.data_dir else astro_data_dir()
     store = RunStore(redis.new_client(), settings.run_events_maxlen)
-    registry: Any = None
-    if settings.registry_address:
-        from services.registry.client import RegistryClient
-
-        registry = RegistryClient(settings.registry_address)
+    registry = open_registry(settings.registry_address)
     trainers = TrainerBackends(settings.trainer, data_dir)
     dataset_roots = settings.dataset_roots
     if dataset_roots is None:  # as StartSearch: the service's data directory
@@ -106,12 +102,30 @@ def add_runs(
         if driver is not None:
             driver.stop()
         trainers.close()
-        if registry is not None:
+        if registry is not None and hasattr(registry, "close"):
             registry.close()
         store.client.close()
 
     runtime.on_shutdown(stop)
     return "astro.v1.Runs"
+
+
+def open_registry(address: str) -> Any:
+    """The checkpoint store trainers register into, as they open it: the registry service at
+    HOST:PORT, or a server-less store in a directory (services/trainer/process.py)."""
+    if not address:
+        return None
+    from services.trainer.process import is_local_store
+
+    if is_local_store(address):
+        from astro_core.checkpoints.local import LocalCheckpointStore
+
+        return LocalCheckpointStore(
+            str(Path(address).expanduser()) if "://" not in address else address
+        )
+    from services.registry.client import RegistryClient
+
+    return RegistryClient(address)
 
 
 def _model_user(backends: Backends, worker: SearchWorker | None) -> Any:

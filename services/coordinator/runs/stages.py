@@ -110,9 +110,9 @@ def run_search(ctx: StageContext, svc: StageServices) -> StageResult:
     while True:
         try:
             ctx.check()
-        except StageCancelled:
+        except StageCancelled as exc:
             svc.jobs.end(sid, "cancelled", "run cancelled")
-            raise
+            raise StageCancelled(f"search {sid} {svc.jobs.state(sid)}") from exc
         status = svc.jobs.status(sid)
         metrics = {"nodes": status.nodes, "solved_fraction": status.solved_fraction}
         ctx.report(status.problems_done, status.problems_total, metrics)

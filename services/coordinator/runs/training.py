@@ -96,12 +96,9 @@ def follow_job(ctx: StageContext, backend: Any, handle: Any, follower: ProgressF
     while True:
         try:
             ctx.check()
-        except StageCancelled:
+        except StageCancelled as exc:
             final = backend.cancel(handle)
-            ctx.store.stage_stopped(
-                ctx.run_id, ctx.stage.name, f"cancelled; trainer job {handle.name} {final.state}"
-            )
-            raise
+            raise StageCancelled(f"trainer job {handle.name} {final.state}") from exc
         except DriverStopping:
             if backend.name == "local":  # a local job ends with the replica that started it
                 backend.cancel(handle)
