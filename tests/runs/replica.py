@@ -50,7 +50,13 @@ class CoordinatorProcess:
             "--config",
             str(path),
         ]
-        full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+        # ASTRO_DATA_DIR would win over the config's data_dir (environment over YAML)
+        full_env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "ASTRO_DATA_DIR": str(data_dir),
+            **(env or {}),
+        }
         self.process = subprocess.Popen(
             cmd, cwd=REPO, env=full_env, stdout=self.log, stderr=self.log
         )
