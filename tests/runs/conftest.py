@@ -113,3 +113,59 @@ def wait_for(
             return status
         assert time.monotonic() < deadline, f"run {run_id} still {status.state}: {status}"
         time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def family_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama with the product family's tokenizer (learns nothing)."""
+    from astro_core.models.tiny import TinyModelSpec, build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("family"), TinyModelSpec(family="product"))
+
+
+WARM_PROBLEMS = "synth:product?n=8&seed=0"  # a run searching n<=8, seed 0 searches these
+
+
+@pytest.fixture(scope="session")
+def warm_model(tmp_path_factory: pytest.TempPathFactory, family_model: Path) -> Path:
+    """The family model after 80 SFT steps (real `astro train sft`) on noisy one-guess
+    solutions of WARM_PROBLEMS: it writes the family's steps and answers right about a third
+    of the time, so a search of those problems finds correct and incorrect terminals."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from astro_core.synthetic import parse_synth_spec, sample_problems, warmup_records
+    from tests.conftest import REPO
+
+    folder = tmp_path_factory.mktemp("warm")
+    spec = parse_synth_spec(WARM_PROBLEMS)
+    records = warmup_records(sample_problems(spec.n, spec.seed), 40, 0, 0.15)
+    data = folder / "warm.jsonl"
+    with data.open("w") as handle:
+        for record in records:
+            if str(record["problem_id"]).startswith("product/"):  # solutions, not facts
+                handle.write(json.dumps(record) + "\n")
+    config = {
+        "model": str(family_model),
+        "dataset": str(data),
+        "output_dir": str(folder / "sft"),
+        "learning_rate": 3.0e-3,
+        "max_length": 256,
+        "per_device_train_batch_size": 16,
+        "packing": False,
+        "save_steps": 0,
+        "max_steps": 80,
+        "bf16": False,
+    }
+    (folder / "sft.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "astro_cli.main", "train", "sft"]
+    subprocess.run(
+        [*command, "--config", str(folder / "sft.yaml")],
+        check=True, env=env, cwd=REPO, capture_output=True, timeout=600,
+    )  # fmt: skip
+    return folder / "sft" / "checkpoint-80" / "model"

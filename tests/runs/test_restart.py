@@ -68,13 +68,6 @@ def test_kill_9_during_clone_resumes_clone_and_keeps_the_search(
             second.stop()
 
 
-@pytest.fixture(scope="session")
-def family_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from astro_core.models.tiny import TinyModelSpec, build_tiny_model
-
-    return build_tiny_model(tmp_path_factory.mktemp("family"), TinyModelSpec(family="product"))
-
-
 def test_kill_9_during_clone_and_again_during_sft(
     tmp_path: Path, redis_url: str, family_model: Path
 ) -> None:

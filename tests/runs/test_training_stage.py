@@ -17,13 +17,6 @@ from tests.runs.conftest import Coordinator, wait_for
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="session")
-def family_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from astro_core.models.tiny import TinyModelSpec, build_tiny_model
-
-    return build_tiny_model(tmp_path_factory.mktemp("family"), TinyModelSpec(family="product"))
-
-
 def sft_spec(model: Path, **sft: object) -> RunSpec:
     return RunSpec.model_validate(
         {
