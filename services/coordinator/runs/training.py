@@ -37,8 +37,10 @@ def checkpoint_name(ctx: StageContext) -> str:
     return f"run-{ctx.run_id}-{ctx.stage.name}".replace("_", "-")
 
 
-def trainer_config(ctx: StageContext, svc: StageServices) -> dict[str, Any]:
-    """The stage's trainer config: the section (over its preset) and the run's job fields."""
+def trainer_config(ctx: StageContext, svc: StageServices, backend: str) -> dict[str, Any]:
+    """The stage's trainer config: the section (over its preset) and the run's job fields.
+    A Kubernetes Job gets Redis from its pod's environment (the URL may hold a password, and
+    the config travels in the Job object), a local job from the config."""
     kind = ctx.stage.kind
     _, fields = parse_section(kind, ctx.spec.config.get(kind), svc.settings.default_preset)
     config = dict(fields)
@@ -49,8 +51,9 @@ def trainer_config(ctx: StageContext, svc: StageServices) -> dict[str, Any]:
         output_name=checkpoint_name(ctx),
         run_id=job_run_id(ctx),
         registry_address=svc.settings.registry_address,
-        redis_url=svc.redis_url,
     )
+    if backend == "local" and svc.redis_url:
+        config["redis_url"] = svc.redis_url
     if kind == "grpo":
         config.update(
             generator_address=svc.settings.generator_address,
@@ -69,12 +72,12 @@ def run_training(ctx: StageContext, svc: StageServices) -> StageResult:
     earlier = ctx.handle.get("job")
     if earlier:  # a Kubernetes Job of an earlier attempt may still be running: follow it
         known = JobHandle.from_dict(earlier)
-        if known.backend == backend.name and backend.status(known).state != "failed":
-            handle = known
+        if known.backend == backend.name:
+            state = backend.status(known).state
+            handle = known if state in ("pending", "running", "succeeded") else None
     if handle is None:
-        job = TrainJob(
-            stage=ctx.stage.kind, config=trainer_config(ctx, svc), attempt=ctx.attempt - 1
-        )
+        config = trainer_config(ctx, svc, backend.name)
+        job = TrainJob(stage=ctx.stage.kind, config=config, attempt=ctx.attempt - 1)
         try:
             handle = backend.start(job)
         except (ValueError, RuntimeError) as exc:
