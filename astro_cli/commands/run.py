@@ -162,9 +162,7 @@ class RunView:
         self.progress.stop()
 
     def update(self, event: Any) -> None:
-        if not event.stage:
-            if event.state in FINAL and event.message:
-                self.console.print(f"run {event.state}: {event.message}")
+        if not event.stage:  # the run's own events: the final line says how it ended
             return
         task = self.tasks.get(event.stage)
         if task is None:
