@@ -136,3 +136,30 @@ def test_a_symlink_out_of_the_run_roots_is_refused(
     details = refused(coordinator, message(model_dir, output_uri="escape/run"))
     assert details.startswith("output_uri: 'escape/run' is not a folder inside")
     assert not any(outside.iterdir())
+
+
+def test_training_needs_a_registry_and_a_usable_backend(
+    start_coordinator: Any, model_dir: Path, tmp_path: Path
+) -> None:
+    stages = ["search", "clone", "sft"]
+    without = start_coordinator()
+    details = refused(without, message(model_dir, stages=stages))
+    assert details == (
+        "trainer_backend: training registers checkpoints: set the coordinator's registry_address"
+    )
+    nowhere = start_coordinator(
+        registry_address=str(tmp_path / "registry"),
+        trainer={"kubeconfig": str(tmp_path / "no-kubeconfig")},
+    )
+    details = refused(nowhere, message(model_dir, stages=stages, trainer_backend="kubernetes"))
+    assert details.startswith("trainer_backend: the kubernetes trainer backend is not available")
+    for section, expected in [
+        ("sft: {learning_rate: 0}", "config_yaml.sft.learning_rate: "),
+        ("sft: {model: /elsewhere}", "config_yaml.sft.model: is set by the run"),
+        ("sft: {output_dir: /tmp/x}", "config_yaml.sft.output_dir: is set by the run"),
+        ("sft: {preset: huge}", "config_yaml.sft.preset: unknown preset 'huge'; choose from"),
+        ("sft: {lora: {rank: 3}}", "config_yaml.sft.lora.rank: "),
+        ("sft: {deepspeed: {zero_stage: 9}}", "config_yaml.sft.deepspeed.zero_stage: "),
+    ]:
+        details = refused(nowhere, message(model_dir, stages=stages, config_yaml=section))
+        assert details.startswith(expected), (section, details)
