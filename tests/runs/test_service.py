@@ -202,3 +202,23 @@ def test_with_auth_on_a_call_without_the_token_is_refused(
                 call()
             assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert wait_for(coordinator.client, rid).state == "succeeded"
+
+
+def test_a_search_started_again_goes_on_with_the_same_search(
+    start_coordinator: object, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ASTRO_FAKE_GENERATE_DELAY", "0.2")
+    first = start_coordinator()  # type: ignore[operator]
+    rid = first.client.start(spec(model_dir, config={"search": {"iterations": 6}})).run_id
+    store = RunStore(redis.Redis.from_url(first.redis_url, decode_responses=True))
+    jobs = JobStore(store.client)
+    wait_for(first.client, rid, until=lambda s: bool(store.stage(rid, "search").handle))
+    search_id = store.stage(rid, "search").handle["search_id"]
+    wait_for(first.client, rid, until=lambda s: jobs.status(search_id).nodes > 1)
+    first.service.stop()  # a graceful stop hands the run back; its search stays in Redis
+    second = start_coordinator()  # type: ignore[operator]
+    status = wait_for(second.client, rid, timeout=120)
+    assert status.state == "succeeded", status.message
+    assert status.stages[0].attempts == 2
+    assert status.artifacts["search.search_id"] == search_id  # the same search, not a new one
+    assert jobs.status(search_id).problems_done == 3
