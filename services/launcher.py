@@ -32,7 +32,7 @@ from astro_core.paths import data_dir as default_data_dir
 from services.catalog import SERVICES, start_order
 from services.health import check_health
 from services.runtime.config import ClientConfig, ServiceConfig
-from services.runtime.processes import kill_group, spawn_tied, stop_process
+from services.runtime.processes import kill_group, spawn_tied, stop_process, wait_or_kill
 from services.runtime.redis_store import RedisHandle, connect_redis
 
 log = logging.getLogger("astro.launcher")
@@ -253,7 +253,7 @@ class LocalPlatform:
         deadline = time.monotonic() + self.config.stop_timeout_seconds
         codes: dict[str, int] = {}
         for name, child in self.children.items():
-            codes[name] = stop_process(child, max(0.0, deadline - time.monotonic()))
+            codes[name] = wait_or_kill(child, max(0.0, deadline - time.monotonic()))
             kill_group(child)
         self.children.clear()
         state = self.dir / STATE_FILE

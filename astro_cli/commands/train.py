@@ -109,6 +109,8 @@ def run_stage_command(config: TrainerConfig, print_config: bool = False) -> None
     from astro_core.training.config import config_to_yaml
     from astro_core.training.data import DatasetError
     from astro_core.training.models import ModelLoadError
+    from astro_core.training.policy_sync import SyncTimeout
+    from astro_core.training.rollouts import RolloutError
     from services.trainer.process import run_training
 
     if print_config:
@@ -119,6 +121,8 @@ def run_stage_command(config: TrainerConfig, print_config: bool = False) -> None
     except ConfigError as exc:
         fail(str(exc))
     except (DatasetError, ModelLoadError, ResumeError, CheckpointError) as exc:
+        fail(str(exc), code=1)
+    except (RolloutError, SyncTimeout) as exc:  # GRPO: the generator or the sync failed
         fail(str(exc), code=1)
     except grpc.RpcError as exc:
         fail(f"{exc.code().name}: {exc.details()}", code=1)
@@ -188,6 +192,169 @@ def sft_command(
     )
     settings = load_stage_config("sft", config, preset, overrides, set_items)
     run_stage_command(settings, print_config)
+
+
+def _grpo_help(field: str) -> str:
+    from astro_core.training.grpo_config import GRPOConfig
+
+    return GRPOConfig.model_fields[field].description or field
+
+
+@train.command("grpo")
+def grpo_command(
+    config: ConfigFile = None,
+    preset: Preset = None,
+    model: Model = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="Prompts JSONL (problem, answer), e.g. select-prompts'.")
+    ] = None,
+    output_dir: OutputDir = None,
+    output_name: OutputName = None,
+    run_id: RunId = None,
+    registry: Registry = None,
+    generator: Annotated[
+        str | None, typer.Option("--generator", help=_grpo_help("generator_address"))
+    ] = None,
+    verifier: Annotated[
+        str | None, typer.Option("--verifier", help=_grpo_help("verifier_address"))
+    ] = None,
+    policy_sync: Annotated[str | None, typer.Option(help=_grpo_help("policy_sync"))] = None,
+    num_generations: Annotated[int | None, typer.Option(help=_grpo_help("num_generations"))] = None,
+    max_completion_length: Annotated[
+        int | None, typer.Option(help=_grpo_help("max_completion_length"))
+    ] = None,
+    learning_rate: LearningRate = None,
+    max_steps: MaxSteps = None,
+    per_device_train_batch_size: BatchSize = None,
+    gradient_accumulation_steps: Accumulation = None,
+    zero_stage: ZeroStage = None,
+    save_steps: SaveSteps = None,
+    seed: Seed = None,
+    set_items: SetItems = None,
+    print_config: PrintConfig = False,
+) -> None:
+    """GRPO with verifiable rewards on a prompts JSONL (+1/-1 rewards, groups of G)."""
+    overrides = job_overrides(
+        model=model,
+        dataset=dataset,
+        output_dir=output_dir,
+        output_name=output_name,
+        run_id=run_id,
+        registry_address=registry,
+        generator_address=generator,
+        verifier_address=verifier,
+        policy_sync=policy_sync,
+        num_generations=num_generations,
+        max_completion_length=max_completion_length,
+        learning_rate=learning_rate,
+        max_steps=max_steps,
+        per_device_train_batch_size=per_device_train_batch_size,
+        gradient_accumulation_steps=gradient_accumulation_steps,
+        zero_stage=zero_stage,
+        save_steps=save_steps,
+        seed=seed,
+    )
+    settings = load_stage_config("grpo", config, preset, overrides, set_items)
+    run_stage_command(settings, print_config)
+
+
+def _select_help(field: str) -> str:
+    from astro_core.training.select_prompts import SelectPromptsConfig
+
+    return SelectPromptsConfig.model_fields[field].description or field
+
+
+@train.command("select-prompts")
+def select_prompts_command(
+    config: ConfigFile = None,
+    model: Annotated[str | None, typer.Option(help=_select_help("model"))] = None,
+    dataset: Annotated[str | None, typer.Option(help=_select_help("dataset"))] = None,
+    output: Annotated[str | None, typer.Option(help=_select_help("output"))] = None,
+    generator: Annotated[
+        str | None, typer.Option("--generator", help=_select_help("generator_address"))
+    ] = None,
+    verifier: Annotated[
+        str | None, typer.Option("--verifier", help=_select_help("verifier_address"))
+    ] = None,
+    registry: Annotated[
+        str | None, typer.Option("--registry", help=_select_help("registry_address"))
+    ] = None,
+    num_samples: Annotated[int | None, typer.Option(help=_select_help("num_samples"))] = None,
+    pass_rate_low: Annotated[
+        float | None, typer.Option("--low", help=_select_help("pass_rate_low"))
+    ] = None,
+    pass_rate_high: Annotated[
+        float | None, typer.Option("--high", help=_select_help("pass_rate_high"))
+    ] = None,
+    max_completion_length: Annotated[
+        int | None, typer.Option(help=_select_help("max_completion_length"))
+    ] = None,
+    set_items: SetItems = None,
+) -> None:
+    """Keep the prompts a policy solves sometimes; write them with their pass rates.
+
+    Each prompt is sampled n times with the starting policy; it is kept when its pass rate
+    lies in the open interval (--low, --high)."""
+    from contextlib import ExitStack
+
+    import grpc
+
+    from astro_core.config import ConfigError, deep_merge, load_config
+    from astro_core.training.config import parse_set_options
+    from astro_core.training.data import DatasetError
+    from astro_core.training.models import ModelLoadError
+    from astro_core.training.rollouts import RolloutError
+    from astro_core.training.select_prompts import SelectPromptsConfig, run_select_prompts
+
+    if config is not None and not config.is_file():
+        fail(f"--config: file not found: {config}")
+    overrides = job_overrides(
+        model=model,
+        dataset=dataset,
+        output=output,
+        generator_address=generator,
+        verifier_address=verifier,
+        registry_address=registry,
+        num_samples=num_samples,
+        pass_rate_low=pass_rate_low,
+        pass_rate_high=pass_rate_high,
+        max_completion_length=max_completion_length,
+    )
+    try:
+        merged = deep_merge(overrides, parse_set_options(set_items or []))
+        settings = load_config(SelectPromptsConfig, config, overrides=merged, env_prefix=None)
+    except ConfigError as exc:
+        fail(str(exc))
+    try:
+        with ExitStack() as stack:
+            summary = run_select_prompts(settings, **_select_services(settings, stack))
+    except (DatasetError, ModelLoadError, RolloutError, ValueError) as exc:
+        fail(str(exc).splitlines()[0] if str(exc) else repr(exc), code=1)
+    except grpc.RpcError as exc:
+        fail(f"{exc.code().name}: {exc.details()}", code=1)
+    typer.echo(
+        f"kept {summary.kept} of {summary.total} prompts with pass rate in "
+        f"({settings.pass_rate_low:g}, {settings.pass_rate_high:g}): {summary.too_easy} too "
+        f"easy, {summary.too_hard} too hard; wrote {settings.output}"
+    )
+
+
+def _select_services(settings: Any, stack: Any) -> dict[str, Any]:
+    """Clients for the addresses the selection config names (closed with `stack`)."""
+    from services.trainer.process import open_store
+
+    services: dict[str, Any] = {"store": open_store(settings.registry_address, stack)}
+    if settings.generator_address:
+        from services.generator.client import GeneratorClient
+
+        services["generator"] = stack.enter_context(GeneratorClient(settings.generator_address))
+    if settings.verifier_address:
+        from services.runtime.config import client_config_from_env
+        from services.verifier.client import VerifierClient
+
+        config = client_config_from_env(settings.verifier_address)
+        services["verifier"] = stack.enter_context(VerifierClient(config))
+    return services
 
 
 def register(app: typer.Typer) -> None:

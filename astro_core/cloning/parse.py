@@ -10,6 +10,7 @@ trace written with `rewrite: keep` back onto its tree.
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from dataclasses import dataclass
 from typing import Literal
 
@@ -64,10 +65,20 @@ def _paraphrase_patterns(phrases: Phrases) -> dict[SegmentKind, re.Pattern[str]]
     }
 
 
-def _sentence_span(text: str, start: int, end: int) -> tuple[int, int]:
-    begin = 0
-    for boundary in _SENTENCE_START.finditer(text, 0, start):
-        begin = boundary.end()
+def _sentence_starts(text: str) -> list[int]:
+    """Where sentences may start: 0 and the end of each boundary ('.', '!' or '?' before
+    whitespace, or a newline), in order. Found once per text, so that locating the sentence
+    of every match stays linear in the text (a response can hold thousands of matches)."""
+    return [0] + [boundary.end() for boundary in _SENTENCE_START.finditer(text)]
+
+
+def _sentence_span(text: str, start: int, end: int, starts: list[int]) -> tuple[int, int]:
+    # The last boundary that ends at or before the match; a '.' right before the match only
+    # counts when followed by whitespace inside the text before it (a newline always does).
+    index = bisect_right(starts, start) - 1
+    if index > 0 and starts[index] == start and text[start - 1] != "\n":
+        index -= 1
+    begin = starts[index]
     if text[end - 1 : end] in (".", "!", "?"):  # the match itself closes its sentence
         return begin, end
     stop = _SENTENCE_END.search(text, end)
@@ -77,9 +88,10 @@ def _sentence_span(text: str, start: int, end: int) -> tuple[int, int]:
 def _split_free_text(text: str, patterns: dict[SegmentKind, re.Pattern[str]]) -> list[Segment]:
     """Text between exact phrases: steps, with paraphrased sentences cut out when asked."""
     spans: list[tuple[int, int]] = []
+    starts = _sentence_starts(text) if patterns else []
     for pattern in patterns.values():
         for match in pattern.finditer(text):
-            spans.append(_sentence_span(text, match.start(), match.end()))
+            spans.append(_sentence_span(text, match.start(), match.end(), starts))
     merged: list[tuple[int, int]] = []
     for begin, stop in sorted(spans):
         if merged and begin < merged[-1][1]:

@@ -7,6 +7,9 @@ The defaults are the paper's exact wording (Kim et al., ASTRO). Templates are fi
 The `*_patterns` are regular expressions (matched case-insensitively, after curly quotes are
 straightened) that recognise paraphrases in model outputs, e.g. "Let me go back to ..." for a
 backtrack; the exact phrases above are always recognised too.
+
+This is the one phrase set of the project: cloning writes it, and the analysis of model
+outputs (`astro_core.analysis.count_behaviours`, the eval samples' backtrack counts) reads it.
 """
 
 from __future__ import annotations

@@ -2,17 +2,19 @@
 
 An engine is a `Generator` (astro_core.protocols) that also knows which model it serves.
 Besides `generate` it offers `generate_batch`, which runs several requests, each with its own
-sampling parameters, as one engine batch: the generator service coalesces concurrent calls
-through it.
+sampling parameters, as one engine batch, and `start_batch`, a `RunningBatch` that requests
+join and leave between decode steps (continuous batching): the generator service feeds
+concurrent calls through it, and a request whose caller gave up leaves at the next step.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -42,9 +44,9 @@ class SamplingParams:
             raise InvalidRequest(f"n must be >= 1, got {self.n}")
         if self.max_tokens < 1:
             raise InvalidRequest(f"max_tokens must be >= 1, got {self.max_tokens}")
-        if not self.temperature >= 0:  # also rejects NaN
-            raise InvalidRequest(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):  # NaN, inf too
+            raise InvalidRequest(f"temperature must be >= 0 and finite, got {self.temperature}")
+        if not 0 < self.top_p <= 1:  # also rejects NaN
             raise InvalidRequest(f"top_p must be in (0, 1], got {self.top_p}")
         if any(not s for s in self.stop):
             raise InvalidRequest("stop strings must not be empty")
@@ -118,8 +120,12 @@ class Engine(Protocol):
         """One list of completions per request, prompt i's n completions at [i*n, (i+1)*n)."""
         ...
 
-    def check_request(self, request: GenerationRequest) -> None:
-        """Raise InvalidRequest if the request cannot be served (bad params, prompt too long)."""
+    def start_batch(self, capacity: int) -> RunningBatch:
+        """An empty batch decoding at most `capacity` sequences together (see RunningBatch)."""
+        ...
+
+    def encode_request(self, request: GenerationRequest) -> list[list[int]]:
+        """Check the request and return each prompt's token ids; raises InvalidRequest."""
         ...
 
     def chat_template(self) -> ChatTemplate: ...
@@ -163,8 +169,8 @@ class EngineBase(ABC):
     @abstractmethod
     def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]: ...
 
-    def check_request(self, request: GenerationRequest) -> None:
-        self.encode_request(request)
+    @abstractmethod
+    def start_batch(self, capacity: int) -> RunningBatch: ...
 
     def encode_request(self, request: GenerationRequest) -> list[list[int]]:
         """Token ids of each prompt, after checking the request; raises InvalidRequest."""
@@ -247,3 +253,74 @@ def directory_version(path: str | Path) -> str:
                 f.seek(-_SAMPLE_BYTES, 2)
                 h.update(f.read())
     return f"{root.resolve().name}#{h.hexdigest()[:12]}"
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One request's place in a running batch; its completions fill in as its rows finish.
+
+    `cancel`, when set by another thread, makes the batch drop the request's rows at its
+    next step (the caller gave up); the ticket is then returned as finished, `cancelled`.
+    """
+
+    request: GenerationRequest
+    cancel: threading.Event | None = None
+    completions: list[Completion | None] = field(default_factory=list)
+    remaining: int = 0
+
+    def __post_init__(self) -> None:
+        rows = len(self.request.prompts) * self.request.params.n
+        self.completions = [None] * rows
+        self.remaining = rows
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel is not None and self.cancel.is_set()
+
+    def finish(self, index: int, completion: Completion) -> bool:
+        """Record completion `index` (prompt * n + sample); whether the request is complete."""
+        self.completions[index] = completion
+        self.remaining -= 1
+        return self.remaining == 0
+
+    def results(self) -> list[Completion]:
+        """Prompt i's n completions at [i*n, (i+1)*n); only once the ticket is complete."""
+        done = [c for c in self.completions if c is not None]
+        if len(done) != len(self.completions):
+            raise RuntimeError("the request has not finished")
+        return done
+
+
+class RunningBatch(Protocol):
+    """Requests decoding together; requests join and leave between steps.
+
+    `add` queues a request (checked and encoded now: InvalidRequest is raised here), `step`
+    admits queued sequences while fewer than `capacity` decode, runs one decode step and
+    returns the tickets that completed (or were cancelled) in it. `rows` counts sequences
+    decoding or queued; the batch is drained when it is 0.
+    """
+
+    capacity: int
+
+    @property
+    def rows(self) -> int: ...
+
+    def add(
+        self,
+        request: GenerationRequest,
+        *,
+        prompt_ids: Sequence[Sequence[int]] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Ticket: ...
+
+    def step(self) -> list[Ticket]: ...
+
+
+def run_to_completion(
+    batch: RunningBatch, requests: Sequence[GenerationRequest]
+) -> list[list[Completion]]:
+    """`generate_batch` on top of a RunningBatch: add every request, step until drained."""
+    tickets = [batch.add(r) for r in requests]
+    while batch.rows:
+        batch.step()
+    return [t.results() for t in tickets]

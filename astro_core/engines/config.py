@@ -38,6 +38,12 @@ class EngineConfig(BaseModel):
         description="hf on CPU: torch intra-op threads for the process; default: torch's. "
         "1 is fastest for small models on a busy machine.",
     )
+    fast_decode: bool = Field(
+        True,
+        description="hf: decode Llama-layout models (llama, mistral, qwen2) with a lean step "
+        "that calls their modules without transformers' per-call machinery; off: the "
+        "model's own forward (used anyway for other models).",
+    )
     max_num_seqs: int = Field(
         256, ge=1, description="Most sequences decoded together in one engine batch."
     )
@@ -46,5 +52,13 @@ class EngineConfig(BaseModel):
         0.9, gt=0, le=1, description="vllm: fraction of GPU memory for weights and KV cache."
     )
     enable_prefix_caching: bool = Field(
-        True, description="vllm: reuse the KV cache of shared prompt prefixes (search, n>1)."
+        True,
+        description="Reuse the KV cache of prompt prefixes shared across calls (search "
+        "rollouts extend their node's prompt); vllm, and hf within prefix_cache_mb.",
+    )
+    prefix_cache_mb: float = Field(
+        256,
+        ge=0,
+        description="hf: memory for the keys/values of recently prefilled prompts (least "
+        "recently used evicted first); 0 turns the hf prefix cache off.",
     )

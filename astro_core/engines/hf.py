@@ -1,10 +1,18 @@
-"""The transformers engine: batched decoding with left padding and a KV cache, CPU or CUDA.
+"""The transformers engine: continuous batching over a slot KV cache, CPU or CUDA.
 
 The decode loop is written out rather than delegated to `model.generate` because the
 service batches requests with different sampling parameters together, and a seeded request
-must give the same tokens whatever it is batched with. So each row carries its own
-temperature, top-p, token budget, stop strings and random stream (seeded from the request
-seed, the prompt and the sample index), and finished rows leave the batch.
+must give the same tokens whatever it is batched with. So each row (one sample of one
+prompt) carries its own temperature, top-p, token budget, stop strings and random stream
+(seeded from the request seed, the prompt and the sample index).
+
+Requests join a `ContinuousBatch` (hf_batch.py) between steps: new rows are prefilled here
+(each distinct prompt once, however many samples it has; prompts extending a recently
+prefilled one reuse its keys/values from the prefix cache, prefix_cache.py) and copied into
+free slots of the `SlotCache` (kv_slots.py); finished or cancelled rows leave at once, so
+their callers get their completions without waiting for longer batch mates. A prompt's last
+token is not prefilled but fed by the next decode step, like every row's latest token, so
+each step is one forward pass of one token per row.
 
 Log-probabilities are those of the model's raw distribution (before temperature and top-p),
 as vLLM reports them, so they match a plain forward pass over the produced tokens.
@@ -14,29 +22,35 @@ from __future__ import annotations
 
 import inspect
 import random
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from transformers import DynamicCache
 
 from astro_core.engines.base import (
     EngineBase,
     GenerationRequest,
-    SamplingParams,
-    derive_seed,
     directory_version,
     find_stop,
+    run_to_completion,
 )
 from astro_core.engines.config import EngineConfig
+from astro_core.engines.fast_decode import fast_decoder
+from astro_core.engines.hf_batch import ContinuousBatch, Row
+from astro_core.engines.kv_slots import SlotCache, check_full_attention, use_slot_attention
+from astro_core.engines.prefix_cache import BLOCK, LayerKV, PrefixCache
 from astro_core.models.tiny import load_model
-from astro_core.protocols import Completion, FinishReason
+from astro_core.protocols import Completion
 
 # Prompts prefilled together differ in length by at most this factor (bounds padding waste).
 _GROUP_SPREAD = 1.5
+# Fewer shared tokens than this are prefilled again: a prompt prefilled on its own after its
+# cached prefix costs one more forward call, which pays only for a long enough prefix.
+MIN_REUSE = 4 * BLOCK
+Tokens = tuple[int, ...]
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -52,23 +66,6 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     return _DTYPES[dtype]
 
 
-@dataclass
-class _Row:
-    """One sequence being decoded: (request, prompt, sample) and what it produced so far."""
-
-    request: int
-    prompt: int
-    sample: int
-    prompt_ids: list[int]
-    params: SamplingParams
-    budget: int
-    rng: random.Random
-    tokens: list[int] = field(default_factory=list)
-    logprobs: list[float] = field(default_factory=list)
-    text: str | None = None
-    finish: FinishReason = "length"
-
-
 class HFEngine(EngineBase):
     kind = "hf"
 
@@ -80,9 +77,10 @@ class HFEngine(EngineBase):
         self.device = resolve_device(config.device)
         if config.cpu_threads is not None and self.device == "cpu":
             torch.set_num_threads(config.cpu_threads)
-        self.model, self.tokenizer = load_model(
-            path, self.device, resolve_dtype(config.dtype, self.device)
-        )
+        self.dtype = resolve_dtype(config.dtype, self.device)
+        self.model, self.tokenizer = load_model(path, self.device, self.dtype)
+        check_full_attention(self.model.config)
+        use_slot_attention(self.model)
         own_len = int(getattr(self.model.config, "max_position_embeddings", 2048))
         self.max_model_len = min(config.max_model_len or own_len, own_len)
         self.max_num_seqs = config.max_num_seqs
@@ -99,34 +97,46 @@ class HFEngine(EngineBase):
             if self.tokenizer.pad_token_id is not None
             else min(self.eos_ids)
         )
+        self.prefix_cache = prefix_cache_of(config, self.model.config, self.dtype)
+        self._decode = self._decoder()
+        self._fast = fast_decoder(self.model) if config.fast_decode else None
+        # A drained batch's slot cache, kept for the next batch: allocating (and zeroing)
+        # large buffers anew for every call would cost more than small calls themselves.
+        self._spare_cache: SlotCache | None = None
+        self._spare_lock = threading.Lock()
 
     def close(self) -> None:
+        self._spare_cache = None
         del self.model
         if self.device.startswith("cuda"):
             torch.cuda.empty_cache()
 
-    def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
-        rows: list[_Row] = []
-        for r, request in enumerate(requests):
-            ids = self.encode_request(request)
-            p = request.params
-            for i, prompt_ids in enumerate(ids):
-                budget = min(request.budget(i), self.max_model_len - len(prompt_ids))
-                for j in range(p.n):
-                    seed = derive_seed(p.seed, i, j) if p.seed is not None else None
-                    rows.append(_Row(r, i, j, prompt_ids, p, budget, random.Random(seed)))
-        for start in range(0, len(rows), self.max_num_seqs):
-            self._decode(rows[start : start + self.max_num_seqs])
-        results: list[list[Completion]] = [[] for _ in requests]
-        for row in rows:  # rows were built request by request, prompt by prompt, sample by sample
-            results[row.request].append(self._sample_of(row))
-        return results
+    def start_batch(self, capacity: int) -> ContinuousBatch:
+        return ContinuousBatch(self, capacity)
 
-    def _sample_of(self, row: _Row) -> Completion:
+    def generate_batch(self, requests: Sequence[GenerationRequest]) -> list[list[Completion]]:
+        return run_to_completion(self.start_batch(self.max_num_seqs), requests)
+
+    def take_cache(self, capacity: int) -> SlotCache:
+        """The spare slot cache (or a new one) for a batch of up to `capacity` rows."""
+        with self._spare_lock:
+            cache, self._spare_cache = self._spare_cache, None
+        if cache is None:
+            cache = SlotCache(self.model.config, capacity, self.dtype, self.device)
+        cache.capacity = capacity
+        return cache
+
+    def give_back(self, cache: SlotCache) -> None:
+        """A drained batch's cache becomes the spare."""
+        cache.set_members([[], []])
+        with self._spare_lock:
+            self._spare_cache = cache
+
+    def completion_of(self, row: Row) -> Completion:
         if row.text is None:
             row.text = self._decode_text(row.tokens)
         want_logprobs = row.params.logprobs
-        completion = Completion(
+        return Completion(
             prompt_index=row.prompt,
             text=row.text,
             num_tokens=len(row.tokens),
@@ -136,142 +146,259 @@ class HFEngine(EngineBase):
             token_logprobs=tuple(row.logprobs) if want_logprobs else (),
             token_ids=tuple(row.tokens),
         )
-        return completion
 
     def _decode_text(self, tokens: Sequence[int]) -> str:
         with self.tokenizer_lock:
-            return str(self.tokenizer.decode(list(tokens), skip_special_tokens=True))
+            return self._decode(list(tokens))
 
-    @torch.inference_mode()
-    def _decode(self, rows: list[_Row]) -> None:
-        """Prefill each distinct prompt once, then decode all rows step by step."""
-        distinct = list(dict.fromkeys(tuple(r.prompt_ids) for r in rows))
-        cache, mask, logits, position = self._prefill(distinct)
-        # Fan the prefilled prompts out to their rows (n samples share one prefill).
-        select = torch.tensor([position[tuple(r.prompt_ids)] for r in rows], device=self.device)
-        cache.batch_select_indices(select)
-        mask, logits = mask[select], logits[select]
-        next_pos = mask.sum(-1)
-        active = rows
-        while True:
-            tokens = self._sample(logits, active)
-            keep = [k for k, row in enumerate(active) if not self._finished(row)]
-            if not keep:
-                return
-            if len(keep) < len(active):
-                index = torch.tensor(keep, device=self.device)
-                cache.batch_select_indices(index)
-                mask, next_pos, tokens = mask[index], next_pos[index], tokens[index]
-                active = [active[k] for k in keep]
-            mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=-1)
-            out = self.model(
-                input_ids=tokens[:, None],
-                attention_mask=mask,
-                position_ids=next_pos[:, None],
-                use_cache=True,
-                **{self._cache_arg: cache},
-            )
-            cache = getattr(out, self._cache_arg)
-            next_pos = next_pos + 1
-            logits = out.logits[:, -1, :]
+    def _decoder(self) -> Callable[[list[int]], str]:
+        """Token ids -> text. The Rust tokenizer directly when transformers' decode would
+        only wrap it (no clean-up of spaces): several times faster, the same text."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is not None and not getattr(self.tokenizer, "clean_up_tokenization_spaces", 0):
+            return lambda ids: str(backend.decode(ids, skip_special_tokens=True))
+        return lambda ids: str(self.tokenizer.decode(ids, skip_special_tokens=True))
 
-    def _prefill(
-        self, prompts: list[tuple[int, ...]]
-    ) -> tuple[Any, torch.Tensor, torch.Tensor, dict[tuple[int, ...], int]]:
-        """KV cache, attention mask and last logits of the prompts, left-padded to one width.
+    def prefill(self, prompts: list[tuple[int, ...]]) -> list[tuple[LayerKV, dict[Tokens, int]]]:
+        """Keys and values of each prompt: per group of prompts, each layer's (keys, values),
+        left-padded, and where each prompt sits in the group.
 
-        Prompts of similar length are prefilled together, so that one long prompt does not
-        pad every other to its length (prefill cost grows with the padded size); the groups'
-        caches are then left-padded to the longest and joined. Returns where each prompt
-        sits in the joined batch too.
+        A prompt sharing at least MIN_REUSE tokens with a recently prefilled one (the prefix
+        cache) prefills only the rest, together with the prompts extending the same cached
+        prefix (a node's children). The others are prefilled in groups of similar length,
+        so that one long prompt does not pad every other to its length (prefill cost grows
+        with the padded size). Every prefilled prompt is kept in the prefix cache.
         """
-        groups: list[list[tuple[int, ...]]] = []
-        for prompt in sorted(prompts, key=len):
+        prefilled: list[tuple[LayerKV, dict[Tokens, int]]] = []
+        fresh = []
+        extend: dict[tuple[int, int], tuple[LayerKV, int, list[Tokens]]] = {}
+        for prompt in prompts:
+            hit = self.prefix_cache.lookup(prompt) if self.prefix_cache is not None else None
+            if hit is None or hit[1] < MIN_REUSE:
+                fresh.append(prompt)
+            else:  # prompts extending the same cached prefix (siblings) go together
+                cached, length = hit
+                key = (cached[0][0].data_ptr(), length)  # the same stored prompt
+                extend.setdefault(key, (cached, length, []))[2].append(prompt)
+        for cached, length, group in extend.values():
+            for prompt, layers in zip(group, self._extend(cached, length, group), strict=True):
+                prefilled.append((layers, {prompt: 0}))
+        groups: list[list[Tokens]] = []
+        for prompt in sorted(fresh, key=len):
             if groups and len(prompt) <= _GROUP_SPREAD * len(groups[-1][0]):
                 groups[-1].append(prompt)
             else:
                 groups.append([prompt])
-        width = len(groups[-1][-1])
-        layers: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
-        masks, logits = [], []
         for group in groups:
-            group_width = len(group[-1])
-            ids = torch.full((len(group), group_width), self.pad_id, dtype=torch.long)
+            width = len(group[-1])
+            ids = torch.full((len(group), width), self.pad_id, dtype=torch.long)
             mask = torch.zeros((len(group), width), dtype=torch.long)
             for g, prompt in enumerate(group):  # left padding: real tokens end at the right
-                ids[g, group_width - len(prompt) :] = torch.tensor(prompt)
+                ids[g, width - len(prompt) :] = torch.tensor(prompt)
                 mask[g, width - len(prompt) :] = 1
             ids, mask = ids.to(self.device), mask.to(self.device)
-            group_mask = mask[:, width - group_width :]
             out = self.model(
                 input_ids=ids,
-                attention_mask=group_mask,
-                position_ids=(group_mask.cumsum(-1) - 1).clamp(min=0),
+                attention_mask=mask,
+                position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                 use_cache=True,
                 logits_to_keep=1,
             )
-            pad = (0, 0, width - group_width, 0)  # left-pad the sequence axis of [b, h, s, d]
-            layers.append(
-                [
-                    (F.pad(layer.keys, pad), F.pad(layer.values, pad))
-                    for layer in getattr(out, self._cache_arg).layers
-                ]
-            )
-            masks.append(mask)
-            logits.append(out.logits[:, -1, :])
-        joined = [
-            (torch.cat([g[i][0] for g in layers]), torch.cat([g[i][1] for g in layers]))
-            for i in range(len(layers[0]))
-        ]
-        cache = DynamicCache(ddp_cache_data=joined, config=self.model.config)
-        position = {prompt: i for i, prompt in enumerate(p for g in groups for p in g)}
-        return cache, torch.cat(masks), torch.cat(logits), position
+            layers = [(layer.keys, layer.values) for layer in getattr(out, self._cache_arg).layers]
+            prefilled.append((layers, {prompt: g for g, prompt in enumerate(group)}))
+            if self.prefix_cache is not None:
+                for g, prompt in enumerate(group):
+                    own = [
+                        (
+                            k[g : g + 1, :, width - len(prompt) :].clone(),
+                            v[g : g + 1, :, width - len(prompt) :].clone(),
+                        )
+                        for k, v in layers
+                    ]
+                    self.prefix_cache.store(prompt, own)
+        return prefilled
 
-    def _sample(self, logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
+    def _extend(self, cached: LayerKV, length: int, prompts: list[Tokens]) -> list[LayerKV]:
+        """Keys and values of each prompt, all of whose first `length` tokens are `cached`:
+        one forward pass over the rest of every prompt (right-padded) after that prefix."""
+        rest = max(len(p) for p in prompts) - length
+        if not rest:  # the prompts are the cached prefix itself
+            return [cached for _ in prompts]
+        count = len(prompts)
+        ids = torch.full((count, rest), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((count, length + rest), dtype=torch.long)
+        mask[:, :length] = 1
+        for i, prompt in enumerate(prompts):
+            ids[i, : len(prompt) - length] = torch.tensor(prompt[length:])
+            mask[i, length : len(prompt)] = 1
+        past = DynamicCache(
+            ddp_cache_data=[
+                (k.expand(count, -1, -1, -1), v.expand(count, -1, -1, -1)) for k, v in cached
+            ],
+            config=self.model.config,
+        )
+        out = self.model(
+            input_ids=ids.to(self.device),
+            attention_mask=mask.to(self.device),
+            position_ids=torch.arange(length, length + rest, device=self.device).expand(count, -1),
+            use_cache=True,
+            logits_to_keep=1,
+            **{self._cache_arg: past},
+        )
+        layers = getattr(out, self._cache_arg).layers
+        results = []
+        for i, prompt in enumerate(prompts):
+            own = [
+                (
+                    layer.keys[i : i + 1, :, : len(prompt)].clone(),
+                    layer.values[i : i + 1, :, : len(prompt)].clone(),
+                )
+                for layer in layers
+            ]
+            if self.prefix_cache is not None:
+                self.prefix_cache.store(prompt, own)
+            results.append(own)
+        return results
+
+    def forward_step(self, cache: SlotCache, groups: Sequence[Sequence[Row]]) -> torch.Tensor:
+        """One decode step: feed each live row its next token; returns the next logits, in
+        batch order (each group's rows in slot order)."""
+        cached = [[r.cached for r in rows] for rows in groups]
+        cache.begin_step(cached)
+        order = [r for rows in groups for r in rows]
+        inputs = torch.tensor([r.next_input for r in order], device=self.device)
+        positions = torch.tensor([r.cached for r in order], device=self.device)
+        if self._fast is not None:
+            logits = self._fast(cache, inputs, positions)
+        else:
+            # The attention reads each group's own mask (cache.masks); this 4-D placeholder
+            # keeps transformers from building a mask of its own.
+            placeholder = torch.ones((len(order), 1, 1, 1), dtype=torch.bool, device=self.device)
+            with cache.decoding():
+                out = self.model(
+                    input_ids=inputs[:, None],
+                    attention_mask=placeholder,
+                    position_ids=positions[:, None],
+                    use_cache=True,
+                    **{self._cache_arg: cache},
+                )
+            logits = out.logits[:, -1, :]
+        cache.cursor += 1
+        return logits
+
+    def sample(self, logits: torch.Tensor, rows: list[Row]) -> None:
         """Pick each row's next token; record it and its raw log-probability on the row."""
         logits = logits.float()
         tokens = logits.argmax(-1)
-        temps = torch.tensor([r.params.temperature for r in rows], device=logits.device)
-        if bool((temps > 0).any()):
-            top_p = torch.tensor([r.params.top_p for r in rows], device=logits.device)
-            probs = torch.softmax(logits / temps.clamp(min=1e-5)[:, None], dim=-1)
-            sorted_p, order = probs.sort(dim=-1, descending=True)
-            # Nucleus: keep the most likely tokens until their mass reaches top_p (>= 1 kept).
-            sorted_p = sorted_p.masked_fill(sorted_p.cumsum(-1) - sorted_p >= top_p[:, None], 0)
-            cdf = sorted_p.cumsum(-1)
-            # Inverse-CDF sampling with one uniform draw from each row's own stream.
-            u = torch.tensor([r.rng.random() for r in rows], device=logits.device)
-            pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)
-            sampled = order.gather(-1, pick.clamp(max=cdf.shape[-1] - 1)).squeeze(-1)
-            tokens = torch.where(temps > 0, sampled, tokens)
-        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
-        for row, token, logprob in zip(rows, tokens.tolist(), logprobs.tolist(), strict=True):
-            row.tokens.append(int(token))
-            row.logprobs.append(float(logprob))
-        return tokens
+        drawn = [k for k, row in enumerate(rows) if row.params.temperature > 0]
+        if drawn:
+            every = len(drawn) == len(rows)
+            index = torch.tensor(drawn, device=logits.device)
+            temps = torch.tensor([rows[k].params.temperature for k in drawn], device=logits.device)
+            probs = torch.softmax((logits if every else logits[index]) / temps[:, None], dim=-1)
+            # One uniform draw per row from the row's own stream (independent of batch mates).
+            u = torch.tensor([_rng(rows[k]).random() for k in drawn], device=logits.device)
+            picks = _inverse_cdf(probs, u, [rows[k].params.top_p for k in drawn])
+            if every:
+                tokens = picks
+            else:
+                tokens[index] = picks
+        want = [k for k, row in enumerate(rows) if row.params.logprobs]
+        logprobs: list[float] = []
+        if want:
+            chosen = tokens[:, None]
+            logprobs = torch.log_softmax(logits, dim=-1).gather(-1, chosen).squeeze(-1).tolist()
+        for k, (row, token) in enumerate(zip(rows, tokens.tolist(), strict=True)):
+            row.tokens.append(token)
+            row.next_input = token
+            if logprobs:
+                row.logprobs.append(logprobs[k])
 
-    def _finished(self, row: _Row) -> bool:
-        """Whether the token just added ends the row: EOS, a stop string or the budget."""
-        if row.tokens[-1] in self.eos_ids:
-            row.finish = "eos"
-            return True
-        if row.params.stop and self._hit_stop(row):
-            row.finish = "stop_string"
-            return True
-        return len(row.tokens) >= row.budget
+    def finished(self, rows: Sequence[Row]) -> list[bool]:
+        """Whether the token just added ends each row: EOS, a stop string or the budget."""
+        ended = [False] * len(rows)
+        stopping = []
+        for k, row in enumerate(rows):
+            if row.tokens[-1] in self.eos_ids:
+                row.finish = "eos"
+                ended[k] = True
+            elif row.params.stop:
+                stopping.append(k)
+            else:
+                ended[k] = len(row.tokens) >= row.budget
+        if stopping:
+            # A stop string completed by the last token lies within its last 4*len+2 tokens
+            # (a byte-level token holds at least one byte): only those tails are decoded.
+            tails = [
+                rows[k].tokens[-(4 * max(map(len, rows[k].params.stop)) + 2) :] for k in stopping
+            ]
+            with self.tokenizer_lock:
+                texts = [self._decode(tail) for tail in tails]
+            for k, tail in zip(stopping, texts, strict=True):
+                row = rows[k]
+                if find_stop(tail, row.params.stop) >= 0 and self._cut_at_stop(row):
+                    row.finish = "stop_string"
+                    ended[k] = True
+                else:
+                    ended[k] = len(row.tokens) >= row.budget
+        return ended
 
-    def _hit_stop(self, row: _Row) -> bool:
-        # A stop string completed by the last token lies within its last 4*len+2 tokens (a
-        # byte-level token holds at least one byte), so only that tail is decoded each step.
-        window = 4 * max(len(s) for s in row.params.stop) + 2
-        if find_stop(self._decode_text(row.tokens[-window:]), row.params.stop) < 0:
-            return False
+    def _cut_at_stop(self, row: Row) -> bool:
+        """Cut the row's text before its earliest stop string; whether there is one."""
         text = self._decode_text(row.tokens)
         cut = find_stop(text, row.params.stop)
         if cut < 0:
             return False
         row.text = text[:cut]
         return True
+
+
+def _rng(row: Row) -> random.Random:
+    assert row.rng is not None, "a decoding row has its stream"
+    return row.rng
+
+
+def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor, top_p: list[float]) -> torch.Tensor:
+    """Token k of each row such that u falls in its share of the row's cumulative mass.
+
+    Rows with top_p < 1 draw from their nucleus: the most likely tokens until their mass
+    reaches top_p (at least one), which needs a sort; the others skip the sort.
+    """
+    picks = torch.empty(len(top_p), dtype=torch.long, device=probs.device)
+    last = probs.shape[-1] - 1
+    for nucleus in (False, True):
+        rows = [k for k, p in enumerate(top_p) if (p < 1) == nucleus]
+        if not rows:
+            continue
+        every = len(rows) == len(top_p)  # the common case: no row gathering
+        index = torch.tensor(rows, device=probs.device)
+        weights, draws = (probs, u) if every else (probs[index], u[index])
+        order = None
+        if nucleus:
+            mass = torch.tensor([top_p[k] for k in rows], device=probs.device)
+            weights, order = weights.sort(dim=-1, descending=True)
+            weights = weights.masked_fill(weights.cumsum(-1) - weights >= mass[:, None], 0)
+        cdf = weights.cumsum(-1)
+        pick = torch.searchsorted(cdf, (draws * cdf[:, -1])[:, None], right=True).clamp(max=last)
+        chosen = (pick if order is None else order.gather(-1, pick)).squeeze(-1)
+        if every:
+            return chosen
+        picks[index] = chosen
+    return picks
+
+
+def prefix_cache_of(
+    config: EngineConfig, model_config: Any, dtype: torch.dtype
+) -> PrefixCache | None:
+    """The engine's prefix cache, sized from `prefix_cache_mb` (None when disabled)."""
+    if not config.enable_prefix_caching or config.prefix_cache_mb <= 0:
+        return None
+    text = model_config.get_text_config()
+    heads = int(text.num_attention_heads)
+    kv_heads = int(getattr(text, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(text, "head_dim", None) or text.hidden_size // heads)
+    per_token = 2 * int(text.num_hidden_layers) * kv_heads * head_dim * dtype.itemsize
+    return PrefixCache(int(config.prefix_cache_mb * 2**20) // per_token)
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:

@@ -2,9 +2,12 @@
 
 vLLM is an optional extra (`pip install -e '.[vllm]'`), imported only when this engine is
 built. It schedules and batches by itself (continuous batching, paged KV cache, prefix
-caching), so a batch of requests is handed over whole, one vLLM request per sample: every
-sample gets its own seed, derived exactly as the hf engine derives it, and identical prompts
-(n samples, sibling search nodes) share their prefix in the cache.
+caching), so requests are handed over whole, one vLLM request per sample: every sample gets
+its own seed, derived exactly as the hf engine derives it, and identical prompts (n samples,
+sibling search nodes) share their prefix in the cache. `generate_batch` goes through
+`LLM.generate`; the service's running batch (`VLLMBatch`) drives the same engine step by step
+(`LLMEngine.add_request` / `step` / `abort_request`), so calls join between steps and an
+abandoned call's requests are aborted at the next step.
 
 Prompts are passed as token ids encoded like the hf engine does, so both engines see the
 same tokens for the same text.
@@ -13,6 +16,8 @@ same tokens for the same text.
 from __future__ import annotations
 
 import gc
+import itertools
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +25,7 @@ from typing import Any
 from astro_core.engines.base import (
     EngineBase,
     GenerationRequest,
+    Ticket,
     derive_seed,
     directory_version,
 )
@@ -71,30 +77,38 @@ class VLLMEngine(EngineBase):
         owners: list[tuple[int, int, bool]] = []  # (request, prompt index, logprobs wanted)
         for r, request in enumerate(requests):
             ids = self.encode_request(request)
-            p = request.params
             for i, prompt_ids in enumerate(ids):
-                for j in range(p.n):
+                for j in range(request.params.n):
                     prompts.append({"prompt_token_ids": prompt_ids})
-                    params.append(
-                        self._vllm.SamplingParams(
-                            n=1,
-                            max_tokens=min(request.budget(i), self.max_model_len - len(prompt_ids)),
-                            temperature=p.temperature,
-                            top_p=p.top_p,
-                            stop=list(p.stop) or None,
-                            seed=derive_seed(p.seed, i, j) if p.seed is not None else None,
-                            logprobs=0 if p.logprobs else None,
-                            skip_special_tokens=True,
-                        )
-                    )
-                    owners.append((r, i, p.logprobs))
+                    params.append(self.sampling_params(request, i, j, len(prompt_ids)))
+                    owners.append((r, i, request.params.logprobs))
         outputs = self._llm.generate(prompts, params, use_tqdm=False)
         results: list[list[Completion]] = [[] for _ in requests]
         for (r, i, want_logprobs), output in zip(owners, outputs, strict=True):
-            results[r].append(self._sample_of(output.outputs[0], i, want_logprobs))
+            results[r].append(self.completion_of(output.outputs[0], i, want_logprobs))
         return results
 
-    def _sample_of(self, out: Any, prompt_index: int, want_logprobs: bool) -> Completion:
+    def start_batch(self, capacity: int) -> VLLMBatch:
+        return VLLMBatch(self, capacity)
+
+    def sampling_params(
+        self, request: GenerationRequest, prompt: int, sample: int, prompt_len: int, **extra: Any
+    ) -> Any:
+        """vLLM's SamplingParams of one sample (n=1, its own derived seed)."""
+        p = request.params
+        return self._vllm.SamplingParams(
+            n=1,
+            max_tokens=min(request.budget(prompt), self.max_model_len - prompt_len),
+            temperature=p.temperature,
+            top_p=p.top_p,
+            stop=list(p.stop) or None,
+            seed=derive_seed(p.seed, prompt, sample) if p.seed is not None else None,
+            logprobs=0 if p.logprobs else None,
+            skip_special_tokens=True,
+            **extra,
+        )
+
+    def completion_of(self, out: Any, prompt_index: int, want_logprobs: bool) -> Completion:
         token_ids = tuple(int(t) for t in out.token_ids)
         logprobs: tuple[float, ...] = ()
         if want_logprobs and out.logprobs is not None:
@@ -130,3 +144,77 @@ class VLLMEngine(EngineBase):
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+class VLLMBatch:
+    """The vllm engine's RunningBatch: vLLM's own engine, stepped by the caller.
+
+    Each sample is one vLLM request; a cancelled ticket's requests are aborted at the next
+    step. Only one running batch may use an engine at a time (the generator's batcher runs
+    one), and not while `generate_batch` runs.
+    """
+
+    _ids = itertools.count()
+
+    def __init__(self, engine: VLLMEngine, capacity: int) -> None:
+        self.engine = engine
+        self.capacity = capacity
+        self._core = engine._llm.llm_engine
+        self._owners: dict[str, tuple[Ticket, int, int]] = {}  # id -> (ticket, index, prompt)
+        self._requests: dict[int, tuple[Ticket, list[str]]] = {}  # ticket id -> its requests
+        # Only finished requests are reported by `step` (when this vLLM can say so).
+        kind = getattr(engine._vllm.sampling_params, "RequestOutputKind", None)
+        self._extra = {"output_kind": kind.FINAL_ONLY} if kind is not None else {}
+
+    @property
+    def rows(self) -> int:
+        return len(self._owners)
+
+    def add(
+        self,
+        request: GenerationRequest,
+        *,
+        prompt_ids: Sequence[Sequence[int]] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Ticket:
+        if prompt_ids is None:
+            prompt_ids = self.engine.encode_request(request)
+        ticket = Ticket(request, cancel)
+        if not ticket.remaining:
+            return ticket
+        names: list[str] = []
+        n = request.params.n
+        for i, ids in enumerate(prompt_ids):
+            for j in range(n):
+                name = f"astro-{next(self._ids)}"
+                params = self.engine.sampling_params(request, i, j, len(ids), **self._extra)
+                self._core.add_request(name, {"prompt_token_ids": list(ids)}, params)
+                self._owners[name] = (ticket, i * n + j, i)
+                names.append(name)
+        self._requests[id(ticket)] = (ticket, names)
+        return ticket
+
+    def step(self) -> list[Ticket]:
+        done: list[Ticket] = []
+        for ticket, names in list(self._requests.values()):
+            if ticket.cancelled:
+                live = [name for name in names if self._owners.pop(name, None) is not None]
+                if live:
+                    self._core.abort_request(live)
+                del self._requests[id(ticket)]
+                ticket.remaining = 0
+                done.append(ticket)
+        if not self._owners:
+            return done
+        for output in self._core.step():
+            owner = self._owners.pop(output.request_id, None) if output.finished else None
+            if owner is None:
+                continue
+            ticket, index, prompt = owner
+            completion = self.engine.completion_of(
+                output.outputs[0], prompt, ticket.request.params.logprobs
+            )
+            if ticket.finish(index, completion):
+                del self._requests[id(ticket)]
+                done.append(ticket)
+        return done

@@ -1,4 +1,4 @@
-"""GPU check (`make gpu-check`): bf16 SFT throughput and model-FLOPs utilisation on one GPU.
+"""GPU check (`make gpu-check`): bf16 SFT throughput and MFU, and GRPO steps, on one GPU.
 
 A ~0.5B-parameter Llama is built from a config with random weights (no download; the tiny
 model's tokenizer), saved, and trained by the same code as `astro train sft` (train_sft:
@@ -10,6 +10,9 @@ the input embedding excluded) + attention 12 * layers * hidden * c, where c is t
 causal context per token (L+1)/2 of a sequence of L tokens. MFU = achieved / peak, with the
 peak dense bf16 of the GPU's name (H100 SXM and H200: 989 TFLOP/s, H100 PCIe 756, A100
 312; `--peak-tflops` to set it). Steady state: steps after the first `--warmup-steps`.
+
+GRPO: a few steps of train_grpo with the HF engine colocated on the GPU (`grpo_check`):
+seconds per step, split into generation, update and weight sync.
 
 Prints a table and writes the figures as JSON to $OUT/gpu_check.json when OUT is set.
 `--cpu-smoke` runs the same path at tiny sizes on CPU (fp32), for the tests.
@@ -183,8 +186,101 @@ def _has_flash_attn() -> bool:
     return True
 
 
-# The checks to run, in order; each returns a flat dict of figures (GRPO adds its own).
-CHECKS: list[Callable[[argparse.Namespace, Path], dict[str, Any]]] = [sft_check]
+class ParityVerifier:
+    """A `Verifier` whose verdict is the parity of the response's length (see grpo_check)."""
+
+    def verify_batch(self, items: Any, rewards: Any) -> list[Any]:
+        from astro_core.protocols import VerifyResult
+
+        return [
+            VerifyResult(ok, rewards.correct if ok else rewards.incorrect, "", "parity")
+            for ok in (len(item.response) % 2 == 0 for item in items)
+        ]
+
+
+def grpo_check(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """GRPO steps through train_grpo with the HF engine colocated on the same device (bf16
+    on CUDA): rollouts, rewards from a local verifier pool, the update and the in-place
+    weight sync. Seconds per step and where they go."""
+    import torch
+
+    from astro_core.training.config import load_train_config
+    from astro_core.training.grpo import train_grpo
+    from astro_core.training.grpo_config import GRPOConfig
+    from astro_core.training.job import TrainingServices
+    from astro_core.training.train_log import LOG_FILE, read_log
+
+    smoke = args.cpu_smoke
+    model_dir, shape = build_model(work / "model", smoke)
+    prompts = work / "prompts.jsonl"
+    rng = random.Random(0)
+    with prompts.open("w") as handle:
+        for _ in range(64):
+            a, b = rng.randint(1, 99), rng.randint(1, 99)
+            handle.write(json.dumps({"problem": f"What is {a} + {b}?", "answer": str(a + b)}))
+            handle.write("\n")
+    config = load_train_config(
+        GRPOConfig,
+        preset="cpu" if smoke else None,
+        overrides={
+            "model": str(model_dir),
+            "dataset": str(prompts),
+            "output_dir": str(work / "grpo"),
+            "policy_sync": "colocate",
+            "num_generations": 4,
+            "per_device_train_batch_size": args.grpo_batch,
+            "gradient_accumulation_steps": 1,
+            "max_completion_length": args.completion_length,
+            "max_steps": args.grpo_steps,
+            "learning_rate": 1e-6,
+            "bf16": not smoke,
+            "save_steps": 0,
+            "logging_steps": 1,
+            "deepspeed": {"zero_stage": args.zero_stage},
+        },
+    )
+    started = time.perf_counter()
+    # A random model never answers right, so every group would be skipped and no update
+    # timed: the reward here is +1 for an even number of characters (variance in most
+    # groups); the real verifier's cost is measured in benchmarks/verifier.py.
+    train_grpo(config, TrainingServices(verifier=ParityVerifier()))
+    wall = time.perf_counter() - started
+    log = [r for r in read_log(work / "grpo" / LOG_FILE) if r["event"] == "log"]
+    timed = log[1:] or log  # step 1 includes warm-up (first CUDA kernels, worker start)
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+    def mean(key: str) -> float:
+        return sum(r[key] for r in timed) / len(timed)
+
+    return {
+        "check": "grpo",
+        "device": device,
+        "parameters": shape["parameters"],
+        "dtype": "fp32" if smoke else "bf16",
+        "zero_stage": args.zero_stage,
+        "completions_per_step": args.grpo_batch,
+        "max_completion_length": args.completion_length,
+        "steps": len(log),
+        "timed_steps": len(timed),
+        "seconds_per_step": (timed[-1]["time"] - log[0]["time"]) / len(timed)
+        if len(log) > 1
+        else wall,
+        "generation_seconds": mean("generation_seconds"),
+        "update_seconds": mean("update_seconds"),
+        "sync_seconds": mean("sync_seconds"),
+        "completion_tokens_per_second": mean("tokens_per_second"),
+        "completion_length_mean": mean("completion_length_mean"),
+        "trained_completions": mean("trained_completions"),
+        "ratio_mean": mean("ratio_mean"),
+        "wall_seconds": wall,
+        "peak_memory_gib": (
+            torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+        ),
+    }
+
+
+# The checks to run, in order; each returns a flat dict of figures.
+CHECKS: list[Callable[[argparse.Namespace, Path], dict[str, Any]]] = [sft_check, grpo_check]
 
 
 def main() -> None:
@@ -199,10 +295,23 @@ def main() -> None:
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--attn", choices=["sdpa", "eager", "flash_attention_2"], default=None)
     parser.add_argument("--peak-tflops", type=float, default=None, help="Override the peak.")
+    parser.add_argument("--grpo-steps", type=int, default=None, help="GRPO steps (default 4).")
+    parser.add_argument("--grpo-batch", type=int, default=None, help="Completions per step.")
+    parser.add_argument("--completion-length", type=int, default=None, help="GRPO tokens.")
+    parser.add_argument(
+        "--checks", default="sft,grpo", help="Comma-separated checks to run (sft, grpo)."
+    )
     args = parser.parse_args()
-    smoke_defaults = {"steps": 4, "warmup_steps": 1, "batch": 2, "seq_len": 48, "max_length": 96}
+    smoke_defaults = {"steps": 4, "warmup_steps": 1, "batch": 2, "seq_len": 48, "max_length": 96,
+                      "grpo_steps": 2, "grpo_batch": 8, "completion_length": 8}  # fmt: skip
     gpu_defaults = {"steps": 30, "warmup_steps": 5, "batch": 8, "seq_len": 2048,
-                    "max_length": 4096}  # fmt: skip
+                    "max_length": 4096, "grpo_steps": 4, "grpo_batch": 16,
+                    "completion_length": 256}  # fmt: skip
+    wanted = [name.strip() for name in args.checks.split(",") if name.strip()]
+    known = {check.__name__.removesuffix("_check"): check for check in CHECKS}
+    unknown = [name for name in wanted if name not in known]
+    if unknown:
+        parser.error(f"unknown check {unknown[0]!r}; choose from {', '.join(known)}")
     for key, value in (smoke_defaults if args.cpu_smoke else gpu_defaults).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -215,7 +324,7 @@ def main() -> None:
         torch.set_num_threads(1)
     results = []
     with tempfile.TemporaryDirectory(prefix="astro-gpu-check-") as tmp:
-        for check in CHECKS:
+        for check in (known[name] for name in wanted):
             work = Path(tmp) / check.__name__
             work.mkdir()
             results.append(check(args, work))

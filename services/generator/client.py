@@ -138,17 +138,26 @@ class GeneratorClient:
             raise
         return [_completion(c) for c in reply.completions]
 
-    def model_info(self) -> ModelInfo:
-        return _model_info(self.stub.GetModel(generator_pb2.GetModelRequest()))
+    def model_info(self, *, timeout: float | None = None) -> ModelInfo:
+        """What the generator serves (waits while its first model loads, up to the timeout)."""
+        reply = self.stub.GetModel(generator_pb2.GetModelRequest(), timeout=timeout or self.timeout)
+        return _model_info(reply)
 
     def chat_template(self) -> ChatTemplate:
         """The served model's chat template: prompts built with it match a local engine's."""
         return self.model_info().chat_template
 
     def load_model(
-        self, path: str = "", *, name: str = "", version: int = 0, alias: str = ""
+        self,
+        path: str = "",
+        *,
+        name: str = "",
+        version: int = 0,
+        alias: str = "",
+        timeout: float | None = None,
     ) -> ModelInfo:
         """Swap the served model to a directory or a registered checkpoint."""
         ref = common_pb2.ModelRef(path=path, name=name, version=version, alias=alias)
-        reply = self.stub.LoadModel(generator_pb2.LoadModelRequest(model=ref), timeout=self.timeout)
+        request = generator_pb2.LoadModelRequest(model=ref)
+        reply = self.stub.LoadModel(request, timeout=timeout or self.timeout)
         return _model_info(reply)

@@ -1,10 +1,11 @@
 """Generator: batched generation on the HF engine (CPU/GPU) or vLLM (GPU pods).
 
-Generate calls go through the dynamic batcher (batcher.py) to the loaded engine, which runs
-on its own thread. The model loads in the background at start (the Generator's health is
-NOT_SERVING until then, while the process and its health service are up at once), and
-LoadModel swaps it while calls are in flight. Every response names the model version that
-produced it.
+Generate calls are checked against the call limits (limits.py), then go through the
+continuous batcher (batcher.py) to the loaded engine, which runs on its own thread; a call
+whose client gives up stops decoding at the next step. The model loads in the background at
+start (the Generator's health is NOT_SERVING until then, while the process and its health
+service are up at once), and LoadModel swaps it while calls are in flight. Every response
+names the model version that produced it.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from astro_core.paths import data_dir, default_tiny_model_dir
 from astro_core.protocols import Completion
 from services.generator.batcher import Batcher, BatcherClosed, QueueFull
 from services.generator.follow import AliasFollower
+from services.generator.limits import CallLimits, CallTooLarge
 from services.protos.astro.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 from services.runtime.config import ClientConfig, parse_settings
 from services.runtime.server import ServiceRuntime
@@ -65,18 +67,49 @@ class GeneratorSettings(BaseModel):
         description="Hot-load model.name's version under this alias whenever it moves "
         '(e.g. "latest": every new checkpoint); needs registry_address.',
     )
-    max_batch_size: int = Field(64, ge=1, description="Most sequences (prompts x n) per batch.")
+    max_batch_size: int = Field(
+        64, ge=1, description="Most sequences (prompts x n) decoding together."
+    )
     max_wait_ms: float = Field(
-        10.0, ge=0, description="How long the oldest queued call waits for others to join it."
+        2.0,
+        ge=0,
+        le=10_000,
+        description="When the engine is idle, how long the first call waits for others to "
+        "join it (calls arriving while it decodes join at the next step anyway, so this "
+        "only saves separate prefills of a burst; a lone caller pays it per call).",
     )
     max_queue: int = Field(
         256, ge=1, description="Calls that may wait; more are refused with RESOURCE_EXHAUSTED."
+    )
+    max_n: int = Field(256, ge=1, description="Largest n (samples per prompt) of one call.")
+    max_new_tokens: int = Field(
+        32768, ge=1, description="Largest max_tokens (per completion) of one call."
+    )
+    max_prompts: int = Field(1024, ge=1, description="Most prompts in one call.")
+    max_stop_strings: int = Field(32, ge=0, description="Most stop strings in one call.")
+    max_stop_chars: int = Field(256, ge=1, description="Longest stop string, in characters.")
+    max_call_tokens: int = Field(
+        4_194_304,
+        ge=1,
+        description="Most tokens one call may need: (prompt tokens + max_tokens, capped by "
+        "the context) x n, summed over prompts; more is RESOURCE_EXHAUSTED. The default "
+        "keeps a response under the default 64 MiB message limit.",
     )
     swap: Literal["auto", "overlap", "drain"] = Field(
         "auto",
         description="LoadModel: overlap loads beside the old model (hf default); drain "
         "frees it first (vllm default: one model in GPU memory).",
     )
+
+    def call_limits(self) -> CallLimits:
+        return CallLimits(
+            max_n=self.max_n,
+            max_new_tokens=self.max_new_tokens,
+            max_prompts=self.max_prompts,
+            max_stop_strings=self.max_stop_strings,
+            max_stop_chars=self.max_stop_chars,
+            max_call_tokens=self.max_call_tokens,
+        )
 
     @model_validator(mode="after")
     def _following_needs_a_name(self) -> GeneratorSettings:
@@ -149,6 +182,7 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
             max_wait_ms=settings.max_wait_ms,
             max_queue=settings.max_queue,
         )
+        self.limits = settings.call_limits()
         self.load_error = ""  # why the first model failed to load, for callers
         self._load_lock = asyncio.Lock()
         self._loaded: EngineConfig | None = None
@@ -273,20 +307,30 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"generator queue is full ({self.batcher.max_queue} requests waiting); retry later",
             )
-        engine = await self._engine(context)
         job = GenerationRequest(
             tuple(request.prompts),
             sampling_params(request.params),
             tuple(request.max_tokens_per_prompt),
         )
-        try:
-            await asyncio.to_thread(engine.check_request, job)
+        try:  # the cheap checks first: a huge call is refused before it is tokenized
+            job.check()
+            self.limits.check_shape(job)
         except InvalidRequest as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        engine = await self._engine(context)
+        try:
+            prompt_ids = await asyncio.to_thread(engine.encode_request, job)
+            self.limits.check_tokens(job, prompt_ids, engine.max_model_len)
+        except InvalidRequest as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except CallTooLarge as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         if not job.prompts:
             return generator_pb2.GenerateResponse(model_version=engine.model_version)
         try:
-            samples, version = await self.batcher.submit(job, context.time_remaining())
+            samples, version = await self.batcher.submit(
+                job, context.time_remaining(), prompt_ids=prompt_ids, encoded_by=engine
+            )
         except QueueFull as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except TimeoutError:

@@ -16,6 +16,7 @@ import posixpath
 from collections.abc import Sequence
 
 import fsspec
+from fsspec.registry import known_implementations, registry
 
 from astro_core.checkpoints.artifacts import list_files
 
@@ -24,6 +25,20 @@ LOCAL_PROTOCOLS = {None, "file", "local"}
 
 class SourceRefused(ValueError):
     """A server-side source is not readable under the import roots (or does not exist)."""
+
+
+def check_protocol_known(url: str) -> str:
+    """Return url, or raise ValueError when fsspec knows no filesystem for its protocol.
+
+    Settings are checked with this (a typo such as `s4://` is refused wherever the config is
+    read); whether the backend is installed is checked when the registry starts.
+    """
+    protocol = _split(url)[0]
+    if protocol is not None and protocol not in LOCAL_PROTOCOLS:
+        name = protocol.split("::")[0]
+        if name not in registry and name not in known_implementations:
+            raise ValueError(f"{url}: no filesystem is known for {protocol}://")
+    return url
 
 
 def check_protocol_available(url: str) -> str:

@@ -43,9 +43,14 @@ from astro_core.checkpoints.artifacts import (
     url_to_fs,
 )
 from astro_core.checkpoints.local import check_request, check_settable_alias, new_record
+from astro_core.config import ConfigError
 from astro_core.paths import data_dir
 from services.protos.astro.v1 import common_pb2, registry_pb2, registry_pb2_grpc
-from services.registry.imports import ImportRoots, check_protocol_available
+from services.registry.imports import (
+    ImportRoots,
+    check_protocol_available,
+    check_protocol_known,
+)
 from services.registry.messages import event_message, info_from_entry, to_message
 from services.registry.metadata import RedisMetadata, check_event_id
 from services.runtime.config import parse_settings
@@ -104,13 +109,24 @@ class RegistrySettings(BaseModel):
         for root in roots:
             if not root:
                 raise ValueError("an import root must not be empty")
-            check_protocol_available(root)
+            check_protocol_known(root)
         return roots
 
     @field_validator("artifact_root")
     @classmethod
     def _root_writable(cls, root: str | None) -> str | None:
-        return check_protocol_available(root) if root else root
+        return check_protocol_known(root) if root else root
+
+    def check_backends(self) -> None:
+        """Raise ConfigError when a configured root's fsspec backend is not installed."""
+        for key, url in [("artifact_root", self.artifact_root)] + [
+            (f"import_roots[{i}]", root) for i, root in enumerate(self.import_roots)
+        ]:
+            if url:
+                try:
+                    check_protocol_available(url)
+                except ValueError as exc:
+                    raise ConfigError(f"settings.{key}: {exc}") from None
 
 
 _STATUS: list[tuple[type[Exception], grpc.StatusCode]] = [
@@ -418,6 +434,7 @@ async def _file_chunks(url: str, chunk_bytes: int) -> AsyncIterator[tuple[bytes,
 async def register(runtime: ServiceRuntime) -> Sequence[str]:
     assert runtime.server is not None
     settings = parse_settings(RegistrySettings, runtime.config.settings)
+    settings.check_backends()
     handle = await attach_redis(runtime)
     client = aioredis.Redis.from_url(handle.url, decode_responses=True)
     runtime.on_shutdown(client.aclose)

@@ -78,10 +78,19 @@ def stop_process(child: subprocess.Popen[Any], timeout: float, sig: int = signal
     """Send `sig`, wait up to `timeout` seconds, then SIGKILL; returns the exit code."""
     if child.poll() is None:
         child.send_signal(sig)
-        try:
-            return child.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            child.kill()
+    return wait_or_kill(child, timeout)
+
+
+def wait_or_kill(child: subprocess.Popen[Any], timeout: float) -> int:
+    """Wait up to `timeout` seconds for a child already asked to stop, then SIGKILL it.
+
+    Never signals again before the kill: a second SIGTERM that lands after a service's event
+    loop has closed (and restored the default handler) would kill a clean shutdown midway.
+    """
+    try:
+        return child.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        child.kill()
     return child.wait()
 
 

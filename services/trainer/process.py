@@ -48,9 +48,12 @@ def open_services(
 ) -> TrainingServices:
     services = TrainingServices(store=open_store(config.registry_address, stack))
     if config.generator_address:
-        from services.generator.client import GeneratorClient
+        from services.generator.client import DEFAULT_TIMEOUT_SECONDS, GeneratorClient
 
-        services.generator = stack.enter_context(GeneratorClient(config.generator_address))
+        # GRPO bounds each rollout call by its own setting (long chains of thought take time)
+        timeout = float(getattr(config, "generation_timeout_seconds", DEFAULT_TIMEOUT_SECONDS))
+        generator = GeneratorClient(config.generator_address, timeout=timeout)
+        services.generator = stack.enter_context(generator)
     if config.verifier_address:
         from services.runtime.config import client_config_from_env
         from services.verifier.client import VerifierClient

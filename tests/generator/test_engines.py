@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import random
+import re
+import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -20,6 +25,7 @@ from astro_core.engines.hf import HFEngine
 from astro_core.engines.vllm import vllm_available
 from astro_core.models.tiny import TinyModelSpec, build_tiny_model, load_model
 from astro_core.prompts import problem_messages
+from astro_core.protocols import Completion
 
 PROMPTS = ["Let's think step by step.", "Solve for x: 2x + 3 = 7", "The area"]
 
@@ -54,9 +60,12 @@ def test_n_samples_grouped_by_prompt(engine: Engine) -> None:
     assert engine.generate([], max_tokens=4) == []
 
 
-def test_max_tokens_and_finish_reasons(engine: Engine) -> None:
+def test_max_tokens_and_finish_reasons(engine: Engine, tiny_model_dir: Path) -> None:
     out = engine.generate(PROMPTS, n=4, max_tokens=6, seed=3)
+    _, tokenizer = load_model(tiny_model_dir)
     for c in out:
+        # the text is the tokenizer's decoding of the tokens (no stop string cut it)
+        assert c.text == tokenizer.decode(list(c.token_ids), skip_special_tokens=True)
         assert 1 <= c.num_tokens <= 6
         # no stop strings were given: a completion ends at EOS or at its budget
         assert c.finish_reason == ("length" if c.num_tokens == 6 else "eos")
@@ -202,3 +211,146 @@ def test_directory_version_follows_content(tmp_path: Path, tiny_model_dir: Path)
     assert directory_version(tiny_model_dir) == directory_version(tiny_model_dir)
     assert directory_version(other) != directory_version(tiny_model_dir)
     assert directory_version(other).startswith("tiny-llama#")
+
+
+def _random_request(rnd: random.Random) -> GenerationRequest:
+    prompts = tuple(rnd.sample(JOIN_PROMPTS, rnd.randint(1, 3)))
+    params = SamplingParams(
+        n=rnd.choice([1, 2, 3]),
+        max_tokens=rnd.choice([1, 3, 10, 30, 80]),
+        temperature=rnd.choice([0.0, 0.7, 1.0]),
+        top_p=rnd.choice([1.0, 0.9]),
+        seed=rnd.randint(0, 100),
+        logprobs=rnd.random() < 0.3,
+    )
+    return GenerationRequest(prompts, params)
+
+
+JOIN_PROMPTS = [*PROMPTS, "1", "Count:", "1 2 3", "x = 2. " * 25, "a" * 300]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_requests_joining_a_running_batch_match_alone(engine: Engine, seed: int) -> None:
+    """Requests added between steps of a running batch (continuous batching), with slots
+    freed and reused and the cache re-laid out, give exactly what they give alone."""
+    rnd = random.Random(seed)
+    for _ in range(6):
+        batch = engine.start_batch(rnd.choice([1, 2, 5, 64]))
+        pending = [_random_request(rnd) for _ in range(rnd.randint(2, 8))]
+        tickets = []
+        while pending or batch.rows:
+            while pending and rnd.random() < 0.5:
+                request = pending.pop()
+                tickets.append((request, batch.add(request)))
+            if batch.rows:
+                batch.step()
+        for request, ticket in tickets:
+            [alone] = engine.generate_batch([request])
+            assert_same(ticket.results(), alone, 1e-4 if engine.kind == "hf" else 5e-2)
+
+
+def assert_same(got: list[Completion], expected: list[Completion], tolerance: float = 1e-4) -> None:
+    """Equal completions; log-probabilities equal up to float noise (batch shapes differ)."""
+    assert [replace(c, cumulative_logprob=0, token_logprobs=()) for c in got] == [
+        replace(c, cumulative_logprob=0, token_logprobs=()) for c in expected
+    ]
+    for a, b in zip(got, expected, strict=True):
+        assert a.token_logprobs == pytest.approx(b.token_logprobs, abs=tolerance)
+
+
+def test_cancelled_request_leaves_the_batch_at_the_next_step(engine: Engine) -> None:
+    batch = engine.start_batch(8)
+    cancel = threading.Event()
+    long = batch.add(
+        GenerationRequest(("Count:",), SamplingParams(n=3, max_tokens=500, temperature=0)),
+        cancel=cancel,
+    )
+    short = GenerationRequest((PROMPTS[0],), SamplingParams(max_tokens=6, temperature=0))
+    assert batch.step() == []
+    kept = batch.add(short)
+    for _ in range(2):
+        batch.step()
+    assert batch.rows == 4
+    cancel.set()
+    assert long in batch.step()
+    assert batch.rows <= 1  # only the short request's row may be left
+    while batch.rows:
+        batch.step()
+    assert_same(kept.results(), engine.generate_batch([short])[0])
+    with pytest.raises(RuntimeError, match="not finished"):
+        long.results()
+    # A request cancelled before any step never runs.
+    batch = engine.start_batch(8)
+    gone = batch.add(short, cancel=threading.Event())
+    assert gone.cancel is not None
+    gone.cancel.set()
+    assert batch.step() == [gone] and batch.rows == 0
+
+
+def test_fresh_cache_memory_never_reaches_attention(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Masked cache columns still enter attention as 0 * value: if new cache buffers held
+    uninitialised memory (NaN, inf), outputs would turn to garbage at random."""
+    if engine.kind != "hf":
+        pytest.skip("the slot cache is the hf engine's")
+    request = GenerationRequest(tuple(JOIN_PROMPTS), SamplingParams(n=2, max_tokens=12, seed=1))
+    [expected] = engine.generate_batch([request])
+    real_empty = torch.empty
+
+    def poisoned(*args: Any, **kwargs: Any) -> torch.Tensor:
+        tensor = real_empty(*args, **kwargs)
+        return tensor.fill_(float("nan")) if tensor.is_floating_point() else tensor
+
+    monkeypatch.setattr(torch, "empty", poisoned)
+    assert engine.generate_batch([request])[0] == expected
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        (SamplingParams(temperature=float("inf")), "temperature must be >= 0 and finite"),
+        (SamplingParams(temperature=float("nan")), "temperature must be >= 0 and finite"),
+        (SamplingParams(top_p=float("nan")), "top_p must be in"),
+    ],
+)
+def test_non_finite_sampling_parameters_are_refused(
+    engine: Engine, params: SamplingParams, message: str
+) -> None:
+    with pytest.raises(InvalidRequest, match=re.escape(message)):
+        engine.generate_batch([GenerationRequest(("hi",), params)])
+
+
+def test_a_drained_batch_leaves_its_cache_to_the_next(tiny_model_dir: Path) -> None:
+    """Small calls one after another reuse one slot cache instead of allocating (and
+    zeroing) buffers per call; stale columns from earlier calls change nothing."""
+    engine = HFEngine(EngineConfig(model_path=str(tiny_model_dir)))
+    first = GenerationRequest(tuple(JOIN_PROMPTS), SamplingParams(n=2, max_tokens=20, seed=3))
+    engine.generate_batch([first])
+    spare = engine._spare_cache
+    assert spare is not None and spare.keys
+    buffers = [k.data_ptr() for k in spare.keys]
+    small = GenerationRequest((PROMPTS[1], "1"), SamplingParams(n=3, max_tokens=8, seed=4))
+    [again] = engine.generate_batch([small])
+    assert engine._spare_cache is spare
+    assert [k.data_ptr() for k in spare.keys] == buffers  # no new buffers
+    fresh = HFEngine(EngineConfig(model_path=str(tiny_model_dir)))
+    assert_same(again, fresh.generate_batch([small])[0])
+
+
+def test_lean_decode_step_matches_the_model_forward(tiny_model_dir: Path) -> None:
+    """The hf engine decodes Llama-layout models with a lean step (fast_decode.py): the same
+    tokens and log-probabilities as through the model's own forward; other layouts fall
+    back to the forward."""
+    from astro_core.engines.fast_decode import fast_decoder
+
+    lean = HFEngine(EngineConfig(model_path=str(tiny_model_dir)))
+    plain = HFEngine(EngineConfig(model_path=str(tiny_model_dir), fast_decode=False))
+    assert lean._fast is not None and plain._fast is None
+    request = GenerationRequest(
+        tuple(JOIN_PROMPTS), SamplingParams(n=2, max_tokens=24, seed=6, logprobs=True)
+    )
+    assert_same(lean.generate_batch([request])[0], plain.generate_batch([request])[0], 1e-5)
+    # A layer with one more part (say, Qwen3's query/key norms) is not the Llama layout.
+    plain.model.model.layers[0].self_attn.q_norm = torch.nn.Identity()
+    assert fast_decoder(plain.model) is None

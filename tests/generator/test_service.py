@@ -435,3 +435,143 @@ def test_follow_alias_needs_a_registry_and_a_name(tiny_model_dir: Path) -> None:
     with pytest.raises(ConfigError, match="follow_alias needs model.name"):
         with generator_service({"model": {"path": str(tiny_model_dir)}, "follow_alias": "x"}):
             pass
+
+
+def test_abandoned_calls_stop_decoding_and_free_the_engine(tiny_model_dir: Path) -> None:
+    """A call whose client gave up (deadline or cancel) leaves the batch at the next step:
+    the next small call does not wait for the abandoned one's 6000 tokens."""
+    settings = {"model": {"path": str(tiny_model_dir)}, "max_batch_size": 1, "max_wait_ms": 0}
+    with generator_service(settings) as (svc, service):
+        stub = stub_of(svc)
+        stub.GetModel(generator_pb2.GetModelRequest(), timeout=60)
+        long = generator_pb2.GenerateRequest(
+            prompts=[LONG_PROMPT], params=params(max_tokens=6000, temperature=0)
+        )
+        small = generator_pb2.GenerateRequest(prompts=["hi"], params=params(max_tokens=4))
+        stats = service.batcher.stats
+
+        def wait_until_decoding(steps: int) -> None:
+            deadline = time.monotonic() + 30
+            while stats.steps < steps and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert stats.steps >= steps
+
+        # 1. the deadline passes while the long call decodes
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Generate(long, timeout=1.0)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert len(stub.Generate(small, timeout=60).completions) == 1
+        # 2. the client cancels the RPC mid-decode
+        steps_before = stats.steps
+        future = stub.Generate.future(long, timeout=120)
+        wait_until_decoding(steps_before + 20)
+        future.cancel()
+        assert len(stub.Generate(small, timeout=60).completions) == 1
+        assert stats.cancelled_calls == 2
+        # Each long call stopped soon after it was abandoned: far from its 6000 steps.
+        assert stats.steps < 6000
+        assert stats.calls == 4
+
+
+def test_call_limits_over_grpc(tiny_model_dir: Path) -> None:
+    """Each bound from the settings answers with the status and the setting's name; a
+    refused call never reaches the engine and leaves co-batched calls untouched."""
+    settings = {
+        "model": {"path": str(tiny_model_dir)},
+        "max_n": 4,
+        "max_new_tokens": 500,
+        "max_prompts": 3,
+        "max_stop_strings": 2,
+        "max_stop_chars": 8,
+        "max_call_tokens": 2000,
+        "max_wait_ms": 0,
+    }
+    invalid, exhausted = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED
+    cases = [
+        ({"params": params(n=5)}, invalid, "n=5 exceeds the limit max_n=4"),
+        ({"params": params(n=3_000_000, max_tokens=1)}, invalid, "max_n=4"),
+        ({"params": params(max_tokens=2**32 - 1)}, invalid, "max_new_tokens=500"),
+        (
+            {"params": params(), "max_tokens_per_prompt": [501]},
+            invalid,
+            "max_tokens=501 exceeds the limit max_new_tokens=500",
+        ),
+        ({"prompts": ["a"] * 4, "params": params()}, invalid, "max_prompts=3"),
+        ({"params": params(stop=["a", "b", "c"])}, invalid, "max_stop_strings=2"),
+        ({"params": params(stop=["x" * 9])}, invalid, "max_stop_chars=8"),
+        ({"params": params(n=4, max_tokens=500)}, exhausted, "max_call_tokens=2000"),
+        ({"params": params(temperature=float("inf"))}, invalid, "temperature must be >= 0 and"),
+        ({"params": params(temperature=float("nan"))}, invalid, "temperature must be >= 0 and"),
+        ({"params": params(top_p=float("nan"))}, invalid, r"top_p must be in \(0, 1\]"),
+    ]
+    with generator_service(settings) as (svc, service):
+        stub = stub_of(svc)
+        stub.GetModel(generator_pb2.GetModelRequest(), timeout=60)
+        beside = generator_pb2.GenerateRequest(
+            prompts=[LONG_PROMPT], params=params(max_tokens=400, temperature=0)
+        )
+        alone = stub.Generate(beside, timeout=120)
+        calls = service.batcher.stats.calls
+        running = stub.Generate.future(beside, timeout=120)
+        for fields, code, message in cases:
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Generate(generator_pb2.GenerateRequest(**{"prompts": ["hi"], **fields}))
+            assert err.value.code() == code, (fields, err.value.details())
+            assert re.search(message, err.value.details()), err.value.details()
+        assert running.result() == alone  # the call decoding meanwhile is untouched
+        assert service.batcher.stats.calls == calls + 1  # no refused call reached the engine
+        # At the bounds exactly, calls are served.
+        ok = stub.Generate(
+            generator_pb2.GenerateRequest(
+                prompts=["a", "b", "c"], params=params(n=4, max_tokens=20, stop=["x" * 8, "y"])
+            ),
+            timeout=60,
+        )
+        assert len(ok.completions) == 12
+
+
+def test_default_limits_refuse_the_reported_requests(served: Any) -> None:
+    svc, service = served
+    stub = stub_of(svc)
+    for fields, name in [
+        ({"n": 3_000_000, "max_tokens": 1}, "max_n=256"),
+        ({"max_tokens": 2**32 - 1}, "max_new_tokens=32768"),
+    ]:
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Generate(
+                generator_pb2.GenerateRequest(prompts=["hi"], params=params(**fields)), timeout=30
+            )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert name in err.value.details()
+    assert service.batcher.queued == 0
+
+
+def test_abandoned_queued_calls_do_not_pile_up(tiny_model_dir: Path) -> None:
+    """Callers that give up while the engine is busy leave no request behind them: the
+    queue never holds more than max_queue calls, and live calls still get in."""
+    settings = {
+        "model": {"path": str(tiny_model_dir)},
+        "max_batch_size": 1,
+        "max_wait_ms": 0,
+        "max_queue": 2,
+    }
+    with generator_service(settings) as (svc, service):
+        stub = stub_of(svc)
+        stub.GetModel(generator_pb2.GetModelRequest(), timeout=60)
+        long = generator_pb2.GenerateRequest(
+            prompts=[LONG_PROMPT], params=params(max_tokens=3000, temperature=0)
+        )
+        running = stub.Generate.future(long, timeout=120)
+        deadline = time.monotonic() + 30
+        while not service.batcher.busy and time.monotonic() < deadline:
+            time.sleep(0.005)
+        small = generator_pb2.GenerateRequest(prompts=["hi"], params=params(max_tokens=2))
+        for _ in range(8):
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Generate(small, timeout=0.05)
+            assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert len(service.batcher._pending) <= 2  # the abandoned requests are let go
+        waiting = stub.Generate.future(small, timeout=120)
+        running.cancel()
+        assert len(waiting.result().completions) == 1
+        assert service.batcher.stats.dropped_calls >= 8

@@ -40,6 +40,7 @@ class RegistryEnv:
     artifact_root: str
     port: int
     import_roots: list[str] = field(default_factory=list)
+    chunk_bytes: int = 1 << 20
 
     def config(self) -> ServiceConfig:
         return ServiceConfig(
@@ -52,6 +53,7 @@ class RegistryEnv:
                 "key_prefix": self.key_prefix,
                 "watch_poll_ms": 200,
                 "import_roots": self.import_roots,
+                "chunk_bytes": self.chunk_bytes,
             },
         )
 

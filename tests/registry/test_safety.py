@@ -3,7 +3,9 @@ each as INVALID_ARGUMENT (or the status that fits) with a message, never UNKNOWN
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -130,11 +132,24 @@ def test_without_import_roots_the_registry_takes_uploads_only(
 
 
 def test_an_unknown_or_missing_filesystem_is_refused_at_start() -> None:
-    for setting in ({"import_roots": ["s3://bucket/ckpt"]}, {"artifact_root": "nope://x"}):
-        with pytest.raises(ConfigError, match="no filesystem for"):
-            parse_settings(RegistrySettings, setting)
+    # an unknown protocol is a bad setting wherever the config is read
+    with pytest.raises(ConfigError, match="no filesystem is known for nope://"):
+        parse_settings(RegistrySettings, {"artifact_root": "nope://x"})
     with pytest.raises(ConfigError, match="import root"):
         parse_settings(RegistrySettings, {"import_roots": [""]})
+    # a known one whose backend is not installed parses (the chart renders such configs for an
+    # image that has it), and the registry refuses to start without it
+    s3_installed = importlib.util.find_spec("s3fs") is not None
+    for setting, key in (
+        ({"import_roots": ["s3://bucket/ckpt"]}, "settings.import_roots[0]"),
+        ({"artifact_root": "s3://bucket/ckpt"}, "settings.artifact_root"),
+    ):
+        settings = parse_settings(RegistrySettings, setting)
+        if s3_installed:
+            settings.check_backends()
+        else:
+            with pytest.raises(ConfigError, match=re.escape(key) + ".*no filesystem for s3://"):
+                settings.check_backends()
 
 
 def test_malformed_input_is_invalid_argument_not_unknown(
@@ -263,9 +278,15 @@ def test_an_upload_whose_files_cannot_be_read_says_so(
 
 
 def test_a_copy_whose_caller_gave_up_stops_and_leaves_nothing(
-    rooted: ServiceThread, layout: dict[str, Path], tmp_path: Path
+    redis_handle: RedisHandle, layout: dict[str, Path], tmp_path: Path
 ) -> None:
     big = make_tree(layout["root"] / "big", files=24, size=2 << 20)  # ~48 MB to copy
+    # 64-byte chunks: ~790,000 chunk steps (seconds), far more than the 0.2 s deadline allows
+    prefix = f"astro:reg:test-{uuid.uuid4().hex[:10]}:"
+    env = RegistryEnv(
+        redis_handle.url, prefix, str(tmp_path / "artifacts"), 0, [str(layout["root"])], 64
+    )
+    rooted = env.start()
     channel = sync_channel(rooted.client_config(retry_attempts=1))
     stub = registry_pb2_grpc.CheckpointRegistryStub(channel)
     request = registry_pb2.RegisterCheckpointRequest(name="m", artifact_uri=str(big))
@@ -280,3 +301,4 @@ def test_a_copy_whose_caller_gave_up_stops_and_leaves_nothing(
     time.sleep(2)  # and nothing appears later either
     assert artifact_dirs(root) == []
     assert RegistryClient(rooted.client_config()).list() == []
+    rooted.stop()

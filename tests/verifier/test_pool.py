@@ -314,3 +314,33 @@ def test_close_during_a_call_ends_it() -> None:
     thread.join(timeout=30)
     assert time.monotonic() - started < 30 and not thread.is_alive()
     assert len(errors) == 1 and "closed" in str(errors[0])
+
+
+SLOW_MAIN = """
+import time
+time.sleep(2.0)  # a heavy __main__: forkserver workers re-import it before they can work
+from astro_core.answers import VerifierConfig, VerifierPool
+from astro_core.protocols import VerifyItem
+
+if __name__ == "__main__":
+    with VerifierPool(VerifierConfig(workers=1, timeout_seconds=0.5)) as pool:
+        print(pool.verify_batch([VerifyItem("$\\\\boxed{3}$", "3")])[0].reason)
+"""
+
+
+def test_a_slow_starting_worker_is_not_timed_as_its_first_item(tmp_path) -> None:
+    """Regression: the per-item limit used to include the worker's start-up, so the first
+    items of a fresh pool in a process with a heavy __main__ (the `astro` CLI, a trainer)
+    came back "timeout" -- a wrong -1 reward for a correct answer."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "slow_main.py"
+    script.write_text(SLOW_MAIN)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "equal"

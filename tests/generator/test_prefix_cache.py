@@ -1,0 +1,103 @@
+"""The hf engine's prefix cache: lookups by shared block-aligned prefix, LRU within a token
+budget, and generation that does not change when prompts are prefilled from it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from astro_core.engines import EngineConfig, GenerationRequest, SamplingParams
+from astro_core.engines.hf import MIN_REUSE, HFEngine
+from astro_core.engines.prefix_cache import BLOCK, PrefixCache
+from tests.generator.test_engines import assert_same
+
+
+def kv_of(tokens: tuple[int, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Fake one-layer keys/values whose column j holds token j (so slices can be checked)."""
+    column = torch.tensor(tokens, dtype=torch.float32)[None, None, :, None]
+    return [(column.clone(), -column.clone())]
+
+
+def test_lookup_finds_the_longest_block_aligned_shared_prefix() -> None:
+    cache = PrefixCache(budget_tokens=10_000)
+    stored = tuple(range(100))
+    cache.store(stored, kv_of(stored))
+    assert cache.lookup(tuple(range(BLOCK - 1))) is None  # shorter than a block
+    query = (*range(40), 999, *range(41, 60))  # diverges at token 40
+    hit = cache.lookup(query)
+    assert hit is not None
+    kv, length = hit
+    assert length == 2 * BLOCK  # 32: the last whole block before the divergence
+    assert kv[0][0][0, 0, :, 0].tolist() == list(range(length))
+    assert kv[0][1][0, 0, :, 0].tolist() == [-float(t) for t in range(length)]
+    whole = cache.lookup(stored + (7, 7))
+    assert whole is not None and whole[1] == (100 // BLOCK) * BLOCK
+    assert cache.lookup((5, *range(1, 40))) is None  # differs in the first block
+    assert cache.stats.hits == 2 and cache.stats.lookups == 4
+
+
+def test_least_recently_used_entries_leave_within_the_budget() -> None:
+    cache = PrefixCache(budget_tokens=3 * 64)
+    prompts = [tuple(range(k * 1000, k * 1000 + 64)) for k in range(4)]
+    for prompt in prompts[:3]:
+        cache.store(prompt, kv_of(prompt))
+    assert cache.lookup(prompts[0]) is not None  # now the most recently used
+    cache.store(prompts[3], kv_of(prompts[3]))  # over budget: the oldest (prompts[1]) leaves
+    assert len(cache) == 3
+    assert cache.lookup(prompts[1]) is None
+    assert all(cache.lookup(p) is not None for p in (prompts[0], prompts[2], prompts[3]))
+    cache.store(tuple(range(10_000)), kv_of(tuple(range(10_000))))  # larger than the budget
+    assert len(cache) == 3
+
+
+@pytest.fixture(scope="module")
+def engines(tiny_model_dir: Path) -> tuple[HFEngine, HFEngine]:
+    with_cache = HFEngine(EngineConfig(model_path=str(tiny_model_dir)))
+    without = HFEngine(EngineConfig(model_path=str(tiny_model_dir), enable_prefix_caching=False))
+    assert with_cache.prefix_cache is not None and without.prefix_cache is None
+    return with_cache, without
+
+
+def test_search_like_prompts_reuse_prefixes_and_generate_the_same(
+    engines: tuple[HFEngine, HFEngine],
+) -> None:
+    """A node's prompt, then its children's prompts (the node's plus a step): the children
+    prefill only their steps, together, and every completion is what it is uncached."""
+    with_cache, without = engines
+    node = "Solve for x: 2x + 3 = 7. Let's think step by step. " * 6
+    steps = ["First, subtract 3.", "Divide both sides by 2 now.", "x = 2", ""]
+    calls = [
+        GenerationRequest((node,), SamplingParams(n=3, max_tokens=8, seed=1, logprobs=True)),
+        GenerationRequest(
+            tuple(node + s for s in steps), SamplingParams(n=2, max_tokens=12, seed=2)
+        ),
+        GenerationRequest(  # deeper: extends a child's prompt; and a repeat of the node
+            (node + steps[0] + " Then 2x = 4.", node),
+            SamplingParams(max_tokens=10, temperature=0, logprobs=True),
+        ),
+    ]
+    assert with_cache.prefix_cache is not None
+    for call in calls:
+        before = with_cache.prefix_cache.stats.reused_tokens
+        [cached] = with_cache.generate_batch([call])
+        [uncached] = without.generate_batch([call])
+        assert_same(cached, uncached)
+        if call is not calls[0]:
+            assert with_cache.prefix_cache.stats.reused_tokens - before >= MIN_REUSE
+    assert with_cache.prefix_cache.stats.hits >= 6
+
+
+def test_rows_of_very_different_lengths_get_their_own_attention_window() -> None:
+    """A new row joins the group where it adds the least attention work (members x the
+    longest member): long prompts do not make every short row attend over their length."""
+    from astro_core.engines.kv_slots import pick_group
+
+    groups: list[list[int]] = [[], []]
+    for length in [100, 90, 600, 120, 95, 580, 110, 105, 20, 630]:
+        groups[pick_group(groups, length)].append(length)
+    short, long = sorted(groups, key=max)
+    assert sorted(long) == [580, 600, 630] and max(short) == 120
+    work = sum(len(g) * max(g) for g in groups)
+    assert work == 7 * 120 + 3 * 630  # vs 10 * 630 with one window
