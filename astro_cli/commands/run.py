@@ -199,7 +199,7 @@ _HEADLINES = {
     "select_prompts": ["{kept:.0f} of {prompts:.0f} prompts kept"],
     "grpo": [
         "reward {reward_mean:.3f}",
-        "response length {response_length_mean:.1f}",
+        "completion length {completion_length_mean:.1f}",
         "{steps:.0f} steps",
     ],
     "report": ["{evaluations:.0f} evaluations"],

@@ -3,7 +3,7 @@
     search          SearchConfig     presets: tiny, paper (astro_core/search/config.py)
     clone           CloningConfig    presets: cpu, paper (astro_core/cloning/presets/)
     sft, grpo       SFTConfig, GRPOConfig  presets: astro_core/training/presets/<stage>-*.yaml
-    select_prompts  SelectPromptsConfig (astro_core/pipeline/stage_configs.py)
+    select_prompts  SelectPromptsConfig (astro_core/training/select_prompts.py)
     eval            EvalConfig       presets: cpu, paper (astro_core/evaluation/presets/)
     report          ReportConfig     (astro_core/pipeline/stage_configs.py)
 
@@ -40,7 +40,17 @@ TRAINER_RUN_FIELDS = (
     "verifier_address",
     "redis_url",
 )
-EVAL_RUN_FIELDS = ("benchmarks", "shared_data")
+SELECT_RUN_FIELDS = (
+    "dataset",
+    "output",
+    "record",
+    "model",
+    "generator_address",
+    "verifier_address",
+    "registry_address",
+)
+# The run hands eval its own copies of the sets (id, problem, answer fields).
+EVAL_RUN_FIELDS = ("benchmarks", "shared_data", "fields")
 # Placeholders that let a trainer config validate before the run knows its paths.
 _TRAINER_PLACEHOLDERS = {"model": "base", "dataset": "data.jsonl", "output_dir": "out"}
 
@@ -122,9 +132,18 @@ def _eval_section() -> Section:
 
 
 def _select_section() -> Section:
-    from astro_core.pipeline.stage_configs import SelectPromptsConfig
-
-    return Section(lambda: SelectPromptsConfig, _no_presets("select_prompts"))
+    try:
+        from astro_core.training.select_prompts import SelectPromptsConfig
+    except ImportError as exc:
+        raise StageUnavailable(
+            f"config_yaml.select_prompts: training is not part of this build ({exc})"
+        ) from exc
+    return Section(
+        lambda: SelectPromptsConfig,
+        _no_presets("select_prompts"),
+        run_fields=SELECT_RUN_FIELDS,
+        placeholders={"dataset": "prompts.jsonl", "output": "kept.jsonl"},
+    )
 
 
 def _report_section() -> Section:

@@ -94,40 +94,91 @@ SEARCH = {"k": 3, "rollouts": 3, "iterations": 3, "max_depth": 3, "max_step_toke
 SFT = {"preset": "cpu", "max_length": 256, "max_steps": 4, "save_steps": 2}
 
 
+SELECT = {"num_samples": 8, "max_completion_length": 48}
+GRPO = {"preset": "cpu", "policy_sync": "colocate", "max_steps": 2, "save_steps": 1,
+        "per_device_train_batch_size": 8, "max_completion_length": 48}  # fmt: skip
+EVAL = {"preset": "cpu", "n": 2, "max_tokens": 48, "pass_k": [1, 2]}
+
+
 def test_a_tiny_run_succeeds_with_every_artifact(platform: Platform, warm_model: Path) -> None:
     spec = RunSpec.model_validate(
         {
             "name": "tiny end to end",
-            "stages": ["search", "clone", "sft"],
             "base_model": str(warm_model),
             "problems_path": "synth:product?n=4&seed=0",
+            "eval_benchmarks": ["synth:product?split=heldout&n=3&seed=1"],
+            "direct_control": True,
             "config": {
                 "search": SEARCH,
                 "clone": {"preset": "cpu", "self_eval": False},
                 "sft": SFT,
+                "select_prompts": SELECT,
+                "grpo": GRPO,
+                "eval": EVAL,
             },
         }
     )
     rid = platform.runs.start(spec).run_id
-    status = wait_for(platform.runs, rid, timeout=600)
+    status = wait_for(platform.runs, rid, timeout=900)
     assert status.state == "succeeded", status.message
     stages = {s.name: s for s in status.stages}
+    assert list(stages) == [
+        "search", "clone", "sft", "sft_direct", "select_prompts", "grpo", "grpo_direct",
+        "eval", "report",
+    ]  # fmt: skip
+    assert all(s.state == "succeeded" and s.attempts == 1 for s in status.stages)
     out = Path(status.output_dir)
-    # search: every tree, with correct and incorrect terminals
+    # search: every tree, some with correct and incorrect terminals
     trees = [json.loads(line) for line in Path(status.artifacts["search.trees"]).open()]
     assert len(trees) == 4 == stages["search"].metrics["trees"]
     assert stages["search"].metrics["trees_with_correct_and_incorrect"] >= 1
-    # clone: traces of the trees that have a correct terminal
-    traces = Path(status.artifacts["clone.traces"])
-    assert stages["clone"].metrics["traces"] == len(traces.read_text().splitlines()) > 0
-    # sft: checkpoints registered under the run's name, the log written
-    name = f"run-{rid}-sft"
-    versions = sorted(platform.registry.list(name=name), key=lambda c: c.version)
-    assert [c.step for c in versions] == [2, 4]
-    assert stages["sft"].artifacts["checkpoint"] == versions[-1].ref
-    assert all(c.stage == "sft" for c in versions)
-    assert Path(stages["sft"].artifacts["train_log"]).is_file()
-    # every file artifact exists, inside the run's folder, with its recorded sha256
+    heldout = {
+        p["id"]
+        for p in map(json.loads, (out / "inputs" / "eval").glob("*.jsonl").__next__().open())
+    }
+    assert not heldout & {t["problem_id"] for t in trees}
+    # clone: ASTRO and direct traces of the same trees
+    for kind in ("traces", "direct_traces"):
+        lines = Path(status.artifacts[f"clone.{kind}"]).read_text().splitlines()
+        assert len(lines) == stages["clone"].metrics[kind] > 0
+    # each training stage registered its checkpoints under the run's name, in order
+    for stage in ("sft", "sft_direct", "grpo", "grpo_direct"):
+        name = f"run-{rid}-{stage}".replace("_", "-")
+        versions = sorted(platform.registry.list(name=name), key=lambda c: c.version)
+        assert versions, stage
+        assert stages[stage].artifacts["checkpoint"] == versions[-1].ref
+        assert stages[stage].artifacts["checkpoints"] == ",".join(c.ref for c in versions)
+        assert {c.stage for c in versions} == {stage.split("_")[0]}
+        assert Path(stages[stage].artifacts["train_log"]).is_file()
+    # each arm's GRPO starts from that arm's SFT checkpoint, on the selected prompts
+    import yaml
+
+    for arm, job in [("", f"astro-grpo-{rid}"), ("_direct", f"astro-grpo-{rid}-direct")]:
+        config = yaml.safe_load((platform.data_dir / "jobs" / job / "config.yaml").read_text())
+        assert config["model"] == stages[f"sft{arm}"].artifacts["checkpoint"]
+        assert config["dataset"] == stages["select_prompts"].artifacts["prompts"]
+    sft_job = yaml.safe_load(
+        (platform.data_dir / "jobs" / f"astro-sft-{rid}-direct" / "config.yaml").read_text()
+    )
+    assert sft_job["dataset"] == status.artifacts["clone.direct_traces"]
+    assert "reward_mean" in stages["grpo"].metrics
+    assert stages["select_prompts"].metrics["kept"] >= 1
+    # eval: each checkpoint on the held-out set; the report
+    labels = ["base", "sft", "direct_sft", "grpo", "direct_grpo"]
+    for label in labels:
+        summary = json.loads((Path(stages["eval"].artifacts[label]) / "summary.json").read_text())
+        (bench,) = summary["benchmarks"].values()
+        assert bench["problems"] == 3 and bench["samples"] == 6
+        assert (
+            0.0
+            <= stages["eval"].metrics[f"{label}.{next(iter(summary['benchmarks']))}.accuracy"]
+            <= 1.0
+        )
+    report = Path(status.artifacts["report.html"])
+    assert report.is_file() and "tiny end to end" in report.read_text()
+    assert Path(status.artifacts["report.markdown"]).is_file()
+    # every file artifact exists inside the run's folder
     for key, value in status.artifacts.items():
-        if value.startswith("/"):
-            assert Path(value).exists() and Path(value).is_relative_to(out), key
+        for item in value.split(","):  # eval.dirs lists the eval folders
+            if item.startswith("/"):
+                assert Path(item).exists() and Path(item).is_relative_to(out), key

@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import Any
 
 from astro_core.pipeline.sections import parse_section
-from astro_core.pipeline.stage_configs import SelectPromptsConfig
 from services.coordinator.runs.context import (
     DriverStopping,
     StageCancelled,
@@ -25,7 +24,7 @@ from services.coordinator.runs.context import (
     StageFailed,
     StageResult,
 )
-from services.coordinator.runs.stages import POLL_SECONDS, StageServices, stage_config
+from services.coordinator.runs.stages import POLL_SECONDS, StageServices
 
 
 def job_run_id(ctx: StageContext) -> str:
@@ -175,39 +174,39 @@ def training_result(
 
 
 def run_select_prompts(ctx: StageContext, svc: StageServices) -> StageResult:
-    from astro_core.training.select_prompts import Interval, read_prompt_rows, select_prompts
+    from astro_core.training.select_prompts import SelectPromptsConfig, run_select_prompts
 
-    config = stage_config(ctx, svc.settings)
-    assert isinstance(config, SelectPromptsConfig)
-    try:
-        rows = read_prompt_rows(ctx.input_path("prompts"))
-    except (ValueError, FileNotFoundError) as exc:
-        raise StageFailed(str(exc)) from exc
+    _, fields = parse_section("select_prompts", ctx.spec.config.get("select_prompts"))
+    output = ctx.stage_dir / "prompts.jsonl"
+    record = ctx.stage_dir / "pass_rates.jsonl"
+    model = ctx.input_ref("model")
+    config = SelectPromptsConfig.model_validate(
+        {
+            **fields,
+            "dataset": str(ctx.input_path("prompts")),
+            "output": str(output),
+            "record": str(record),
+            "model": model,
+        }
+    )
     if svc.verifier is None:
         raise StageFailed("this coordinator has no verifier (settings.worker is off)")
-    generator, template = svc.policy(ctx, ctx.input_ref("model"))
+    generator, _template = svc.policy(ctx, model)
 
     def progress(done: int, total: int) -> None:
         ctx.report(done, total)
-        ctx.check()
+        ctx.check()  # a cancel stops between generator calls
 
-    output = ctx.stage_dir / "prompts.jsonl"
-    summary = select_prompts(
-        generator,
-        svc.verifier,
-        rows,
-        template,
-        output=output,
-        record=ctx.stage_dir / "pass_rates.jsonl",
-        interval=Interval(config.pass_rate_low, config.pass_rate_high),
-        num_samples=config.num_samples,
-        max_completion_length=config.max_completion_length,
-        temperature=config.temperature,
-        top_p=config.top_p,
-        seed=config.seed,
-        prompts_per_call=config.prompts_per_call,
-        progress=progress,
-    )
+    try:
+        summary = run_select_prompts(
+            config,
+            generator=generator,
+            verifier=svc.verifier,
+            store=svc.registry,
+            progress=progress,
+        )
+    except (ValueError, LookupError, RuntimeError) as exc:
+        raise StageFailed(str(exc)) from exc
     metrics = {
         "prompts": float(summary.total),
         "kept": float(summary.kept),
@@ -219,6 +218,4 @@ def run_select_prompts(ctx: StageContext, svc: StageServices) -> StageResult:
             f"no prompt has a pass rate in ({config.pass_rate_low}, {config.pass_rate_high}): "
             f"{summary.too_easy} too easy, {summary.too_hard} too hard of {summary.total}"
         )
-    return StageResult(
-        {"prompts": str(output), "pass_rates": str(ctx.stage_dir / "pass_rates.jsonl")}, metrics
-    )
+    return StageResult({"prompts": str(output), "pass_rates": str(record)}, metrics)
