@@ -145,6 +145,6 @@ def validate_spec(
             where = f"eval_benchmarks[{index}]"
             if not given:
                 raise RunSpecError(f"{where}: is empty")
-            label = eval_label(given, set(run.eval_sets))
-            run.eval_sets[label] = resolve_problem_set(given, where, world)
+            problems = resolve_problem_set(given, where, world)
+            run.eval_sets[eval_label(given, set(run.eval_sets))] = problems
     return run

@@ -163,3 +163,79 @@ def test_training_needs_a_registry_and_a_usable_backend(
     ]:
         details = refused(nowhere, message(model_dir, stages=stages, config_yaml=section))
         assert details.startswith(expected), (section, details)
+
+
+def test_eval_and_selection_errors_name_their_field(
+    start_coordinator: Any, model_dir: Path, tmp_path: Path
+) -> None:
+    coordinator = start_coordinator(registry_address=str(tmp_path / "registry"))
+    (coordinator.data_dir / "evalset.jsonl").write_text('{"problem": "1+1?", "answer": "2"}\n')
+    every = {"stages": [], "eval_benchmarks": ["synth:product?split=heldout&n=2"]}
+    for fields, expected in [
+        ({"eval_benchmarks": []}, "eval_benchmarks: name at least one (eval is in stages)"),
+        ({"eval_benchmarks": ["math501"]}, "eval_benchmarks[0]: no dataset 'math501'"),
+        ({"eval_benchmarks": ["evalset.jsonl", ""]}, "eval_benchmarks[1]: is empty"),
+        ({"eval_benchmarks": ["/etc/hosts"]}, "eval_benchmarks[0]: no dataset '/etc/hosts'"),
+        (
+            {"eval_benchmarks": ["synth:product?split=heldout&n=99"]},
+            "eval_benchmarks[0]: n=99: the product family's heldout split has",
+        ),
+        ({"eval_checkpoints": ["best"]}, "eval_checkpoints[0]: unknown checkpoint 'best'"),
+        ({"eval_checkpoints": ["base", "base"]}, "eval_checkpoints[1]: base is named twice"),
+        (
+            {"eval_checkpoints": ["direct_sft"]},
+            "eval_checkpoints[0]: direct_sft needs direct_control: true",
+        ),
+        (
+            {"stages": ["search", "clone", "sft", "eval"], "eval_checkpoints": ["grpo"]},
+            "eval_checkpoints[0]: grpo needs the grpo stage in stages",
+        ),
+        (
+            {"stages": ["search", "clone", "report"]},
+            "stages: report reads the evaluations; add eval",
+        ),
+        (
+            {"config_yaml": "eval: {benchmarks: [math500]}"},
+            "config_yaml.eval.benchmarks: is set by the run",
+        ),
+        (
+            {"config_yaml": "eval: {shared_data: /etc}"},
+            "config_yaml.eval.shared_data: is set by the run",
+        ),
+        ({"config_yaml": "eval: {n: 0}"}, "config_yaml.eval.n: "),
+        ({"config_yaml": "eval: {nn: 3}"}, "config_yaml.eval.nn: unknown field"),
+        ({"config_yaml": "eval: {preset: fast}"}, "config_yaml.eval.preset: unknown preset 'fast'"),
+        (
+            {"config_yaml": "select_prompts: {pass_rate_low: 0.9, pass_rate_high: 0.1}"},
+            "config_yaml.select_prompts: ",
+        ),
+        (
+            {"config_yaml": "select_prompts: {output: /etc/x}"},
+            "config_yaml.select_prompts.output: is set by the run",
+        ),
+        (
+            {"config_yaml": "select_prompts: {preset: cpu}"},
+            "config_yaml.select_prompts.preset: select_prompts has no presets",
+        ),
+        ({"config_yaml": "grpo: {num_generations: 3}"}, "config_yaml.grpo: "),
+        ({"config_yaml": "report: {title: 3}"}, "config_yaml.report.title: "),
+        ({"rl_prompts_path": "nothing.jsonl"}, "rl_prompts_path: no dataset 'nothing.jsonl'"),
+    ]:
+        details = refused(coordinator, message(model_dir, **{**every, **fields}))
+        assert details.startswith(expected), (fields, details)
+    accepted = coordinator.client.start(
+        message(
+            model_dir,
+            stages=["search", "clone", "sft", "eval"],
+            eval_benchmarks=["evalset.jsonl", "synth:product?split=heldout&n=2"],
+        )  # fmt: skip
+    )
+    stage = next(s for s in accepted.stages if s.name == "eval")
+    assert dict(stage.inputs) == {
+        "checkpoint.base": "input.base_model",
+        "checkpoint.sft": "sft.checkpoint",
+    }
+    assert sorted(p.name for p in (Path(accepted.output_dir) / "inputs" / "eval").iterdir()) == [
+        "evalset.jsonl", "synth-product-heldout-n2-s0.jsonl"
+    ]  # fmt: skip
+    coordinator.client.cancel(accepted.run_id)
