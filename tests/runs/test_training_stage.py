@@ -98,3 +98,42 @@ def test_cancel_during_sft_ends_the_trainer_process(
         time.sleep(0.2)
     assert not [p for p in pids if alive(p)], "a trainer process outlived its cancelled run"
     assert Path(status.artifacts["clone.traces"]).is_file()  # artifacts stay
+
+
+def test_a_failing_trainer_fails_the_run_with_its_message(
+    start_coordinator: Callable[..., Coordinator], model_dir: Path, tmp_path: Path
+) -> None:
+    # a folder with a config.json passes StartRun's check, but no trainer can load it
+    coordinator = start_coordinator(registry_address=str(tmp_path / "registry"))
+    rid = coordinator.client.start(sft_spec(model_dir, max_steps=2)).run_id
+    status = wait_for(coordinator.client, rid, timeout=240)
+    assert status.state == "failed"
+    sft = status.stages[2]
+    assert sft.state == "failed"
+    assert sft.message.startswith(f"trainer job astro-sft-{rid} failed: ExitCode: exit code 1: ")
+    assert status.message == f"sft: {sft.message}"
+    assert status.stages[0].state == status.stages[1].state == "succeeded"
+    assert Path(status.artifacts["clone.traces"]).is_file()  # what was made stays
+
+
+def test_a_corrupt_traces_file_fails_sft_and_nothing_trains_on_it(
+    start_coordinator: Callable[..., Coordinator], family_model: Path, tmp_path: Path
+) -> None:
+    first = start_coordinator(registry_address=str(tmp_path / "registry"))
+    rid = first.client.start(sft_spec(family_model, max_steps=2)).run_id
+    status = wait_for(
+        first.client,
+        rid,
+        timeout=240,
+        until=lambda s: s.stages[1].state != "pending" and s.stages[1].state != "running",
+    )
+    first.service.stop()  # between clone and SFT (or while SFT starts: it starts again)
+    traces = Path(status.artifacts["clone.traces"])
+    traces.write_text(traces.read_text()[:-40] + "{oops\n")
+    second = start_coordinator(registry_address=str(tmp_path / "registry"))
+    status = wait_for(second.client, rid, timeout=240)
+    assert status.state == "failed"
+    assert status.message == (
+        f"sft: input clone.traces ({traces}) changed after it was recorded (sha256 differs)"
+    )
+    assert status.stages[2].state == "failed"
