@@ -25,11 +25,12 @@ class CoordinatorProcess:
         settings: dict[str, Any],
         data_dir: Path,
         env: dict[str, str] | None = None,
+        port: int = 0,
     ) -> None:
         self.ready = directory / f"{name}.ready.json"
         self.ready.unlink(missing_ok=True)
         config = {
-            "port": 0,
+            "port": port,
             "metrics_port": None,
             "grace_seconds": 1,
             "redis_url": redis_url,

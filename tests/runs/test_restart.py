@@ -5,6 +5,7 @@ byte)."""
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 
 from astro_core.pipeline.spec import RunSpec
 from services.coordinator.runs.client import RunsClient
+from tests.conftest import free_port
 from tests.runs.conftest import FAST, wait_for
 from tests.runs.replica import CoordinatorProcess
 
@@ -28,8 +30,11 @@ def test_kill_9_during_clone_resumes_clone_and_keeps_the_search(
     settings = {**FAST, "reclaim_idle_seconds": 1.5}
     data_dir = tmp_path / "data"
     slow = {"ASTRO_FAKE_GENERATE_DELAY": "0.3"}
-    first = CoordinatorProcess(tmp_path, "first", redis_url, settings, data_dir, slow)
+    port = free_port()  # the restarted coordinator answers where the first did
+    first = CoordinatorProcess(tmp_path, "first", redis_url, settings, data_dir, slow, port)
     second = None
+    followed: list[str] = []
+    follower: threading.Thread | None = None
     try:
         client = RunsClient(first.address())
         spec = RunSpec.model_validate(
@@ -42,6 +47,13 @@ def test_kill_9_during_clone_resumes_clone_and_keeps_the_search(
             }
         )
         rid = client.start(spec).run_id
+
+        def follow() -> None:  # one client following the run across the restart
+            with RunsClient(f"127.0.0.1:{port}") as watcher:
+                followed.extend(e.event_id for e in watcher.follow(rid, reconnect_seconds=90))
+
+        follower = threading.Thread(target=follow, daemon=True)
+        follower.start()
         status = wait_for(client, rid, until=lambda s: s.stage == "clone", timeout=120)
         trees = status.artifacts["search.trees"]
         before = sha256(trees)
@@ -49,7 +61,7 @@ def test_kill_9_during_clone_resumes_clone_and_keeps_the_search(
         time.sleep(0.5)  # into the clone's self-evaluation votes
         first.kill()
         client.close()
-        second = CoordinatorProcess(tmp_path, "second", redis_url, settings, data_dir, slow)
+        second = CoordinatorProcess(tmp_path, "second", redis_url, settings, data_dir, slow, port)
         client = RunsClient(second.address())
         status = wait_for(client, rid, timeout=120)
         assert status.state == "succeeded", status.message
@@ -61,6 +73,8 @@ def test_kill_9_during_clone_resumes_clone_and_keeps_the_search(
         assert Path(status.artifacts["clone.traces"]).stat().st_size > 0
         assert Path(status.artifacts["clone.direct_traces"]).stat().st_size > 0
         assert not list(Path(status.output_dir).rglob(".*.tmp-*")), "a half-written file"
+        follower.join(30)
+        assert [e.event_id for e in client.watch(rid)] == followed  # nothing lost or repeated
         client.close()
     finally:
         first.stop()
