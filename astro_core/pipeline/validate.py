@@ -28,6 +28,10 @@ NAMED_SETS = {
 }
 
 
+class WorldUnavailable(Exception):
+    """A check could not be made now (the registry unreachable): not the spec's fault."""
+
+
 class RunWorld(Protocol):
     """What validation asks the platform (the coordinator implements it)."""
 
@@ -37,7 +41,8 @@ class RunWorld(Protocol):
         ...
 
     def check_model(self, model: ModelSpec) -> None:
-        """ValueError / LookupError when the model does not exist or cannot be used."""
+        """ValueError / LookupError when the model does not exist or cannot be used;
+        WorldUnavailable when that cannot be told now."""
         ...
 
     def check_trainer_backend(self, name: str) -> None:

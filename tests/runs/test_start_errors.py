@@ -239,3 +239,32 @@ def test_eval_and_selection_errors_name_their_field(
         "evalset.jsonl", "synth-product-heldout-n2-s0.jsonl"
     ]  # fmt: skip
     coordinator.client.cancel(accepted.run_id)
+
+
+def test_registered_base_models(
+    start_coordinator: Any, model_dir: Path, tmp_path: Path, family_model: Path
+) -> None:
+    from astro_core.checkpoints.local import LocalCheckpointStore
+    from tests.conftest import free_port
+
+    LocalCheckpointStore(str(tmp_path / "registry")).register(
+        "tiny", family_model, aliases=["base"]
+    )
+    coordinator = start_coordinator(registry_address=str(tmp_path / "registry"))
+    for ref, expected in [
+        (common_pb2.ModelRef(name="tiny", version=2), "base_model: "),
+        (common_pb2.ModelRef(name="tiny", alias="sft"), "base_model: "),
+        (common_pb2.ModelRef(name="other"), "base_model: "),
+        (common_pb2.ModelRef(name="bad name!"), "base_model: "),
+    ]:
+        assert refused(coordinator, message(model_dir, base_model=ref)).startswith(expected)
+    for ref in (common_pb2.ModelRef(name="tiny"), common_pb2.ModelRef(name="tiny", alias="base")):
+        started = coordinator.client.start(message(model_dir, base_model=ref, stages=["search"]))
+        coordinator.client.cancel(started.run_id)
+    unreachable = start_coordinator(registry_address=f"127.0.0.1:{free_port()}")
+    stub = RunsStub(sync_channel(ClientConfig(address=unreachable.address)))
+    spec = message(model_dir, base_model=common_pb2.ModelRef(name="tiny"))
+    with pytest.raises(grpc.RpcError) as info:
+        stub.StartRun(run_pb2.StartRunRequest(spec=spec), timeout=60)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert str(info.value.details()).startswith("base_model: registry: UNAVAILABLE")

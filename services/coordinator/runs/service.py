@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 
 from astro_core.pipeline.spec import RunSpecError
-from astro_core.pipeline.validate import RunWorld, ValidatedRun, validate_spec
+from astro_core.pipeline.validate import RunWorld, ValidatedRun, WorldUnavailable, validate_spec
 from services.coordinator.runs.convert import event_to_progress, spec_from_proto, status_to_proto
 from services.coordinator.runs.store import (
     FINAL_STATES,
@@ -99,6 +99,8 @@ class RunsServicer(run_pb2_grpc.RunsServicer):  # type: ignore[misc]
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except FileExistsError as exc:  # the request id's run, with another spec
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
+        except WorldUnavailable as exc:  # e.g. the registry cannot be asked about the model
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"base_model: {exc}")
         return await self._status(rid, context)
 
     def _idempotent(self, request_id: str, digest: str) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 
 from astro_core.engines.sources import ModelSource, resolve_model
 from astro_core.pipeline.spec import ModelSpec, RunSpecError
-from astro_core.pipeline.validate import NAMED_SETS, ValidatedRun
+from astro_core.pipeline.validate import NAMED_SETS, ValidatedRun, WorldUnavailable
 from astro_core.problems import Problem
 from services.coordinator.datasets import DatasetAccess
 from services.coordinator.runs.context import sha256_file, write_atomic
@@ -65,7 +65,12 @@ class CoordinatorWorld:
                 f"{model.describe()} is a registered name, and this coordinator has no "
                 "registry (settings.registry_address)"
             )
-        self.registry.get(model.name, version=model.version, alias=model.alias)
+        import grpc
+
+        try:
+            self.registry.get(model.name, version=model.version, alias=model.alias)
+        except grpc.RpcError as exc:  # codes the client does not translate: unreachable, ...
+            raise WorldUnavailable(f"registry: {exc.code().name}: {exc.details()}") from exc
 
     def check_trainer_backend(self, name: str) -> None:
         if self.registry is None:
