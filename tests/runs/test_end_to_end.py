@@ -108,6 +108,7 @@ def test_a_tiny_run_succeeds_with_every_artifact(platform: Platform, warm_model:
             "problems_path": "synth:product?n=4&seed=0",
             "eval_benchmarks": ["synth:product?split=heldout&n=3&seed=1"],
             "direct_control": True,
+            "eval_checkpoints": ["base", "sft", "grpo:all", "direct_sft", "direct_grpo"],
             "config": {
                 "search": SEARCH,
                 "clone": {"preset": "cpu", "self_eval": False},
@@ -164,7 +165,10 @@ def test_a_tiny_run_succeeds_with_every_artifact(platform: Platform, warm_model:
     assert "reward_mean" in stages["grpo"].metrics
     assert stages["select_prompts"].metrics["kept"] >= 1
     # eval: each checkpoint on the held-out set; the report
-    labels = ["base", "sft", "direct_sft", "grpo", "direct_grpo"]
+    labels = ["base", "sft", "grpo-step1", "grpo-step2", "direct_sft", "direct_grpo"]
+    assert stages["eval"].artifacts["dirs"].split(",") == [
+        stages["eval"].artifacts[label] for label in labels
+    ]
     for label in labels:
         summary = json.loads((Path(stages["eval"].artifacts[label]) / "summary.json").read_text())
         (bench,) = summary["benchmarks"].values()
