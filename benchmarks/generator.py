@@ -44,11 +44,12 @@ import yaml
 
 from astro_core.engines import EngineConfig, load_engine
 from astro_core.engines.base import Engine
+from astro_core.evaluation.benchmarks import shared_data_dir
 from astro_core.models.tiny import ensure_tiny_model, load_model
 from astro_core.prompts import ChatTemplate, problem_messages
 from services.generator.client import GeneratorClient
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = shared_data_dir()  # ../shared/data, or $ASTRO_SHARED_DATA
 REPO = Path(__file__).resolve().parents[1]
 
 Run = tuple[int, float]  # (generated tokens, seconds)

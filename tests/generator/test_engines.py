@@ -145,7 +145,8 @@ def test_logprobs_match_a_forward_pass(engine: Engine, tiny_model_dir: Path) -> 
     )
     [completions] = engine.generate_batch([request])
     model, tokenizer = load_model(tiny_model_dir)
-    tolerance = 1e-3 if engine.kind == "hf" else 5e-2
+    # bf16 on a GPU carries ~3 significant digits: a log-prob near -6 is off by up to ~0.03
+    tolerance = 1e-3 if engine.kind == "hf" and engine.device == "cpu" else 5e-2
     for completion in completions:
         prompt_ids = tokenizer(PROMPTS[completion.prompt_index], add_special_tokens=False)[
             "input_ids"
@@ -230,9 +231,26 @@ JOIN_PROMPTS = [*PROMPTS, "1", "Count:", "1 2 3", "x = 2. " * 25, "a" * 300]
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_requests_joining_a_running_batch_match_alone(engine: Engine, seed: int) -> None:
+def test_requests_joining_a_running_batch_match_alone(
+    engine: Engine, seed: int, tiny_model_dir: Path
+) -> None:
     """Requests added between steps of a running batch (continuous batching), with slots
     freed and reused and the cache re-laid out, give exactly what they give alone."""
+    if engine.kind == "hf" and engine.device != "cpu":
+        # bf16 on a GPU rounds differently for different batch shapes (measured on an H200:
+        # sampled tokens diverge), so the batching logic is checked in fp32 there.
+        exact = load_engine(
+            EngineConfig(kind="hf", model_path=str(tiny_model_dir), dtype="float32")
+        )
+        try:
+            _joining_matches_alone(exact, seed)
+        finally:
+            exact.close()
+    else:
+        _joining_matches_alone(engine, seed)
+
+
+def _joining_matches_alone(engine: Engine, seed: int) -> None:
     rnd = random.Random(seed)
     for _ in range(6):
         batch = engine.start_batch(rnd.choice([1, 2, 5, 64]))

@@ -180,7 +180,7 @@ def test_bad_jobs_are_refused() -> None:
     with pytest.raises(ValueError, match="stage"):
         TrainJob(stage="dpo", config={})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="at most"):
-        build_trainer_job(sft(notes="x" * 300_000), chart())
+        build_trainer_job(sft(dataset="/data/" + "x" * 300_000), chart())
     with pytest.raises(ValueError, match="nodes"):
         TrainJob(stage="sft", config={}, nodes=0)
 
