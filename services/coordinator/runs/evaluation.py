@@ -85,10 +85,8 @@ def run_eval(ctx: StageContext, svc: StageServices) -> StageResult:
     if svc.verifier is None:
         raise StageFailed("this coordinator has no verifier (settings.worker is off)")
     todo = checkpoints(ctx, svc)
-    problems = sum(_count_lines(Path(p)) for p in sets.values())
-    if config.limit:
-        problems = sum(min(config.limit, _count_lines(Path(p))) for p in sets.values())
-    total = problems * len(todo)
+    sizes = [_count_lines(Path(p)) for p in sets.values()]
+    total = sum(min(n, config.limit or n) for n in sizes) * len(todo)
     artifacts: dict[str, str] = {}
     metrics: dict[str, float] = {}
     finished = 0
@@ -167,6 +165,6 @@ def run_report(ctx: StageContext, svc: StageServices) -> StageResult:
         )
     except ValueError as exc:
         raise StageFailed(str(exc)) from exc
-    artifacts = {"html": str(out / "report.html"), "markdown": str(out / "report.md")}
-    del report
-    return StageResult(artifacts, {"evaluations": float(len(evals))})
+    artifacts = {"html": str(report.html), "markdown": str(report.markdown)}
+    figures = {"evaluations": float(len(evals)), "plots": float(len(report.plots))}
+    return StageResult(artifacts, figures)
