@@ -69,6 +69,12 @@ class CoordinatorSettings(BaseModel):
     max_concurrent_runs: int = Field(
         2, ge=1, le=64, description="Runs one replica drives at once (each a thread)."
     )
+    max_unfinished_runs: int = Field(
+        1000,
+        ge=1,
+        description="StartRun refuses (RESOURCE_EXHAUSTED) while this many runs are queued or "
+        "running, over all replicas.",
+    )
     stage_retries: int = Field(
         2,
         ge=0,

@@ -222,3 +222,30 @@ def test_a_search_started_again_goes_on_with_the_same_search(
     assert status.stages[0].attempts == 2
     assert status.artifacts["search.search_id"] == search_id  # the same search, not a new one
     assert jobs.status(search_id).problems_done == 3
+
+
+def test_start_is_refused_while_too_many_runs_are_unfinished(
+    start_coordinator: object, model_dir: Path
+) -> None:
+    api_only = start_coordinator(worker=False, max_unfinished_runs=2)  # type: ignore[operator]
+    client = api_only.client
+    first = client.start(spec(model_dir), client_request_id="one").run_id
+    client.start(spec(model_dir))
+    with pytest.raises(grpc.RpcError) as info:
+        client.start(spec(model_dir))
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "max_unfinished_runs" in str(info.value.details())
+    assert len(client.list().runs) == 2
+    # a retry of a run already started is answered, full or not
+    assert client.start(spec(model_dir), client_request_id="one").run_id == first
+    client.cancel(first)
+    driver = start_coordinator(max_unfinished_runs=2)  # type: ignore[operator]
+    deadline = time.monotonic() + 30
+    while True:  # the cancelled run's entry is dropped, the other run is driven to its end
+        try:
+            driver.client.start(spec(model_dir))
+            break
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert time.monotonic() < deadline
+            time.sleep(0.2)

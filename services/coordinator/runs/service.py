@@ -48,12 +48,14 @@ class RunsServicer(run_pb2_grpc.RunsServicer):  # type: ignore[misc]
         roots: RunRoots,
         default_search_preset: str = "paper",
         wake: Callable[[str], None] | None = None,
+        max_unfinished: int = 1000,
     ) -> None:
         self.store = store
         self.world = world
         self.roots = roots
         self.default_search_preset = default_search_preset
         self.wake = wake or (lambda rid: None)
+        self.max_unfinished = max_unfinished
 
     async def _known(self, rid: str, context: grpc.aio.ServicerContext) -> None:
         if not rid:
@@ -91,6 +93,12 @@ class RunsServicer(run_pb2_grpc.RunsServicer):  # type: ignore[misc]
             existing = await asyncio.to_thread(self._idempotent, request_id, digest)
             if existing:
                 return await self._status(existing, context)
+            if await asyncio.to_thread(self.store.unfinished) >= self.max_unfinished:
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"{self.max_unfinished} runs are queued or running (setting "
+                    "max_unfinished_runs); start this one when some have ended",
+                )
             run = await asyncio.to_thread(
                 validate_spec, spec, self.world, self.default_search_preset
             )

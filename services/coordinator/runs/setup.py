@@ -94,7 +94,12 @@ def add_runs(
         driver = RunDriver(store, services, settings)
         driver.start()
     servicer = RunsServicer(
-        store, world, roots, settings.default_preset, wake=driver.wake if driver else None
+        store,
+        world,
+        roots,
+        settings.default_preset,
+        wake=driver.wake if driver else None,
+        max_unfinished=settings.max_unfinished_runs,
     )
     run_pb2_grpc.add_RunsServicer_to_server(servicer, runtime.server)
 

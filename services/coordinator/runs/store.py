@@ -232,6 +232,10 @@ class RunStore:
 
     # ---- reading -------------------------------------------------------------------------
 
+    def unfinished(self) -> int:
+        """Runs queued or being driven (their queue entries are removed when they end)."""
+        return int(self.client.xlen(QUEUE))  # type: ignore[arg-type]
+
     def exists(self, rid: str) -> bool:
         return bool(self.client.exists(run_key(rid)))
 
