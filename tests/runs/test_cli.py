@@ -139,3 +139,15 @@ def test_ctrl_c_detaches_and_the_run_goes_on(
     assert f"detached; run {rid} goes on. Re-attach: astro run watch {rid}" in err
     status = wait_for(coordinator.client, rid)
     assert status.state == "succeeded"
+
+
+def test_a_relative_model_path_is_taken_from_the_spec_s_folder(
+    coordinator: Coordinator, model_dir: Path
+) -> None:
+    spec = write_spec(model_dir.parent / "run.yaml", model_dir, base_model="./model")
+    result = invoke("run", "--config", str(spec), "--coordinator", coordinator.address, "--detach")
+    assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
+    rid = result.output.split("run ", 1)[1].split(" ", 1)[0]  # type: ignore[attr-defined]
+    status = coordinator.client.get(rid)
+    assert status.spec.base_model.path == str(model_dir)
+    assert wait_for(coordinator.client, rid).state == "succeeded"
