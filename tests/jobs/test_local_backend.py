@@ -30,7 +30,8 @@ from services.jobs.spec import TrainJob
 from tests.conftest import REPO
 
 # A stand-in trainer we control: `python -c SCRIPT {stage} {config}` reads the config like
-# `astro train` would and acts on its `behaviour` field.
+# `astro train` would and acts on its `output_name` field (a real config field, so the
+# backend's config check passes): ok, fail, sleep or stubborn.
 TRAINER = textwrap.dedent(
     """
     import os, subprocess, sys, time, yaml
@@ -40,7 +41,7 @@ TRAINER = textwrap.dedent(
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "starts"), "a") as f:
         f.write(f"{os.getpid()}\\n")
-    behaviour = config.get("behaviour", "ok")
+    behaviour = config.get("output_name") or "ok"
     print(f"training {stage} on {config['dataset']}", flush=True)
     if behaviour == "ok":
         open(os.path.join(out, "model.txt"), "w").write(stage)
@@ -63,7 +64,7 @@ COMMAND = [sys.executable, "-c", TRAINER, "{stage}", "{config}"]
 def job(behaviour: str = "ok", **config: object) -> TrainJob:
     return TrainJob(
         stage="sft",
-        config={"model": "tiny", "dataset": "traces.jsonl", "behaviour": behaviour, **config},
+        config={"model": "tiny", "dataset": "traces.jsonl", "output_name": behaviour, **config},
     )
 
 
@@ -150,7 +151,7 @@ def test_a_job_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
         from services.jobs.spec import TrainJob
         backend = LocalTrainerBackend(sys.argv[1], command={COMMAND!r})
         backend.start(TrainJob(stage="sft", config={{"model": "m", "dataset": "d",
-                                                     "behaviour": "sleep"}}))
+                                                     "output_name": "sleep"}}))
         print("started", flush=True)
         time.sleep(120)
         """
