@@ -79,12 +79,28 @@ class TinyModelSpec:
     num_key_value_heads: int = 2
     max_position_embeddings: int = 8192
     seed: int = 0
+    # A synthetic family (astro_core.synthetic) whose text the tokenizer also learns from;
+    # digits are then split one per token, so a small model can learn arithmetic on them.
+    family: str = ""
 
 
-def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer trained on the built-in corpus, with Llama-3 special tokens."""
+def build_tokenizer(vocab_size: int = 512, family: str = "") -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer trained on the built-in corpus (plus a synthetic family's
+    text, with one token per digit), with Llama-3 special tokens."""
+    corpus = list(_CORPUS)
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if family:
+        from astro_core import synthetic
+
+        if family not in synthetic.FAMILIES:
+            raise ValueError(f"unknown family {family!r}; known: {', '.join(synthetic.FAMILIES)}")
+        corpus += synthetic.corpus()
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=True), byte_level]
+        )
+    else:
+        tok.pre_tokenizer = byte_level
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -92,7 +108,7 @@ def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_CORPUS * 4, trainer=trainer)
+    tok.train_from_iterator(corpus * 4, trainer=trainer)
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tok,
@@ -109,7 +125,7 @@ def build_tiny_model(out_dir: str | Path, spec: TinyModelSpec = TinyModelSpec())
     """Build, initialise from `spec.seed` and save a tiny Llama + tokenizer into out_dir."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer(spec.vocab_size)
+    tokenizer = build_tokenizer(spec.vocab_size, spec.family)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=spec.hidden_size,

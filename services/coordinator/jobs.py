@@ -34,6 +34,7 @@ from astro_core.search.config import SearchConfig
 from astro_core.search.store import id_order
 from astro_core.trees import SearchTree
 from services.coordinator.redis_tree_store import PREFIX, RedisTreeStore
+from services.coordinator.streams import WorkQueue
 
 TASKS = PREFIX + "tasks"
 GROUP = "coordinators"
@@ -108,13 +109,10 @@ class JobStore:
         self.trees = RedisTreeStore(client)
         self._finish = client.register_script(_FINISH)
         self._end = client.register_script(_END)
+        self.queue = WorkQueue(client, TASKS, GROUP)
 
     def ensure_group(self) -> None:
-        try:
-            self.client.xgroup_create(TASKS, GROUP, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        self.queue.ensure_group()
 
     # ---- jobs ----------------------------------------------------------------------------
 
@@ -262,56 +260,17 @@ class JobStore:
     ) -> list[Task]:
         """Up to `count` tasks: first ones a dead replica left idle, then new ones
         (waiting up to block_ms for them; None: do not wait)."""
-        if count <= 0:
-            return []
-        self.ensure_group()
-        tasks: list[Task] = []
-        reply = self.client.xautoclaim(
-            TASKS, GROUP, consumer, min_idle_time=reclaim_idle_ms, start_id="0-0", count=count
-        )
-        stale = reply[1]  # type: ignore[index]  # Redis 7 adds a third item, deleted ids
-        gone = [entry_id for entry_id, fields in stale if not fields]
-        self.ack(gone)  # entries deleted from the stream but still pending (Redis 6)
-        tasks += [self._task(entry_id, fields) for entry_id, fields in stale if fields]
-        if len(tasks) < count:
-            fresh: Any = self.client.xreadgroup(
-                GROUP, consumer, {TASKS: ">"}, count=count - len(tasks),
-                block=block_ms if not tasks else None,
-            )  # fmt: skip
-            for _stream, entries in fresh or []:
-                tasks += [self._task(entry_id, fields) for entry_id, fields in entries]
-        return tasks
-
-    @staticmethod
-    def _task(entry_id: str, fields: dict[str, str]) -> Task:
-        return Task(entry_id, fields["sid"], int(fields["index"]))
+        entries = self.queue.claim(consumer, count, reclaim_idle_ms, block_ms)
+        return [Task(entry_id, fields["sid"], int(fields["index"])) for entry_id, fields in entries]
 
     def owned(self, consumer: str, entry_ids: list[str]) -> set[str]:
         """Which of entry_ids are still pending with this consumer (not taken over)."""
-        if not entry_ids:
-            return set()
-        pending = self.client.xpending_range(
-            TASKS,
-            GROUP,
-            min="-",
-            max="+",
-            count=max(len(entry_ids) * 2, 100),
-            consumername=consumer,
-        )
-        held = {str(p["message_id"]) for p in pending}
-        return held & set(entry_ids)
+        return self.queue.owned(consumer, entry_ids)
 
     def heartbeat(self, consumer: str, entry_ids: Sequence[str]) -> None:
         """Reset the idle time of entries this consumer holds, so no one reclaims them."""
-        if entry_ids:
-            ids: list[Any] = list(entry_ids)
-            self.client.xclaim(TASKS, GROUP, consumer, min_idle_time=0, message_ids=ids,
-                               justid=True)  # fmt: skip
+        self.queue.heartbeat(consumer, entry_ids)
 
     def ack(self, entry_ids: list[str]) -> None:
         """Acknowledge finished tasks and delete them, so the stream does not grow forever."""
-        if entry_ids:
-            pipe = self.client.pipeline(transaction=True)
-            pipe.xack(TASKS, GROUP, *entry_ids)
-            pipe.xdel(TASKS, *entry_ids)
-            pipe.execute()
+        self.queue.ack(entry_ids)

@@ -51,6 +51,43 @@ class CoordinatorSettings(BaseModel):
         description="'module:function' returning Backends (generator, verifier, template) "
         "instead of the gRPC clients; for embedding and tests.",
     )
+    # ---- runs (services/coordinator/runs) ----
+    registry_address: str = Field(
+        "", description="Checkpoint registry HOST:PORT: named base models, trained checkpoints."
+    )
+    run_roots: list[str] | None = Field(
+        None,
+        description="Folders a RunSpec output_uri may name; a run without one writes to "
+        "<first>/<run id>. Null: <data dir>/runs. In a cluster, a volume the trainer Jobs "
+        "mount at the same path.",
+    )
+    benchmark_dir: str = Field(
+        "",
+        description="Folder of the named datasets (math500.jsonl, math_train.jsonl, ...); "
+        "empty: $ASTRO_SHARED_DATA, else ../shared/data beside the code.",
+    )
+    max_concurrent_runs: int = Field(
+        2, ge=1, le=64, description="Runs one replica drives at once (each a thread)."
+    )
+    max_unfinished_runs: int = Field(
+        1000,
+        ge=1,
+        description="StartRun refuses (RESOURCE_EXHAUSTED) while this many runs are queued or "
+        "running, over all replicas.",
+    )
+    stage_retries: int = Field(
+        2,
+        ge=0,
+        le=100,
+        description="Times a stage that failed with a transient error (a service "
+        "unreachable, a timeout) is started again before the run fails.",
+    )
+    stage_retry_seconds: float = Field(
+        10.0, ge=0, le=3600, description="Wait before a stage is started again."
+    )
+    run_events_maxlen: int = Field(
+        10_000, ge=100, le=10_000_000, description="Events kept per run (WatchRun replays them)."
+    )
     trainer: TrainerBackendSettings = Field(
         default_factory=TrainerBackendSettings,
         description="Where trainer jobs run: local child processes or Kubernetes Jobs.",

@@ -120,7 +120,7 @@ class Checkpoint(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., artifact_uri: _Optional[str] = ..., sha256: _Optional[_Mapping[str, str]] = ..., parent_version: _Optional[int] = ..., stage: _Optional[str] = ..., step: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., created_unix: _Optional[float] = ..., aliases: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Progress(_message.Message):
-    __slots__ = ("id", "stage", "done", "total", "state", "message", "elapsed_seconds", "metrics")
+    __slots__ = ("id", "stage", "done", "total", "state", "message", "elapsed_seconds", "metrics", "event_id")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -136,6 +136,7 @@ class Progress(_message.Message):
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     ELAPSED_SECONDS_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     stage: str
     done: int
@@ -144,4 +145,5 @@ class Progress(_message.Message):
     message: str
     elapsed_seconds: float
     metrics: _containers.ScalarMap[str, float]
-    def __init__(self, id: _Optional[str] = ..., stage: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., state: _Optional[str] = ..., message: _Optional[str] = ..., elapsed_seconds: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    event_id: str
+    def __init__(self, id: _Optional[str] = ..., stage: _Optional[str] = ..., done: _Optional[int] = ..., total: _Optional[int] = ..., state: _Optional[str] = ..., message: _Optional[str] = ..., elapsed_seconds: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ..., event_id: _Optional[str] = ...) -> None: ...

@@ -25,29 +25,45 @@ _sym_db = _symbol_database.Default()
 from services.protos.astro.v1 import common_pb2 as astro_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x61stro/v1/run.proto\x12\x08\x61stro.v1\x1a\x15\x61stro/v1/common.proto\"\xc1\x01\n\x07RunSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06stages\x18\x02 \x03(\t\x12\x15\n\rproblems_path\x18\x03 \x01(\t\x12\x17\n\x0frl_prompts_path\x18\x04 \x01(\t\x12\x17\n\x0f\x65val_benchmarks\x18\x05 \x03(\t\x12&\n\nbase_model\x18\x06 \x01(\x0b\x32\x12.astro.v1.ModelRef\x12\x13\n\x0b\x63onfig_yaml\x18\x07 \x01(\t\x12\x12\n\noutput_uri\x18\x08 \x01(\t\"M\n\x0fStartRunRequest\x12\x1f\n\x04spec\x18\x01 \x01(\x0b\x32\x11.astro.v1.RunSpec\x12\x19\n\x11\x63lient_request_id\x18\x02 \x01(\t\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\x80\x02\n\tRunStatus\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x1f\n\x04spec\x18\x02 \x01(\x0b\x32\x11.astro.v1.RunSpec\x12\r\n\x05state\x18\x03 \x01(\t\x12\r\n\x05stage\x18\x04 \x01(\t\x12\x35\n\tartifacts\x18\x05 \x03(\x0b\x32\".astro.v1.RunStatus.ArtifactsEntry\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x14\n\x0c\x63reated_unix\x18\x07 \x01(\x01\x12\x14\n\x0cupdated_unix\x18\x08 \x01(\x01\x1a\x30\n\x0e\x41rtifactsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"8\n\x0fListRunsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"N\n\x10ListRunsResponse\x12!\n\x04runs\x18\x01 \x03(\x0b\x32\x13.astro.v1.RunStatus\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xb3\x02\n\x04Runs\x12:\n\x08StartRun\x12\x19.astro.v1.StartRunRequest\x1a\x13.astro.v1.RunStatus\x12\x36\n\x06GetRun\x12\x17.astro.v1.GetRunRequest\x1a\x13.astro.v1.RunStatus\x12\x41\n\x08ListRuns\x12\x19.astro.v1.ListRunsRequest\x1a\x1a.astro.v1.ListRunsResponse\x12\x39\n\x08WatchRun\x12\x17.astro.v1.GetRunRequest\x1a\x12.astro.v1.Progress0\x01\x12\x39\n\tCancelRun\x12\x17.astro.v1.GetRunRequest\x1a\x13.astro.v1.RunStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x61stro/v1/run.proto\x12\x08\x61stro.v1\x1a\x15\x61stro/v1/common.proto\"\x8c\x02\n\x07RunSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06stages\x18\x02 \x03(\t\x12\x15\n\rproblems_path\x18\x03 \x01(\t\x12\x17\n\x0frl_prompts_path\x18\x04 \x01(\t\x12\x17\n\x0f\x65val_benchmarks\x18\x05 \x03(\t\x12&\n\nbase_model\x18\x06 \x01(\x0b\x32\x12.astro.v1.ModelRef\x12\x13\n\x0b\x63onfig_yaml\x18\x07 \x01(\t\x12\x12\n\noutput_uri\x18\x08 \x01(\t\x12\x16\n\x0e\x64irect_control\x18\t \x01(\x08\x12\x18\n\x10\x65val_checkpoints\x18\n \x03(\t\x12\x17\n\x0ftrainer_backend\x18\x0b \x01(\t\"M\n\x0fStartRunRequest\x12\x1f\n\x04spec\x18\x01 \x01(\x0b\x32\x11.astro.v1.RunSpec\x12\x19\n\x11\x63lient_request_id\x18\x02 \x01(\t\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"9\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_event_id\x18\x02 \x01(\t\"\xc9\x03\n\x0bStageStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0c\n\x04\x64one\x18\x03 \x01(\x03\x12\r\n\x05total\x18\x04 \x01(\x03\x12\x37\n\tartifacts\x18\x05 \x03(\x0b\x32$.astro.v1.StageStatus.ArtifactsEntry\x12\x33\n\x07metrics\x18\x06 \x03(\x0b\x32\".astro.v1.StageStatus.MetricsEntry\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x14\n\x0cstarted_unix\x18\x08 \x01(\x01\x12\x15\n\rfinished_unix\x18\t \x01(\x01\x12\x10\n\x08\x61ttempts\x18\n \x01(\x05\x12\x31\n\x06inputs\x18\x0b \x03(\x0b\x32!.astro.v1.StageStatus.InputsEntry\x1a\x30\n\x0e\x41rtifactsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a-\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xbb\x02\n\tRunStatus\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x1f\n\x04spec\x18\x02 \x01(\x0b\x32\x11.astro.v1.RunSpec\x12\r\n\x05state\x18\x03 \x01(\t\x12\r\n\x05stage\x18\x04 \x01(\t\x12\x35\n\tartifacts\x18\x05 \x03(\x0b\x32\".astro.v1.RunStatus.ArtifactsEntry\x12\x0f\n\x07message\x18\x06 \x01(\t\x12\x14\n\x0c\x63reated_unix\x18\x07 \x01(\x01\x12\x14\n\x0cupdated_unix\x18\x08 \x01(\x01\x12%\n\x06stages\x18\t \x03(\x0b\x32\x15.astro.v1.StageStatus\x12\x12\n\noutput_dir\x18\n \x01(\t\x1a\x30\n\x0e\x41rtifactsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"8\n\x0fListRunsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"N\n\x10ListRunsResponse\x12!\n\x04runs\x18\x01 \x03(\x0b\x32\x13.astro.v1.RunStatus\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xb5\x02\n\x04Runs\x12:\n\x08StartRun\x12\x19.astro.v1.StartRunRequest\x1a\x13.astro.v1.RunStatus\x12\x36\n\x06GetRun\x12\x17.astro.v1.GetRunRequest\x1a\x13.astro.v1.RunStatus\x12\x41\n\x08ListRuns\x12\x19.astro.v1.ListRunsRequest\x1a\x1a.astro.v1.ListRunsResponse\x12;\n\x08WatchRun\x12\x19.astro.v1.WatchRunRequest\x1a\x12.astro.v1.Progress0\x01\x12\x39\n\tCancelRun\x12\x17.astro.v1.GetRunRequest\x1a\x13.astro.v1.RunStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'astro.v1.run_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_STAGESTATUS_ARTIFACTSENTRY']._loaded_options = None
+  _globals['_STAGESTATUS_ARTIFACTSENTRY']._serialized_options = b'8\001'
+  _globals['_STAGESTATUS_METRICSENTRY']._loaded_options = None
+  _globals['_STAGESTATUS_METRICSENTRY']._serialized_options = b'8\001'
+  _globals['_STAGESTATUS_INPUTSENTRY']._loaded_options = None
+  _globals['_STAGESTATUS_INPUTSENTRY']._serialized_options = b'8\001'
   _globals['_RUNSTATUS_ARTIFACTSENTRY']._loaded_options = None
   _globals['_RUNSTATUS_ARTIFACTSENTRY']._serialized_options = b'8\001'
   _globals['_RUNSPEC']._serialized_start=56
-  _globals['_RUNSPEC']._serialized_end=249
-  _globals['_STARTRUNREQUEST']._serialized_start=251
-  _globals['_STARTRUNREQUEST']._serialized_end=328
-  _globals['_GETRUNREQUEST']._serialized_start=330
-  _globals['_GETRUNREQUEST']._serialized_end=361
-  _globals['_RUNSTATUS']._serialized_start=364
-  _globals['_RUNSTATUS']._serialized_end=620
-  _globals['_RUNSTATUS_ARTIFACTSENTRY']._serialized_start=572
-  _globals['_RUNSTATUS_ARTIFACTSENTRY']._serialized_end=620
-  _globals['_LISTRUNSREQUEST']._serialized_start=622
-  _globals['_LISTRUNSREQUEST']._serialized_end=678
-  _globals['_LISTRUNSRESPONSE']._serialized_start=680
-  _globals['_LISTRUNSRESPONSE']._serialized_end=758
-  _globals['_RUNS']._serialized_start=761
-  _globals['_RUNS']._serialized_end=1068
+  _globals['_RUNSPEC']._serialized_end=324
+  _globals['_STARTRUNREQUEST']._serialized_start=326
+  _globals['_STARTRUNREQUEST']._serialized_end=403
+  _globals['_GETRUNREQUEST']._serialized_start=405
+  _globals['_GETRUNREQUEST']._serialized_end=436
+  _globals['_WATCHRUNREQUEST']._serialized_start=438
+  _globals['_WATCHRUNREQUEST']._serialized_end=495
+  _globals['_STAGESTATUS']._serialized_start=498
+  _globals['_STAGESTATUS']._serialized_end=955
+  _globals['_STAGESTATUS_ARTIFACTSENTRY']._serialized_start=812
+  _globals['_STAGESTATUS_ARTIFACTSENTRY']._serialized_end=860
+  _globals['_STAGESTATUS_METRICSENTRY']._serialized_start=862
+  _globals['_STAGESTATUS_METRICSENTRY']._serialized_end=908
+  _globals['_STAGESTATUS_INPUTSENTRY']._serialized_start=910
+  _globals['_STAGESTATUS_INPUTSENTRY']._serialized_end=955
+  _globals['_RUNSTATUS']._serialized_start=958
+  _globals['_RUNSTATUS']._serialized_end=1273
+  _globals['_RUNSTATUS_ARTIFACTSENTRY']._serialized_start=812
+  _globals['_RUNSTATUS_ARTIFACTSENTRY']._serialized_end=860
+  _globals['_LISTRUNSREQUEST']._serialized_start=1275
+  _globals['_LISTRUNSREQUEST']._serialized_end=1331
+  _globals['_LISTRUNSRESPONSE']._serialized_start=1333
+  _globals['_LISTRUNSRESPONSE']._serialized_end=1411
+  _globals['_RUNS']._serialized_start=1414
+  _globals['_RUNS']._serialized_end=1723
 # @@protoc_insertion_point(module_scope)

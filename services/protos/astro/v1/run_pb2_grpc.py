@@ -27,7 +27,9 @@ if _version_not_supported:
 
 
 class RunsStub:
-    """Whole pipelines: search -> clone -> SFT -> GRPO -> eval, served by the coordinator.
+    """Whole pipelines, served by the coordinator: search -> clone -> SFT -> select RL prompts ->
+    GRPO -> eval -> report. A run is a record in Redis; any coordinator replica drives it and a
+    replica that dies has its runs resumed by another at the stage they were in.
     """
 
     def __init__(self, channel):
@@ -53,7 +55,7 @@ class RunsStub:
                 _registered_method=True)
         self.WatchRun = channel.unary_stream(
                 '/astro.v1.Runs/WatchRun',
-                request_serializer=astro_dot_v1_dot_run__pb2.GetRunRequest.SerializeToString,
+                request_serializer=astro_dot_v1_dot_run__pb2.WatchRunRequest.SerializeToString,
                 response_deserializer=astro_dot_v1_dot_common__pb2.Progress.FromString,
                 _registered_method=True)
         self.CancelRun = channel.unary_unary(
@@ -64,11 +66,14 @@ class RunsStub:
 
 
 class RunsServicer:
-    """Whole pipelines: search -> clone -> SFT -> GRPO -> eval, served by the coordinator.
+    """Whole pipelines, served by the coordinator: search -> clone -> SFT -> select RL prompts ->
+    GRPO -> eval -> report. A run is a record in Redis; any coordinator replica drives it and a
+    replica that dies has its runs resumed by another at the stage they were in.
     """
 
     def StartRun(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Validate the spec whole (INVALID_ARGUMENT names the field) and start the run.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -86,14 +91,16 @@ class RunsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchRun(self, request, context):
-        """Server stream of progress events until the run ends.
+        """Server stream of stage transitions and progress until the run ends; resumable with
+        after_event_id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CancelRun(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Stop the running stage (its child process or Job is deleted); artifacts are kept.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -118,7 +125,7 @@ def add_RunsServicer_to_server(servicer, server):
             ),
             'WatchRun': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchRun,
-                    request_deserializer=astro_dot_v1_dot_run__pb2.GetRunRequest.FromString,
+                    request_deserializer=astro_dot_v1_dot_run__pb2.WatchRunRequest.FromString,
                     response_serializer=astro_dot_v1_dot_common__pb2.Progress.SerializeToString,
             ),
             'CancelRun': grpc.unary_unary_rpc_method_handler(
@@ -135,7 +142,9 @@ def add_RunsServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Runs:
-    """Whole pipelines: search -> clone -> SFT -> GRPO -> eval, served by the coordinator.
+    """Whole pipelines, served by the coordinator: search -> clone -> SFT -> select RL prompts ->
+    GRPO -> eval -> report. A run is a record in Redis; any coordinator replica drives it and a
+    replica that dies has its runs resumed by another at the stage they were in.
     """
 
     @staticmethod
@@ -234,7 +243,7 @@ class Runs:
             request,
             target,
             '/astro.v1.Runs/WatchRun',
-            astro_dot_v1_dot_run__pb2.GetRunRequest.SerializeToString,
+            astro_dot_v1_dot_run__pb2.WatchRunRequest.SerializeToString,
             astro_dot_v1_dot_common__pb2.Progress.FromString,
             options,
             channel_credentials,

@@ -1,0 +1,240 @@
+"""Synthetic problem families with exact answers, for the demo and the ASTRO-vs-Direct experiment.
+
+The family `product` asks for the positive integer x with x(x + b) = c. Producing the answer
+takes a search (guess an x, multiply, compare), while checking a guess is one multiplication:
+as in Stream of Search's Countdown, a model that reflects after a guess can tell a wrong turn
+from a right one, which is what ASTRO's backtracking needs to pay off. A solution is one or
+more steps separated by blank lines (the search's step delimiter):
+
+    Try x = 5: 5 * (5 + 3) = 5 * 8 = 40.
+
+    So x = 5. The final answer is \\boxed{5}.
+
+`warmup_records` writes the warm-start data of a small model: one-guess solutions where, with
+probability `noise`, the guess is wrong and its product is misstated as c (an arithmetic slip),
+so the warm-started model sometimes answers wrongly with confidence and search trees over it hold
+both correct and incorrect terminals; plus the multiplication facts of the family's range
+("7 * 13 = 91"), so that a check generalises to held-out problems (whose products appear in no
+training solution) while finding x still takes guessing.
+
+Splits are disjoint by construction: a problem's (b, c) pair is hashed into `train` or
+`heldout`, so a held-out problem never appears in training data whatever the seeds and sizes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from astro_core.problems import Problem
+from astro_core.prompts import STEP_DELIMITER, problem_messages
+
+Split = Literal["train", "heldout"]
+FAMILIES = ("product",)
+HELDOUT_SHARE = 5  # one (b, c) pair in HELDOUT_SHARE is held out
+
+
+@dataclass(frozen=True)
+class ProductProblem:
+    """x(x + b) = c with a unique positive integer root x."""
+
+    x: int
+    b: int
+
+    @property
+    def c(self) -> int:
+        return self.x * (self.x + self.b)
+
+    @property
+    def split(self) -> Split:
+        digest = hashlib.sha256(f"product:{self.b}:{self.c}".encode()).digest()
+        return "heldout" if digest[0] % HELDOUT_SHARE == 0 else "train"
+
+    @property
+    def id(self) -> str:
+        return f"product/b{self.b}-c{self.c}"
+
+    def text(self) -> str:
+        return f"Find the positive integer x such that x * (x + {self.b}) = {self.c}."
+
+    def to_problem(self) -> Problem:
+        return Problem(
+            id=self.id,
+            problem=self.text(),
+            answer=str(self.x),
+            metadata={"family": "product", "split": self.split, "b": str(self.b)},
+        )
+
+    def try_step(self, guess: int, claimed: int | None = None) -> str:
+        """One guess and its check; `claimed` misstates the product (an arithmetic slip)."""
+        product = guess * (guess + self.b) if claimed is None else claimed
+        factors = f"{guess} * ({guess} + {self.b}) = {guess} * {guess + self.b}"
+        return f"Try x = {guess}: {factors} = {product}."
+
+    @staticmethod
+    def answer_step(x: int) -> str:
+        return f"So x = {x}. The final answer is \\boxed{{{x}}}."
+
+
+@dataclass(frozen=True)
+class FamilyRanges:
+    """Parameter ranges of the `product` family (inclusive)."""
+
+    x_min: int = 2
+    x_max: int = 15
+    b_min: int = 1
+    b_max: int = 10
+
+    def factors(self) -> Iterator[tuple[int, int]]:
+        """Every (x, y) pair a try step of the family can multiply (y = x + b of a guess)."""
+        for x in range(1, self.x_max + 3):
+            for y in range(x + self.b_min, x + self.b_max + 1):
+                yield x, y
+
+
+def all_problems(ranges: FamilyRanges = FamilyRanges()) -> list[ProductProblem]:
+    """Every problem of the family, in a fixed order."""
+    return [
+        ProductProblem(x, b)
+        for b in range(ranges.b_min, ranges.b_max + 1)
+        for x in range(ranges.x_min, ranges.x_max + 1)
+    ]
+
+
+def sample_problems(
+    n: int, seed: int, split: Split = "train", ranges: FamilyRanges = FamilyRanges()
+) -> list[ProductProblem]:
+    """n distinct problems of one split, drawn with a seeded generator (n is capped by the
+    split's size)."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    pool = [p for p in all_problems(ranges) if p.split == split]
+    random.Random(seed).shuffle(pool)
+    return pool[:n]
+
+
+def noisy_solution(problem: ProductProblem, rng: random.Random, noise: float) -> list[str]:
+    """A one-guess solution; with probability `noise` the guess is wrong and misstated."""
+    if rng.random() >= noise:
+        return [problem.try_step(problem.x), problem.answer_step(problem.x)]
+    offsets = [d for d in (-2, -1, 1, 2) if problem.x + d >= 1]
+    wrong = problem.x + rng.choice(offsets)
+    return [problem.try_step(wrong, claimed=problem.c), problem.answer_step(wrong)]
+
+
+def _record(record_id: str, user: list[dict[str, str]], answer: str) -> dict[str, object]:
+    return {
+        "messages": [*user, {"role": "assistant", "content": answer}],
+        "problem_id": record_id,
+        "style": "direct",
+        "k": 0,
+        "backtracks": 0,
+        "node_path": [],
+    }
+
+
+def warmup_records(
+    problems: list[ProductProblem],
+    copies: int,
+    seed: int,
+    noise: float,
+    ranges: FamilyRanges = FamilyRanges(),
+) -> list[dict[str, object]]:
+    """SFT records (the traces JSONL format of `astro clone`), shuffled: `copies` noisy
+    one-guess solutions of each problem and `copies` of each multiplication fact."""
+    rng = random.Random(seed)
+    records = []
+    for _ in range(copies):
+        for problem in problems:
+            steps = noisy_solution(problem, rng, noise)
+            user = problem_messages(problem.text())
+            records.append(_record(problem.id, user, STEP_DELIMITER.join(steps)))
+        for x, y in ranges.factors():
+            user = [{"role": "user", "content": f"Compute {x} * {y}."}]
+            records.append(_record(f"fact/{x}x{y}", user, f"{x} * {y} = {x * y}."))
+    rng.shuffle(records)
+    return records
+
+
+def write_problems(problems: list[ProductProblem], out: str | Path) -> Path:
+    """Write problems as JSONL (fields id, problem, answer + metadata), like the benchmarks."""
+    path = Path(out)
+    with path.open("w", encoding="utf-8") as handle:
+        for p in problems:
+            problem = p.to_problem()
+            row = {"id": problem.id, "problem": problem.problem, "answer": problem.answer}
+            row.update(problem.metadata)
+            handle.write(json.dumps(row) + "\n")
+    return path
+
+
+def corpus(ranges: FamilyRanges = FamilyRanges()) -> list[str]:
+    """Text a tokenizer for this family is trained on: every problem and a solution of each."""
+    texts = []
+    for p in all_problems(ranges):
+        texts.append(p.text())
+        texts.extend([p.try_step(p.x), p.answer_step(p.x)])
+    texts.extend(f"Compute {x} * {y}." for x, y in ranges.factors())
+    return texts
+
+
+SYNTH_PREFIX = "synth:"
+_SPLITS: tuple[Split, ...] = ("train", "heldout")
+
+
+@dataclass(frozen=True)
+class SynthSpec:
+    """A synthetic problem set named in text: `synth:<family>[?n=N&seed=S&split=SPLIT]`.
+
+    n defaults to the whole split, seed to 0, split to train."""
+
+    family: str
+    n: int
+    seed: int = 0
+    split: Split = "train"
+
+    def problems(self) -> list[Problem]:
+        return [p.to_problem() for p in sample_problems(self.n, self.seed, self.split)]
+
+
+def is_synth_spec(text: str) -> bool:
+    return text.startswith(SYNTH_PREFIX)
+
+
+def parse_synth_spec(text: str) -> SynthSpec:
+    """The SynthSpec `text` names; ValueError saying what is wrong (unknown family or key,
+    a value that is not a number, more problems than the split has)."""
+    body = text[len(SYNTH_PREFIX) :] if is_synth_spec(text) else text
+    family, _, query = body.partition("?")
+    if family not in FAMILIES:
+        raise ValueError(f"unknown synthetic family {family!r}; known: {', '.join(FAMILIES)}")
+    values: dict[str, str] = {}
+    for item in filter(None, query.split("&")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in ("n", "seed", "split"):
+            raise ValueError(f"{item!r} is not one of n=N, seed=S, split=train|heldout")
+        if key in values:
+            raise ValueError(f"{key} is given twice")
+        values[key] = value
+    split = values.get("split", "train")
+    if split not in _SPLITS:
+        raise ValueError(f"split must be train or heldout, not {split!r}")
+    size = sum(1 for p in all_problems() if p.split == split)
+    n, seed = size, 0
+    for key in ("n", "seed"):
+        if key in values:
+            raw = values[key]
+            if not raw.isdigit() or len(raw) > 10:
+                raise ValueError(f"{key} must be a non-negative integer, not {raw!r}")
+            if key == "n":
+                n = int(raw)
+            else:
+                seed = int(raw)
+    if not 1 <= n <= size:
+        raise ValueError(f"n={n}: the {family} family's {split} split has {size} problems")
+    return SynthSpec(family, n, seed, "train" if split == "train" else "heldout")

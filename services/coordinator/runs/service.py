@@ -1,0 +1,253 @@
+"""The Runs gRPC API: start, get, list, watch and cancel runs (the driver runs them).
+
+StartRun validates the spec whole (INVALID_ARGUMENT naming the field), claims the run's
+output folder, writes the run's inputs there, then records and queues the run in one
+transaction. A repeated client_request_id returns the first run (ALREADY_EXISTS when the spec
+differs) and writes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import re
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+
+from astro_core.pipeline.spec import RunSpecError
+from astro_core.pipeline.validate import RunWorld, ValidatedRun, WorldUnavailable, validate_spec
+from services.coordinator.runs.convert import event_to_progress, spec_from_proto, status_to_proto
+from services.coordinator.runs.store import (
+    FINAL_STATES,
+    EventsTrimmed,
+    RunStore,
+    StageRecord,
+    idem_key,
+)
+from services.coordinator.runs.world import RunRoots, claim_and_write, release, spec_digest
+from services.protos.astro.v1 import common_pb2, run_pb2, run_pb2_grpc
+
+RUN_ID = re.compile(r"^[0-9a-f]{16}$")
+EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+MAX_REQUEST_ID = 256
+DEFAULT_PAGE = 20
+MAX_PAGE = 100
+WATCH_POLL_SECONDS = 0.25
+
+
+class RunsServicer(run_pb2_grpc.RunsServicer):  # type: ignore[misc]
+    def __init__(
+        self,
+        store: RunStore,
+        world: RunWorld,
+        roots: RunRoots,
+        default_search_preset: str = "paper",
+        wake: Callable[[str], None] | None = None,
+        max_unfinished: int = 1000,
+    ) -> None:
+        self.store = store
+        self.world = world
+        self.roots = roots
+        self.default_search_preset = default_search_preset
+        self.wake = wake or (lambda rid: None)
+        self.max_unfinished = max_unfinished
+
+    async def _known(self, rid: str, context: grpc.aio.ServicerContext) -> None:
+        if not rid:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "run_id: is empty")
+        if not RUN_ID.match(rid):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"run_id: {rid[:64]!r} is not a run id"
+            )
+        if not await asyncio.to_thread(self.store.exists, rid):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"run_id: no run {rid!r}")
+
+    async def _status(self, rid: str, context: grpc.aio.ServicerContext) -> run_pb2.RunStatus:
+        record = await asyncio.to_thread(self.store.get, rid)
+        if record is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"run_id: no run {rid!r}")
+        assert record is not None
+        return status_to_proto(record)
+
+    # ---- StartRun ------------------------------------------------------------------------
+
+    async def StartRun(
+        self, request: run_pb2.StartRunRequest, context: grpc.aio.ServicerContext
+    ) -> run_pb2.RunStatus:
+        request_id = request.client_request_id
+        if len(request_id) > MAX_REQUEST_ID:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"client_request_id: longer than {MAX_REQUEST_ID} characters",
+            )
+        if not request.HasField("spec"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "spec: is required")
+        try:
+            spec = spec_from_proto(request.spec)
+            digest = spec_digest(spec.model_dump_json())
+            existing = await asyncio.to_thread(self._idempotent, request_id, digest)
+            if existing:
+                return await self._status(existing, context)
+            if await asyncio.to_thread(self.store.unfinished) >= self.max_unfinished:
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"{self.max_unfinished} runs are queued or running (setting "
+                    "max_unfinished_runs); start this one when some have ended",
+                )
+            run = await asyncio.to_thread(
+                validate_spec, spec, self.world, self.default_search_preset
+            )
+            rid = await asyncio.to_thread(self._create, run, request_id, digest)
+        except RunSpecError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except FileExistsError as exc:  # the request id's run, with another spec
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
+        except WorldUnavailable as exc:  # e.g. the registry cannot be asked about the model
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"base_model: {exc}")
+        return await self._status(rid, context)
+
+    def _idempotent(self, request_id: str, digest: str) -> str:
+        """The run a client_request_id already started ("" if none); FileExistsError when
+        it started one with another spec."""
+        if not request_id:
+            return ""
+        raw = self.store.client.get(idem_key(request_id))
+        if not raw:
+            return ""
+        known = json.loads(str(raw))
+        if known.get("digest") != digest:
+            raise FileExistsError(
+                f"client_request_id: already used for run {known['run_id']} with another spec"
+            )
+        return str(known["run_id"])
+
+    def _create(self, run: ValidatedRun, request_id: str, digest: str) -> str:
+        rid = uuid.uuid4().hex[:16]
+        out = self.roots.resolve(run.spec.output_uri, rid)
+        created, inputs, input_digests = claim_and_write(self.roots, out, rid, run)
+        stages = [
+            StageRecord(
+                name=s.name,
+                kind=s.kind,
+                arm=s.arm,
+                planned=s.planned,
+                state="pending" if s.planned else "skipped",
+                inputs=s.inputs,
+            )
+            for s in run.stages
+        ]
+        try:
+            found, new = self.store.create(
+                rid,
+                name=run.spec.name,
+                spec_json=run.spec.model_dump_json(),
+                output_dir=str(out),
+                stages=stages,
+                inputs=inputs,
+                input_digests=input_digests,
+                client_request_id=request_id,
+                digest=digest,
+            )
+        except ValueError as exc:  # the same request id raced in with another spec
+            release(out, created)
+            raise FileExistsError(str(exc)) from exc
+        except BaseException:
+            release(out, created)
+            raise
+        if not new:  # the same request raced in first: that run is the answer
+            release(out, created)
+        return found
+
+    # ---- reading -------------------------------------------------------------------------
+
+    async def GetRun(
+        self, request: run_pb2.GetRunRequest, context: grpc.aio.ServicerContext
+    ) -> run_pb2.RunStatus:
+        await self._known(request.run_id, context)
+        return await self._status(request.run_id, context)
+
+    async def ListRuns(
+        self, request: run_pb2.ListRunsRequest, context: grpc.aio.ServicerContext
+    ) -> run_pb2.ListRunsResponse:
+        if request.page_size < 0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "page_size: must be >= 0")
+        size = min(request.page_size or DEFAULT_PAGE, MAX_PAGE)
+        before = None
+        if request.page_token:
+            before = decode_token(request.page_token)
+            if before is None:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT, "page_token: not a token ListRuns gave"
+                )
+        found = await asyncio.to_thread(self.store.page, size + 1, before)
+        runs = []
+        for rid, _created in found[:size]:
+            record = await asyncio.to_thread(self.store.get, rid)
+            if record is not None:
+                runs.append(status_to_proto(record))
+        token = encode_token(*found[size - 1]) if len(found) > size else ""
+        return run_pb2.ListRunsResponse(runs=runs, next_page_token=token)
+
+    async def WatchRun(
+        self, request: run_pb2.WatchRunRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[common_pb2.Progress]:
+        rid, after = request.run_id, request.after_event_id
+        await self._known(rid, context)
+        if after and not EVENT_ID.match(after):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"after_event_id: {after[:64]!r} is not an event id (Progress.event_id)",
+            )
+        last = after or "0-0"
+        while True:
+            try:
+                events = await asyncio.to_thread(self.store.events, rid, last, 200)
+            except EventsTrimmed as exc:
+                await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(exc))
+            for event in events:
+                last = event.event_id
+                yield event_to_progress(rid, event)
+                if event.stage == "" and event.state in FINAL_STATES:
+                    return
+            if not events:
+                # The final state and its event land together: a final run with nothing
+                # after `last` was watched to its end already (after_event_id past it).
+                if await asyncio.to_thread(self.store.state, rid) in FINAL_STATES:
+                    return
+                await asyncio.sleep(WATCH_POLL_SECONDS)
+
+    async def CancelRun(
+        self, request: run_pb2.GetRunRequest, context: grpc.aio.ServicerContext
+    ) -> run_pb2.RunStatus:
+        await self._known(request.run_id, context)
+        if await asyncio.to_thread(self.store.cancel, request.run_id):
+            self.wake(request.run_id)
+        return await self._status(request.run_id, context)
+
+
+def encode_token(rid: str, created: float) -> str:
+    raw = json.dumps({"c": created, "r": rid}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_token(token: str) -> tuple[float, str] | None:
+    """(created, run id) of a page token, or None when it is not one."""
+    if len(token) > 200:
+        return None
+    try:
+        data: Any = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    created, rid = data.get("c"), data.get("r")
+    if not isinstance(created, int | float) or isinstance(created, bool):
+        return None
+    if not isinstance(rid, str) or not RUN_ID.match(rid):
+        return None
+    return float(created), rid
