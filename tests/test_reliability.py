@@ -1,6 +1,11 @@
 """Reliability: what must hold when things go wrong, with real processes and real signals.
 
+- kill -9 of a coordinator mid-search: another replica resumes it from the stored trees;
+  nothing is lost (every node the dead one wrote is kept, every tree is complete) and nothing
+  is duplicated (each problem finished once, node ids unique, no expansion redone).
 - Concurrent registrations from several processes and threads get unique, gapless versions.
+- A VerifyBatch whose client gave up (deadline or cancel) frees the verifier's workers within
+  one item limit.
 - Auth round trip: `astro up` with the token in `auth.token_file` (as the chart sets it) runs a
   search, a registry-backed LoadModel and a verify end to end; a call without it is refused.
 - `astro up` supervises: a killed service comes back on the same port (the event logged);
@@ -27,19 +32,101 @@ from typing import Any
 import grpc
 import psutil
 import pytest
+import redis
 import yaml
 
+from services.coordinator.jobs import GROUP, TASKS, JobStore
 from services.launcher import read_state
+from services.protos.astro.v1 import verifier_pb2, verifier_pb2_grpc
 from services.registry.client import RegistryClient
 from services.registry.server import register as registry_service
+from services.runtime.client import sync_channel
 from services.runtime.config import AuthConfig, ClientConfig, ServiceConfig
 from services.runtime.redis_store import RedisHandle
 from services.testing import ServiceThread
 from tests.conftest import REPO
 from tests.registry.conftest import make_tree
+from tests.search.invariants import check_tree
+from tests.search.replicas import (
+    consumer_of,
+    coordinator_replicas,
+    exported_trees,
+    start_search,
+    stub_for,
+    wait_succeeded,
+)
+from tests.verifier.strict import ITEM_SECONDS, STUCK, next_small_call_seconds, strict_verifier
 
 pytestmark = pytest.mark.slow
 START_TIMEOUT = 180
+
+
+def test_kill_9_of_a_coordinator_mid_search_resumes_it_nothing_lost_or_duplicated(
+    tmp_path: Path, search_redis_url: str
+) -> None:
+    """Replica A (`astro serve coordinator`, a real process) is killed with SIGKILL
+    mid-search; replica B takes its tasks over and the search completes. Each problem is
+    finished exactly once, every node A stored is kept, none is duplicated, and every tree is
+    complete and satisfies the search's invariants (tests/search/invariants.py)."""
+    client: Any = redis.Redis.from_url(search_redis_url, decode_responses=True)  # str replies
+    jobs = JobStore(client)
+    problems, iterations = 4, 30
+    with coordinator_replicas(tmp_path, search_redis_url) as start:
+        # A is slow and its trees deep enough to generate every round: it is still
+        # mid-search however long B takes to start on a busy machine
+        a = start("a", 0.5)
+        stub = stub_for(a.address())
+        sid = start_search(stub, count=problems, iterations=iterations, max_depth=16)
+        # wait until A is mid-search: its two trees have been backed up at least twice
+        deadline = time.monotonic() + 60
+        while True:
+            roots = [jobs.tree(sid, i) for i in range(problems)]
+            grown = [t for t in roots if t is not None and t.by_id()["0"].visits >= 2]
+            if len(grown) >= 2:
+                break
+            assert time.monotonic() < deadline, "replica A made no progress"
+            time.sleep(0.1)
+        b = start("b", 0.05)
+        stub_b = stub_for(b.address())
+        name_a = consumer_of(client, a.process.pid)
+        assert name_a is not None
+        held = {p["message_id"] for p in client.xpending_range(TASKS, GROUP, "-", "+", 10, name_a)}
+        assert held, "A holds no task"
+        entries = [e for m in held for e in client.xrange(TASKS, m, m) or []]
+        held_indices = {int(fields["index"]) for _, fields in entries}
+        # freeze A, take what exists, then kill it: the snapshot is everything A ever wrote
+        os.kill(a.process.pid, signal.SIGSTOP)
+        before = {i: jobs.tree(sid, i) for i in range(problems)}
+        a.kill()
+        wait_succeeded(stub_b, sid)
+        finished_by = jobs.finished_by(sid)
+        assert sorted(finished_by) == list(range(problems))  # each problem finished, once
+        assert all(finished_by[i] != name_a for i in held_indices)  # B took A's tasks over
+        counters = client.hgetall(f"astro:search:job:{sid}:counters")
+        assert counters["problems_done"] == counters["solved"] == str(problems)  # counted once
+        assert jobs.status(sid).problems_done == problems
+        exported = exported_trees(stub_b, sid)
+    trees = {t.problem_id: t for t in exported}
+    assert len(exported) == len(trees) == problems  # one tree a problem
+    config = jobs.config(sid)
+    for tree_before in before.values():
+        if tree_before is None:
+            continue
+        after = trees[tree_before.problem_id].by_id()
+        for node in tree_before.nodes:  # nothing A wrote was lost or rewritten
+            assert node.id in after, node.id
+            assert (after[node.id].text, after[node.id].parent) == (node.text, node.parent)
+    for tree in trees.values():
+        ids = [node.id for node in tree.nodes]
+        assert len(ids) == len(set(ids)), tree.problem_id  # no node stored twice
+        # complete, resumed (not restarted), not overdone: root visits = iterations, k
+        # children per expansion (no expansion redone), Q = the backup formula everywhere
+        check_tree(config, tree, gold="1")
+        assert tree.by_id()["0"].visits == iterations
+    assert len(client.xpending_range(TASKS, GROUP, "-", "+", 10, name_a)) == 0
+    left = [f for _, f in client.xrange(TASKS) if f["sid"] == sid]
+    assert left == []  # every task acknowledged and deleted
+
 
 REGISTERING_PROCESS = textwrap.dedent(
     """
@@ -104,6 +191,28 @@ def test_concurrent_registers_from_processes_and_threads_get_unique_gapless_vers
                 assert by_version[version].artifact_uri.startswith(str(tmp_path / "artifacts"))
     for key in redis_handle.client.scan_iter(f"{config.settings['key_prefix']}*"):
         redis_handle.client.delete(key)
+
+
+def test_a_cancelled_verify_batch_frees_the_workers_within_one_item_limit() -> None:
+    """Regression: a VerifyBatch whose client gave up kept both workers busy (the next small
+    call waited 58 s). Past its deadline, or cancelled, its work is dropped: the next small
+    call answers within one item limit (5 s), not after 20 stuck items x 5 s / 2 workers."""
+    with strict_verifier() as verifier:
+        stub = verifier_pb2_grpc.VerifierStub(sync_channel(verifier.client_config()))
+        registry = verifier.runtime.metrics.registry
+        batch = verifier_pb2.VerifyBatchRequest(items=[STUCK] * 20)
+        with pytest.raises(grpc.RpcError) as raised:
+            stub.VerifyBatch(batch, timeout=1.0)
+        assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert next_small_call_seconds(stub) < ITEM_SECONDS
+
+        call = stub.VerifyBatch.future(batch)
+        time.sleep(1.0)
+        call.cancel()
+        assert next_small_call_seconds(stub) < ITEM_SECONDS
+        assert registry.get_sample_value("astro_verifier_cancelled_total") == 2
+        # no abandoned item ran on to its time limit
+        assert registry.get_sample_value("astro_verifier_timeouts_total") == 0
 
 
 # -- `astro up` as a real process ----------------------------------------------------------
