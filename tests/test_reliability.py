@@ -35,6 +35,7 @@ import pytest
 import redis
 import yaml
 
+from astro_core.trees import SearchTree
 from services.coordinator.jobs import GROUP, TASKS, JobStore
 from services.launcher import read_state
 from services.protos.astro.v1 import verifier_pb2, verifier_pb2_grpc
@@ -65,39 +66,41 @@ def test_kill_9_of_a_coordinator_mid_search_resumes_it_nothing_lost_or_duplicate
     tmp_path: Path, search_redis_url: str
 ) -> None:
     """Replica A (`astro serve coordinator`, a real process) is killed with SIGKILL
-    mid-search; replica B takes its tasks over and the search completes. Each problem is
-    finished exactly once, every node A stored is kept, none is duplicated, and every tree is
-    complete and satisfies the search's invariants (tests/search/invariants.py)."""
+    mid-search; replica B, started after it, takes its tasks over and the search completes.
+    Each problem is finished exactly once, every node A stored is kept, none is duplicated,
+    and every tree is complete and satisfies the search's invariants
+    (tests/search/invariants.py)."""
     client: Any = redis.Redis.from_url(search_redis_url, decode_responses=True)  # str replies
     jobs = JobStore(client)
     problems, iterations = 4, 30
     with coordinator_replicas(tmp_path, search_redis_url) as start:
-        # A is slow and its trees deep enough to generate every round: it is still
-        # mid-search however long B takes to start on a busy machine
-        a = start("a", 0.5)
+        a = start("a", 0.5)  # slow: it is caught mid-search
         stub = stub_for(a.address())
         sid = start_search(stub, count=problems, iterations=iterations, max_depth=16)
-        # wait until A is mid-search: its two trees have been backed up at least twice
+
+        def mid_search(tree: SearchTree | None) -> bool:  # backed up twice, not finished
+            return tree is not None and 2 <= tree.by_id()["0"].visits < iterations
+
         deadline = time.monotonic() + 60
         while True:
-            roots = [jobs.tree(sid, i) for i in range(problems)]
-            grown = [t for t in roots if t is not None and t.by_id()["0"].visits >= 2]
-            if len(grown) >= 2:
-                break
+            if any(mid_search(jobs.tree(sid, i)) for i in range(problems)):
+                # freeze A: from here on the store holds everything A ever wrote
+                os.kill(a.process.pid, signal.SIGSTOP)
+                before = {i: jobs.tree(sid, i) for i in range(problems)}
+                if any(mid_search(tree) for tree in before.values()):
+                    break
+                os.kill(a.process.pid, signal.SIGCONT)  # it finished that tree meanwhile
             assert time.monotonic() < deadline, "replica A made no progress"
             time.sleep(0.1)
-        b = start("b", 0.05)
-        stub_b = stub_for(b.address())
         name_a = consumer_of(client, a.process.pid)
         assert name_a is not None
         held = {p["message_id"] for p in client.xpending_range(TASKS, GROUP, "-", "+", 10, name_a)}
-        assert held, "A holds no task"
         entries = [e for m in held for e in client.xrange(TASKS, m, m) or []]
         held_indices = {int(fields["index"]) for _, fields in entries}
-        # freeze A, take what exists, then kill it: the snapshot is everything A ever wrote
-        os.kill(a.process.pid, signal.SIGSTOP)
-        before = {i: jobs.tree(sid, i) for i in range(problems)}
-        a.kill()
+        assert held_indices >= {i for i, tree in before.items() if mid_search(tree)}
+        a.kill()  # kill -9: no cleanup of any kind runs in A
+        b = start("b", 0.05)
+        stub_b = stub_for(b.address())
         wait_succeeded(stub_b, sid)
         finished_by = jobs.finished_by(sid)
         assert sorted(finished_by) == list(range(problems))  # each problem finished, once
