@@ -326,6 +326,97 @@ def test_auth_round_trip_through_astro_up(tmp_path: Path, tiny_model_dir: Path) 
                 assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, name
 
 
+# A stand-in trainer job: it opens the registry exactly as `astro train` does (the token from
+# its environment) and registers one checkpoint; a trainer without the token fails.
+REGISTERING_TRAINER = textwrap.dedent(
+    """
+    import sys, yaml
+    from contextlib import ExitStack
+    from pathlib import Path
+    from services.trainer.process import open_store
+
+    config = yaml.safe_load(open(sys.argv[1]))
+    out = Path(config["output_dir"]) / "checkpoint"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "weights.bin").write_bytes(b"w")
+    with ExitStack() as stack:
+        store = open_store(config["registry_address"], stack)
+        store.register(config["output_name"], out, stage="sft", step=1)
+    """
+)
+
+
+def test_runs_reach_the_registry_and_trainers_with_the_coordinators_own_token(
+    tmp_path: Path,
+) -> None:
+    """Regression (item 1, in the Runs service): with the token in `auth.token_file`, the
+    coordinator checked a run's registered base model without it (StartRun: UNAVAILABLE
+    wrapping UNAUTHENTICATED), and a local trainer job started without it could not register
+    its checkpoints."""
+    from astro_core.models.tiny import TinyModelSpec, build_tiny_model
+    from services.coordinator.runs.client import RunsClient
+    from services.coordinator.server import register as coordinator_service
+    from services.protos.astro.v1 import common_pb2, run_pb2
+    from services.runtime.redis_store import connect_redis
+
+    secret = tmp_path / "token"
+    secret.write_text("runs-secret\n")
+    auth = AuthConfig(token_file=str(secret))
+    model = build_tiny_model(tmp_path / "family", TinyModelSpec(family="product"))
+    trainer = [sys.executable, "-c", REGISTERING_TRAINER, "{config}"]
+    with connect_redis(url=None, directory=tmp_path / "redis") as redis_handle:
+        registry_config = ServiceConfig(
+            port=0,
+            metrics_port=None,
+            auth=auth,
+            redis_url=redis_handle.url,
+            settings={"artifact_root": str(tmp_path / "artifacts")},
+        )
+        with ServiceThread("registry", registry_service, registry_config) as registry:
+            with RegistryClient(registry.client_config(auth=auth)) as client:
+                client.register("base", model)
+            (tmp_path / "data").mkdir()
+            config = ServiceConfig(
+                port=0,
+                metrics_port=None,
+                grace_seconds=1,
+                auth=auth,
+                data_dir=str(tmp_path / "data"),
+                redis_url=redis_handle.url,
+                settings={
+                    "backends": "tests.runs.fakes:family_backends",
+                    "default_preset": "tiny",
+                    "poll_seconds": 0.1,
+                    "stage_retries": 0,
+                    "registry_address": registry.address,
+                    "trainer": {"command": trainer},
+                },
+            )
+            with (
+                ServiceThread("coordinator", coordinator_service, config) as coordinator,
+                RunsClient(coordinator.client_config(auth=auth)) as runs,
+            ):
+                registered = run_pb2.RunSpec(
+                    stages=["search"],
+                    base_model=common_pb2.ModelRef(name="base"),
+                    problems_path="synth:product?n=2",
+                )
+                runs.cancel(runs.start(registered).run_id)  # the base model was found
+                spec = run_pb2.RunSpec(
+                    stages=["search", "clone", "sft"],
+                    base_model=common_pb2.ModelRef(path=str(model)),
+                    problems_path="synth:product?n=2&seed=5",
+                    config_yaml="search: {iterations: 2}\nclone: {preset: cpu}\n",
+                )
+                rid = runs.start(spec).run_id
+                deadline = time.monotonic() + 120
+                while (status := runs.get(rid)).state not in ("succeeded", "failed", "cancelled"):
+                    assert time.monotonic() < deadline, status
+                    time.sleep(0.2)
+                assert status.state == "succeeded", status.message
+                assert status.stages[2].artifacts["checkpoint"] == f"run-{rid}-sft:1"
+
+
 def _wait_for(predicate: Any, timeout: float, what: str) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

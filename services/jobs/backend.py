@@ -149,8 +149,11 @@ class TrainerBackendSettings(BaseModel):
     )
 
 
-def trainer_backend(settings: TrainerBackendSettings, data_dir: str | Path) -> TrainerBackend:
-    """The backend the settings name."""
+def trainer_backend(
+    settings: TrainerBackendSettings, data_dir: str | Path, env: dict[str, str] | None = None
+) -> TrainerBackend:
+    """The backend the settings name; `env` is the environment local jobs start in (default:
+    this process's)."""
     if settings.backend == "kubernetes":
         from services.jobs.kubernetes_backend import KubernetesTrainerBackend
 
@@ -159,5 +162,5 @@ def trainer_backend(settings: TrainerBackendSettings, data_dir: str | Path) -> T
 
     workdir = Path(settings.workdir) if settings.workdir else Path(data_dir) / "jobs"
     return LocalTrainerBackend(
-        workdir, command=settings.command or None, grace_seconds=settings.grace_seconds
+        workdir, command=settings.command or None, grace_seconds=settings.grace_seconds, env=env
     )

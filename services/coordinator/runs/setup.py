@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from services.coordinator.settings import CoordinatorSettings
 from services.coordinator.worker import Backends, SearchWorker
 from services.jobs.backend import TrainerBackend, TrainerBackendSettings, trainer_backend
 from services.protos.astro.v1 import run_pb2_grpc
+from services.runtime.config import AuthConfig, ClientConfig
 from services.runtime.redis_store import RedisHandle
 from services.runtime.server import ServiceRuntime
 
@@ -26,9 +29,12 @@ class TrainerBackends:
     """The trainer backends a coordinator uses, made on first use: the configured one, and
     the other kind when a RunSpec names it (with the same settings)."""
 
-    def __init__(self, settings: TrainerBackendSettings, data_dir: Path) -> None:
+    def __init__(
+        self, settings: TrainerBackendSettings, data_dir: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.settings = settings
         self.data_dir = data_dir
+        self.env = env
         self._made: dict[str, TrainerBackend] = {}
         self._lock = threading.Lock()
 
@@ -38,7 +44,7 @@ class TrainerBackends:
             if kind not in self._made:
                 settings = self.settings.model_copy(update={"backend": kind})
                 try:
-                    self._made[kind] = trainer_backend(settings, self.data_dir)
+                    self._made[kind] = trainer_backend(settings, self.data_dir, self.env)
                 except Exception as exc:  # kubeconfig missing, API unreachable, ...
                     raise ValueError(f"the {kind} trainer backend is not available: {exc}") from exc
             return self._made[kind]
@@ -62,8 +68,9 @@ def add_runs(
     assert runtime.server is not None
     data_dir = Path(runtime.config.data_dir) if runtime.config.data_dir else astro_data_dir()
     store = RunStore(redis.new_client(), settings.run_events_maxlen)
-    registry = open_registry(settings.registry_address)
-    trainers = TrainerBackends(settings.trainer, data_dir)
+    # Every peer is reached with this service's own credentials (issue 11, item 1).
+    registry = open_registry(settings.registry_address, runtime.config.client_config)
+    trainers = TrainerBackends(settings.trainer, data_dir, trainer_env(runtime.config.auth))
     dataset_roots = settings.dataset_roots
     if dataset_roots is None:  # as StartSearch: the service's data directory
         dataset_roots = [str(data_dir)]
@@ -115,9 +122,26 @@ def add_runs(
     return "astro.v1.Runs"
 
 
-def open_registry(address: str) -> Any:
+TOKEN_VARIABLES = ("ASTRO_AUTH__TOKEN", "ASTRO_AUTH__TOKEN_FILE")
+
+
+def trainer_env(auth: AuthConfig) -> dict[str, str]:
+    """The environment local trainer jobs start in: this process's, with the token set as this
+    service's config sets it (a trainer reads it from ASTRO_AUTH__TOKEN(_FILE), as a
+    Kubernetes Job gets it from the chart's Secret), so it reaches the registry, generator and
+    verifier with the coordinator's own credentials."""
+    env = {k: v for k, v in os.environ.items() if k not in TOKEN_VARIABLES}
+    if auth.token:
+        env["ASTRO_AUTH__TOKEN"] = auth.token
+    if auth.token_file:
+        env["ASTRO_AUTH__TOKEN_FILE"] = str(Path(auth.token_file).resolve())
+    return env
+
+
+def open_registry(address: str, client_config: Callable[[str], ClientConfig] | None = None) -> Any:
     """The checkpoint store trainers register into, as they open it: the registry service at
-    HOST:PORT, or a server-less store in a directory (services/trainer/process.py)."""
+    HOST:PORT (reached with `client_config(address)`: the service's own credentials), or a
+    server-less store in a directory (services/trainer/process.py)."""
     if not address:
         return None
     from services.trainer.process import is_local_store
@@ -130,7 +154,7 @@ def open_registry(address: str) -> Any:
         )
     from services.registry.client import RegistryClient
 
-    return RegistryClient(address)
+    return RegistryClient(client_config(address) if client_config else address)
 
 
 def _model_user(backends: Backends, worker: SearchWorker | None) -> Any:
