@@ -146,19 +146,34 @@ def surviving_children(grace: float, ignore: Set[int] = frozenset()) -> list[psu
 _TESTS_RUN: list[tuple[float, str]] = []  # (start time, node id) of each test, in order
 
 
+def _since_boot() -> float:
+    """Now, as seconds since boot: the clock /proc gives process start times in, exactly
+    (psutil's create_time adds a boot time rounded to the second, so a process started just
+    after a test began could be put in the test before)."""
+    return time.clock_gettime(getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC))
+
+
+def _started_since_boot(process: psutil.Process) -> float:
+    """When the process started, as seconds since boot, rounded up to the clock tick that
+    /proc counts in (it truncates)."""
+    stat = Path(f"/proc/{process.pid}/stat").read_text()
+    ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, starttime
+    return (ticks + 1) / os.sysconf("SC_CLK_TCK")
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    _TESTS_RUN.append((time.time(), item.nodeid))
+    _TESTS_RUN.append((_since_boot(), item.nodeid))
 
 
 def _describe(process: psutil.Process) -> str:
     """The process and the test that was running when it started."""
     try:
-        started = process.create_time()
+        started = _started_since_boot(process)
         during = [nodeid for start, nodeid in _TESTS_RUN if start <= started]
         test = f" (started during {during[-1]})" if during else ""
         return f"pid {process.pid}{test}: {' '.join(process.cmdline())[:160]}"
-    except psutil.Error:
+    except (psutil.Error, OSError):
         return f"pid {process.pid}"
 
 
