@@ -139,12 +139,17 @@ def test_an_existing_datasets_claim_mounts_read_only_and_keeps_given_settings() 
             "/runs/persistence/accessMode",
         ),
         (
-            {"trainer": {"nodes": 2, "workspace": {"accessMode": "ReadWriteMany"}},
-             "runs": {"persistence": {"accessMode": "ReadWriteOnce"}}},
+            {
+                "trainer": {"nodes": 2, "workspace": {"accessMode": "ReadWriteMany"}},
+                "runs": {"persistence": {"accessMode": "ReadWriteOnce"}},
+            },
             "/runs/persistence/accessMode",
         ),
         (
-            {"coordinator": {"replicas": 2}, "runs": {"persistence": {"accessMode": "ReadWriteOnce"}}},
+            {
+                "coordinator": {"replicas": 2},
+                "runs": {"persistence": {"accessMode": "ReadWriteOnce"}},
+            },
             "/runs/persistence/accessMode",
         ),
         (
