@@ -21,6 +21,7 @@ from tests.deploy.k8s_checks import (
     component_pod,
     pod_spec,
     render,
+    render_notes,
 )
 
 helm = pytest.importorskip("helm_python")
@@ -222,3 +223,21 @@ def test_every_hop_of_a_run_is_allowed_and_no_other(files: tuple[Any, ...]) -> N
             )
     assert allowed(policies, pod["coordinator"], API_SERVER, 443)  # creates trainer Jobs
     assert not allowed(policies, pod["trainer"], API_SERVER, 6443)
+
+
+def test_notes_say_where_runs_live_and_how_datasets_get_in() -> None:
+    import re
+
+    from google.protobuf import json_format
+
+    from services.protos.astro.v1 import run_pb2
+
+    notes = render_notes()
+    assert "Runs keep their folders on the volume astro-runs at /var/lib/astro/runs" in notes
+    assert "need datasets.enabled=true" in notes
+    [body] = re.findall(r"-d '(\{\"spec\".*?)'", notes)
+    request = json_format.Parse(body, run_pb2.StartRunRequest())  # a valid StartRunRequest
+    assert request.spec.problems_path.startswith("synth:")  # needs no dataset files
+    assert request.spec.base_model.name == "MODEL"
+    notes = render_notes({"datasets": {"enabled": True, "mountPath": "/data/math"}})
+    assert "cp ../shared/data/. POD:/data/math/" in notes
