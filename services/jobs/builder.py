@@ -12,6 +12,8 @@ it for `kubectl apply -f -`. Its pods:
   release's headless Service `<fullname>-trainer` (the pods set it as their subdomain);
 - get GPU limits, a /dev/shm memory volume, the workspace PVC at /workspace (outputs,
   DeepSpeed state for resume), /tmp, the auth token, REDIS_URL, the HF token;
+- mount the release's runs volume at the path the coordinator mounts it (`runs.mountPath`,
+  its run_roots): a run's trainer reads the traces and writes its output_dir there;
 - meet the restricted Pod Security Standard, like every pod of the chart;
 - carry labels `astro.run`, `astro.stage`, `astro.job` (`kubectl get jobs -l astro.run=ID`).
 """
@@ -152,6 +154,11 @@ def _volumes(chart: ChartValues) -> tuple[list[dict[str, Any]], list[dict[str, A
     if workspace.get("enabled"):
         claim = workspace.get("existingClaim") or f"{chart.fullname}-trainer-workspace"
         volumes[1] = {"name": "workspace", "persistentVolumeClaim": {"claimName": claim}}
+    runs = chart.runs_volume
+    if runs:
+        claim, path = runs
+        mounts.append({"name": "runs", "mountPath": path})
+        volumes.append({"name": "runs", "persistentVolumeClaim": {"claimName": claim}})
     auth = chart.auth_secret
     if auth:
         key = chart.section("auth").get("secretKey", "token")

@@ -177,6 +177,17 @@ class ChartValues:
         return f"{self.fullname}-{service}:{self.section(service)['port']}"
 
     @property
+    def runs_volume(self) -> tuple[str, str] | None:
+        """(claim, mount path) of the runs volume (templates/_helpers.tpl astro.runsClaimName),
+        which the coordinator mounts at the same path; None when the release has none."""
+        runs = self.section("runs")
+        persistence = runs.get("persistence") or {}
+        if not persistence.get("enabled"):
+            return None
+        claim = persistence.get("existingClaim") or f"{self.fullname}-runs"
+        return str(claim), str(runs["mountPath"])
+
+    @property
     def rendezvous_service(self) -> str:
         return f"{self.fullname}-trainer"
 

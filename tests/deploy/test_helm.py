@@ -55,8 +55,17 @@ SCENARIOS: dict[str, tuple[list[Any], dict[str, Any]]] = {
                 "replicas": 2,
             },
             "trainer": {"backend": "local"},
+            "runs": {"persistence": {"enabled": False}},  # local trainers: no shared volume
             "networkPolicy": {"enabled": False},
             "verifier": {"autoscaling": {"enabled": False}, "replicas": 3},
+        },
+    ),
+    "runs-datasets": (
+        [VALUES_GPU],
+        {
+            "coordinator": {"replicas": 2},
+            "runs": {"persistence": {"existingClaim": "team-runs"}},
+            "datasets": {"enabled": True, "existingClaim": "math-data", "readOnly": True},
         },
     ),
 }

@@ -73,6 +73,15 @@ app.kubernetes.io/component: {{ .component }}
 {{- if or .Values.hfToken.existingSecret .Values.hfToken.token -}}true{{- end -}}
 {{- end -}}
 
+{{/* The runs volume's claim (services/jobs/values.py runs_claim mirrors it). */}}
+{{- define "astro.runsClaimName" -}}
+{{- default (printf "%s-runs" (include "astro.fullname" .)) .Values.runs.persistence.existingClaim -}}
+{{- end -}}
+
+{{- define "astro.datasetsClaimName" -}}
+{{- default (printf "%s-datasets" (include "astro.fullname" .)) .Values.datasets.existingClaim -}}
+{{- end -}}
+
 {{- define "astro.redisSecretName" -}}
 {{- default (printf "%s-redis-url" (include "astro.fullname" .)) .Values.redis.existingSecret -}}
 {{- end -}}
