@@ -39,6 +39,7 @@ from astro_core.engines.base import (
 )
 from astro_core.engines.config import EngineConfig
 from astro_core.engines.fast_decode import fast_decoder
+from astro_core.engines.fast_prefill import packed_prefill
 from astro_core.engines.hf_batch import ContinuousBatch, Row
 from astro_core.engines.kv_slots import SlotCache, check_full_attention, use_slot_attention
 from astro_core.engines.prefix_cache import BLOCK, LayerKV, PrefixCache
@@ -100,6 +101,7 @@ class HFEngine(EngineBase):
         self.prefix_cache = prefix_cache_of(config, self.model.config, self.dtype)
         self._decode = self._decoder()
         self._fast = fast_decoder(self.model) if config.fast_decode else None
+        self._packed = packed_prefill(self.model) if config.fast_prefill else None
         # A drained batch's slot cache, kept for the next batch: allocating (and zeroing)
         # large buffers anew for every call would cost more than small calls themselves.
         self._spare_cache: SlotCache | None = None
@@ -167,7 +169,9 @@ class HFEngine(EngineBase):
         cache) prefills only the rest, together with the prompts extending the same cached
         prefix (a node's children). The others are prefilled in groups of similar length,
         so that one long prompt does not pad every other to its length (prefill cost grows
-        with the padded size). Every prefilled prompt is kept in the prefix cache.
+        with the padded size), or, for Llama-layout models, packed end to end in one pass
+        with no padding at all (fast_prefill.py). Every prefilled prompt is kept in the
+        prefix cache.
         """
         prefilled: list[tuple[LayerKV, dict[Tokens, int]]] = []
         fresh = []
@@ -183,6 +187,13 @@ class HFEngine(EngineBase):
         for cached, length, group in extend.values():
             for prompt, layers in zip(group, self._extend(cached, length, group), strict=True):
                 prefilled.append((layers, {prompt: 0}))
+        if self._packed is not None and fresh:
+            for prompt, layers in zip(fresh, self._packed(fresh, self.device), strict=True):
+                prefilled.append((layers, {prompt: 0}))
+                if self.prefix_cache is not None:
+                    own = [(k.clone(), v.clone()) for k, v in layers]
+                    self.prefix_cache.store(prompt, own)
+            return prefilled
         groups: list[list[Tokens]] = []
         for prompt in sorted(fresh, key=len):
             if groups and len(prompt) <= _GROUP_SPREAD * len(groups[-1][0]):

@@ -372,3 +372,59 @@ def test_lean_decode_step_matches_the_model_forward(tiny_model_dir: Path) -> Non
     # A layer with one more part (say, Qwen3's query/key norms) is not the Llama layout.
     plain.model.model.layers[0].self_attn.q_norm = torch.nn.Identity()
     assert fast_decoder(plain.model) is None
+
+
+def test_packed_prefill_matches_the_model_forward(tiny_model_dir: Path) -> None:
+    """Prompts of different lengths prefilled packed end to end in one pass (fast_prefill.py,
+    the last layer stopping at its keys/values) decode to the same tokens and
+    log-probabilities as prefilled through the model's forward in left-padded groups; a
+    call longer than one pass is split into passes."""
+    from astro_core.engines import fast_prefill
+
+    packed = HFEngine(EngineConfig(model_path=str(tiny_model_dir), enable_prefix_caching=False))
+    padded = HFEngine(
+        EngineConfig(
+            model_path=str(tiny_model_dir), fast_prefill=False, enable_prefix_caching=False
+        )
+    )
+    assert packed._packed is not None and padded._packed is None
+    request = GenerationRequest(
+        tuple(JOIN_PROMPTS), SamplingParams(n=2, max_tokens=16, seed=5, logprobs=True)
+    )
+    expected = padded.generate_batch([request])[0]
+    assert_same(packed.generate_batch([request])[0], expected, 1e-5)
+    lengths = [len(ids) for ids in packed.encode_request(request)]
+    assert max(lengths) > 100 and min(lengths) < 5  # lengths a padded batch would waste on
+    original = fast_prefill.PASS_TOKENS
+    fast_prefill.PASS_TOKENS = 100  # every prompt over 100 tokens alone, the rest together
+    try:
+        passes = list(fast_prefill._passes([tuple(range(n)) for n in lengths]))
+        assert len(passes) > 2 and sum(map(len, passes)) == len(lengths)
+        assert all(sum(map(len, p)) <= 100 or len(p) == 1 for p in passes)
+        assert_same(packed.generate_batch([request])[0], expected, 1e-5)
+    finally:
+        fast_prefill.PASS_TOKENS = original
+
+
+def test_weights_copied_in_place_reach_the_lean_step(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The lean step's fused q/k/v and gate/up projections share the model's weights: a
+    colocated trainer's in-place copy (policy_sync.copy_weights) is what the engine then
+    decodes with, exactly as an engine loaded with those weights."""
+    from astro_core.training.policy_sync import copy_weights
+
+    other_dir = build_tiny_model(tmp_path / "other", TinyModelSpec(seed=1))
+    engine = HFEngine(EngineConfig(model_path=str(tiny_model_dir)))
+    other = HFEngine(EngineConfig(model_path=str(other_dir)))
+    request = GenerationRequest(
+        tuple(PROMPTS), SamplingParams(n=2, max_tokens=12, seed=8, logprobs=True)
+    )
+    before = engine.generate_batch([request])[0]
+    copy_weights(engine.model, list(other.model.state_dict().items()))
+    after = engine.generate_batch([request])[0]
+    assert texts(after) != texts(before)
+    expected = other.generate_batch([request])[0]
+    assert_same(
+        [replace(c, model_version="") for c in after],
+        [replace(c, model_version="") for c in expected],
+        1e-5,
+    )
