@@ -41,7 +41,12 @@ from astro_core.engines.config import EngineConfig
 from astro_core.engines.fast_decode import fast_decoder
 from astro_core.engines.fast_prefill import packed_prefill
 from astro_core.engines.hf_batch import ContinuousBatch, Row
-from astro_core.engines.kv_slots import SlotCache, check_full_attention, use_slot_attention
+from astro_core.engines.kv_slots import (
+    GROUPS,
+    SlotCache,
+    check_full_attention,
+    use_slot_attention,
+)
 from astro_core.engines.prefix_cache import BLOCK, LayerKV, PrefixCache
 from astro_core.models.tiny import load_model
 from astro_core.protocols import Completion
@@ -130,7 +135,7 @@ class HFEngine(EngineBase):
 
     def give_back(self, cache: SlotCache) -> None:
         """A drained batch's cache becomes the spare."""
-        cache.set_members([[], []])
+        cache.set_members([[] for _ in GROUPS])
         with self._spare_lock:
             self._spare_cache = cache
 

@@ -346,12 +346,12 @@ def test_a_drained_batch_leaves_its_cache_to_the_next(tiny_model_dir: Path) -> N
     first = GenerationRequest(tuple(JOIN_PROMPTS), SamplingParams(n=2, max_tokens=20, seed=3))
     engine.generate_batch([first])
     spare = engine._spare_cache
-    assert spare is not None and spare.keys
-    buffers = [k.data_ptr() for k in spare.keys]
+    assert spare is not None and spare.buffers()
+    buffers = [k.data_ptr() for k in spare.buffers()]
     small = GenerationRequest((PROMPTS[1], "1"), SamplingParams(n=3, max_tokens=8, seed=4))
     [again] = engine.generate_batch([small])
     assert engine._spare_cache is spare
-    assert [k.data_ptr() for k in spare.keys] == buffers  # no new buffers
+    assert [k.data_ptr() for k in spare.buffers()] == buffers  # no new buffers
     fresh = HFEngine(EngineConfig(model_path=str(tiny_model_dir)))
     assert_same(again, fresh.generate_batch([small])[0])
 
@@ -428,3 +428,28 @@ def test_weights_copied_in_place_reach_the_lean_step(tiny_model_dir: Path, tmp_p
         [replace(c, model_version="") for c in expected],
         1e-5,
     )
+
+
+def test_rows_of_different_lengths_decode_in_their_own_length_groups(
+    tiny_model_dir: Path,
+) -> None:
+    """Rows of very different prompt lengths spread over the cache's length groups (each
+    attending over its own window, not the longest row's) and decode exactly as alone."""
+    engine = HFEngine(EngineConfig(model_path=str(tiny_model_dir)))
+    prompts = ["1", "x = 2. " * 6, "x = 2. " * 25, "a" * 300]
+    requests = [
+        GenerationRequest((p,), SamplingParams(n=2, max_tokens=10, seed=i, logprobs=True))
+        for i, p in enumerate(prompts)
+    ]
+    batch = engine.start_batch(16)
+    tickets = [batch.add(r) for r in requests]
+    batch.step()
+    cache = batch.cache
+    assert sum(1 for n in cache.live if n) >= 3
+    read = sum(n * (cache.window(g) + 1) for g, n in enumerate(cache.live))
+    longest = max(cache.window(g) for g in range(len(cache.live)))
+    assert read < 0.6 * sum(cache.live) * (longest + 1)  # one window would read every row
+    while batch.rows:
+        batch.step()
+    for request, ticket in zip(requests, tickets, strict=True):
+        assert_same(ticket.results(), engine.generate_batch([request])[0])
