@@ -179,6 +179,8 @@ class HFEngine(EngineBase):
         prefix cache.
         """
         prefilled: list[tuple[LayerKV, dict[Tokens, int]]] = []
+        if self._packed is not None:
+            return self._prefill_packed(prompts)
         fresh = []
         extend: dict[tuple[int, int], tuple[LayerKV, int, list[Tokens]]] = {}
         for prompt in prompts:
@@ -192,13 +194,6 @@ class HFEngine(EngineBase):
         for cached, length, group in extend.values():
             for prompt, layers in zip(group, self._extend(cached, length, group), strict=True):
                 prefilled.append((layers, {prompt: 0}))
-        if self._packed is not None and fresh:
-            for prompt, layers in zip(fresh, self._packed(fresh, self.device), strict=True):
-                prefilled.append((layers, {prompt: 0}))
-                if self.prefix_cache is not None:
-                    own = [(k.clone(), v.clone()) for k, v in layers]
-                    self.prefix_cache.store(prompt, own)
-            return prefilled
         groups: list[list[Tokens]] = []
         for prompt in sorted(fresh, key=len):
             if groups and len(prompt) <= _GROUP_SPREAD * len(groups[-1][0]):
@@ -232,6 +227,25 @@ class HFEngine(EngineBase):
                         for k, v in layers
                     ]
                     self.prefix_cache.store(prompt, own)
+        return prefilled
+
+    def _prefill_packed(
+        self, prompts: list[tuple[int, ...]]
+    ) -> list[tuple[LayerKV, dict[Tokens, int]]]:
+        """`prefill` for Llama-layout models: every prompt in one packed pass
+        (fast_prefill.py), each computing only what follows its cached prefix."""
+        assert self._packed is not None
+        prefixes = []
+        for prompt in prompts:
+            hit = self.prefix_cache.lookup(prompt) if self.prefix_cache is not None else None
+            prefixes.append(hit if hit is not None and hit[1] >= MIN_REUSE else None)
+        prefilled = []
+        for prompt, prefix, layers in zip(
+            prompts, prefixes, self._packed(prompts, self.device, prefixes), strict=True
+        ):
+            prefilled.append((layers, {prompt: 0}))
+            if self.prefix_cache is not None and (prefix is None or prefix[1] < len(prompt)):
+                self.prefix_cache.store(prompt, [(k.clone(), v.clone()) for k, v in layers])
         return prefilled
 
     def _extend(self, cached: LayerKV, length: int, prompts: list[Tokens]) -> list[LayerKV]:

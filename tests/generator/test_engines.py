@@ -398,9 +398,10 @@ def test_packed_prefill_matches_the_model_forward(tiny_model_dir: Path) -> None:
     original = fast_prefill.PASS_TOKENS
     fast_prefill.PASS_TOKENS = 100  # every prompt over 100 tokens alone, the rest together
     try:
-        passes = list(fast_prefill._passes([tuple(range(n)) for n in lengths]))
+        items = [fast_prefill._Item(tuple(range(n)), None) for n in lengths]
+        passes = list(fast_prefill._passes(items))
         assert len(passes) > 2 and sum(map(len, passes)) == len(lengths)
-        assert all(sum(map(len, p)) <= 100 or len(p) == 1 for p in passes)
+        assert all(sum(len(i.rest) for i in p) <= 100 or len(p) == 1 for p in passes)
         assert_same(packed.generate_batch([request])[0], expected, 1e-5)
     finally:
         fast_prefill.PASS_TOKENS = original

@@ -52,10 +52,17 @@ def test_least_recently_used_entries_leave_within_the_budget() -> None:
     assert len(cache) == 3
 
 
-@pytest.fixture(scope="module")
-def engines(tiny_model_dir: Path) -> tuple[HFEngine, HFEngine]:
-    with_cache = HFEngine(EngineConfig(model_path=str(tiny_model_dir)))
-    without = HFEngine(EngineConfig(model_path=str(tiny_model_dir), enable_prefix_caching=False))
+@pytest.fixture(scope="module", params=["packed", "padded"])
+def engines(request: pytest.FixtureRequest, tiny_model_dir: Path) -> tuple[HFEngine, HFEngine]:
+    """With and without the prefix cache; prefilling packed (fast_prefill.py: a cached
+    prefix's keys/values are read by the rest's attention) or through the model's forward."""
+    packed = request.param == "packed"
+    path = str(tiny_model_dir)
+    with_cache = HFEngine(EngineConfig(model_path=path, fast_prefill=packed))
+    without = HFEngine(
+        EngineConfig(model_path=path, fast_prefill=packed, enable_prefix_caching=False)
+    )
+    assert (with_cache._packed is not None) == packed
     assert with_cache.prefix_cache is not None and without.prefix_cache is None
     return with_cache, without
 
