@@ -454,3 +454,21 @@ def test_rows_of_different_lengths_decode_in_their_own_length_groups(
         batch.step()
     for request, ticket in zip(requests, tickets, strict=True):
         assert_same(ticket.results(), engine.generate_batch([request])[0])
+
+
+def test_rotary_table_grows_and_matches_the_model(tiny_model_dir: Path) -> None:
+    """The lean step looks rotary cos/sin up per position from a table that grows with the
+    positions asked for; the values are the model's rotary embedding's."""
+    from astro_core.engines.fast_decode import _RopeTable
+
+    model, _ = load_model(tiny_model_dir)
+    rotary = model.model.rotary_emb
+    table = _RopeTable(rotary)
+    assert table.static
+    hidden = torch.zeros(3, model.config.hidden_size)
+    for positions in ([0, 7, 300], [5, 2000, 4096]):
+        index = torch.tensor(positions)
+        cos, sin = table(hidden, index)
+        expected_cos, expected_sin = rotary(hidden, index[:, None])
+        assert torch.equal(cos, expected_cos) and torch.equal(sin, expected_sin)
+    assert table.cos is not None and table.cos.shape[0] > 4096
