@@ -381,10 +381,15 @@ def test_packed_prefill_matches_the_model_forward(tiny_model_dir: Path) -> None:
     call longer than one pass is split into passes."""
     from astro_core.engines import fast_prefill
 
-    packed = HFEngine(EngineConfig(model_path=str(tiny_model_dir), enable_prefix_caching=False))
+    packed = HFEngine(
+        EngineConfig(model_path=str(tiny_model_dir), dtype="float32", enable_prefix_caching=False)
+    )
     padded = HFEngine(
         EngineConfig(
-            model_path=str(tiny_model_dir), fast_prefill=False, enable_prefix_caching=False
+            model_path=str(tiny_model_dir),
+            dtype="float32",
+            fast_prefill=False,
+            enable_prefix_caching=False,
         )
     )
     assert packed._packed is not None and padded._packed is None
@@ -414,8 +419,8 @@ def test_weights_copied_in_place_reach_the_lean_step(tiny_model_dir: Path, tmp_p
     from astro_core.training.policy_sync import copy_weights
 
     other_dir = build_tiny_model(tmp_path / "other", TinyModelSpec(seed=1))
-    engine = HFEngine(EngineConfig(model_path=str(tiny_model_dir)))
-    other = HFEngine(EngineConfig(model_path=str(other_dir)))
+    engine = HFEngine(EngineConfig(model_path=str(tiny_model_dir), dtype="float32"))
+    other = HFEngine(EngineConfig(model_path=str(other_dir), dtype="float32"))
     request = GenerationRequest(
         tuple(PROMPTS), SamplingParams(n=2, max_tokens=12, seed=8, logprobs=True)
     )
@@ -436,7 +441,8 @@ def test_rows_of_different_lengths_decode_in_their_own_length_groups(
 ) -> None:
     """Rows of very different prompt lengths spread over the cache's length groups (each
     attending over its own window, not the longest row's) and decode exactly as alone."""
-    engine = HFEngine(EngineConfig(model_path=str(tiny_model_dir)))
+    # fp32: bf16 on a GPU rounds differently for different batch shapes
+    engine = HFEngine(EngineConfig(model_path=str(tiny_model_dir), dtype="float32"))
     prompts = ["1", "x = 2. " * 6, "x = 2. " * 25, "a" * 300]
     requests = [
         GenerationRequest((p,), SamplingParams(n=2, max_tokens=10, seed=i, logprobs=True))
