@@ -41,8 +41,9 @@ class EngineConfig(BaseModel):
     fast_decode: bool = Field(
         True,
         description="hf: decode Llama-layout models (llama, mistral, qwen2) with a lean step "
-        "that calls their modules without transformers' per-call machinery; off: the "
-        "model's own forward (used anyway for other models).",
+        "that calls their modules without transformers' per-call machinery (q/k/v and "
+        "gate/up projections fused; the model's weights become views of the fused ones); "
+        "off: the model's own forward (used anyway for other models).",
     )
     fast_prefill: bool = Field(
         True,
