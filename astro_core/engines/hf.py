@@ -319,8 +319,9 @@ class HFEngine(EngineBase):
     def sample(self, logits: torch.Tensor, rows: list[Row]) -> None:
         """Pick each row's next token; record it and its raw log-probability on the row."""
         logits = logits.float()
-        tokens = logits.argmax(-1)
         drawn = [k for k, row in enumerate(rows) if row.params.temperature > 0]
+        # greedy rows take the argmax (skipped when every row samples)
+        tokens = logits.argmax(-1) if len(drawn) < len(rows) else torch.empty(0)
         if drawn:
             every = len(drawn) == len(rows)
             index = torch.tensor(drawn, device=logits.device)

@@ -273,17 +273,28 @@ class SlotCache(Cache):
         """Set each group's window and padding mask for a step; `cached` lists the cached
         tokens of each group's members in slot order."""
         self.set_members(cached)
+        every = [c for members in cached for c in members]
+        self.masks = [None for _ in GROUPS]
+        if not every:
+            return
+        # One mask over the longest window for all rows (a handful of operations, not a
+        # handful per group); each group's is its rows' last columns, as windows end at
+        # the cursor. A member attends to its own `cached` columns before the cursor and
+        # the cursor; an additive float mask (-inf elsewhere) is a little faster than a
+        # boolean one.
+        longest = max(every)
+        lengths = torch.tensor(every, device=self.device, dtype=torch.long)
+        offsets = torch.arange(-longest, 1, device=self.device)
+        padding = offsets[None, :] < -lengths[:, None]
+        mask = torch.zeros(padding.shape, dtype=self.dtype, device=self.device)
+        mask.masked_fill_(padding, float("-inf"))
+        start = 0
         for g in GROUPS:
-            if not cached[g]:
-                self.masks[g] = None
-                continue
-            lengths = torch.tensor(cached[g], device=self.device, dtype=torch.long)
-            offsets = torch.arange(self.low[g] - self.cursor, 1, device=self.device)
-            # A member attends to its own `cached` columns before the cursor and the cursor;
-            # an additive float mask (-inf elsewhere) is a little faster than a boolean one.
-            padding = offsets[None, :] < -lengths[:, None]
-            mask = torch.zeros(padding.shape, dtype=self.dtype, device=self.device)
-            self.masks[g] = mask.masked_fill_(padding, float("-inf"))[:, None, None, :]
+            n = self.live[g]
+            if n:
+                window = self.window(g)
+                self.masks[g] = mask[start : start + n, longest - window :][:, None, None, :]
+                start += n
 
     def attend(self, query: torch.Tensor, layer: int, scaling: Any) -> torch.Tensor:
         """Attention of one decode step, each group over its window: [b, 1, heads, dim]."""
