@@ -178,9 +178,9 @@ class HFEngine(EngineBase):
         with no padding at all (fast_prefill.py). Every prefilled prompt is kept in the
         prefix cache.
         """
-        prefilled: list[tuple[LayerKV, dict[Tokens, int]]] = []
         if self._packed is not None:
             return self._prefill_packed(prompts)
+        prefilled: list[tuple[LayerKV, dict[Tokens, int]]] = []
         fresh = []
         extend: dict[tuple[int, int], tuple[LayerKV, int, list[Tokens]]] = {}
         for prompt in prompts:

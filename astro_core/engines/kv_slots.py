@@ -71,7 +71,10 @@ def slot_attention(
     if slots is None:
         output, _ = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
         return output, None
-    return slots.attend(query, int(getattr(module, "layer_idx", 0)), kwargs.get("scaling")), None
+    layer = getattr(module, "layer_idx", None)  # which layer's buffers to read
+    if layer is None:
+        raise RuntimeError("the slot cache decodes attention modules that know their layer_idx")
+    return slots.attend(query, int(layer), kwargs.get("scaling")), None
 
 
 AttentionInterface.register(ATTENTION, slot_attention)
@@ -162,9 +165,6 @@ class SlotCache(Cache):
 
     def slots(self, group: int) -> int:
         return int(self.keys[group][0].shape[0]) if self.keys[group] else 0
-
-    def slot(self, group: int, index: int) -> int:
-        return index
 
     def window(self, group: int) -> int:
         """Columns before the cursor that the group's members attend to."""
