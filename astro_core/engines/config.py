@@ -41,8 +41,15 @@ class EngineConfig(BaseModel):
     fast_decode: bool = Field(
         True,
         description="hf: decode Llama-layout models (llama, mistral, qwen2) with a lean step "
-        "that calls their modules without transformers' per-call machinery; off: the "
-        "model's own forward (used anyway for other models).",
+        "that calls their modules without transformers' per-call machinery (q/k/v and "
+        "gate/up projections fused; the model's weights become views of the fused ones); "
+        "off: the model's own forward (used anyway for other models).",
+    )
+    fast_prefill: bool = Field(
+        True,
+        description="hf: prefill the prompts of Llama-layout models packed end to end in one "
+        "pass (no padding; the last layer stops at its keys/values); off: the model's own "
+        "forward over left-padded groups (used anyway for other models).",
     )
     max_num_seqs: int = Field(
         256, ge=1, description="Most sequences decoded together in one engine batch."

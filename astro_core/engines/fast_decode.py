@@ -12,10 +12,11 @@ input/post-attention norms (Llama, Mistral, Qwen2); other models take the model'
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+import torch.nn.functional as F
 
 from astro_core.engines.kv_slots import SlotCache
 
@@ -24,49 +25,154 @@ _LAYER_PARTS = {"self_attn", "mlp", "input_layernorm", "post_attention_layernorm
 _ATTENTION_PARTS = {"q_proj", "k_proj", "v_proj", "o_proj"}
 
 
-def fast_decoder(model: Any) -> FastDecoder | None:
-    """The lean decode step for this model, or None when its layout is another."""
+def llama_layout(model: Any) -> bool:
+    """Whether the model is made of the modules the lean steps call (and nothing else)."""
     inner = getattr(model, "model", None)
     layers = getattr(inner, "layers", None)
     if getattr(model.config, "model_type", None) not in MODEL_TYPES or layers is None:
-        return None
+        return False
     if getattr(model.config, "pretraining_tp", 1) != 1:
-        return None
+        return False
     for layer in layers:
         attention = getattr(layer, "self_attn", None)
         if set(dict(layer.named_children())) != _LAYER_PARTS or attention is None:
-            return None
+            return False
         if set(dict(attention.named_children())) != _ATTENTION_PARTS:
-            return None
-    if not all(hasattr(inner, part) for part in ("embed_tokens", "rotary_emb", "norm")):
-        return None
-    return FastDecoder(model)
+            return False
+    return all(hasattr(inner, part) for part in ("embed_tokens", "rotary_emb", "norm"))
+
+
+def fast_decoder(model: Any) -> FastDecoder | None:
+    """The lean decode step for this model, or None when its layout is another."""
+    return FastDecoder(model) if llama_layout(model) else None
 
 
 class FastDecoder:
+    """One decode step over the slot cache, in as few tensor operations as the layout allows.
+
+    Per layer: one projection for queries, keys and values together, one rotary embedding of
+    queries and keys together, fused RMS norms, one projection for the MLP's gate and up
+    halves. The fused projections' weights are single tensors that the model's own
+    q/k/v and gate/up weights become views of (no second copy; weights copied in place, as
+    a colocated trainer does, reach both).
+    """
+
     def __init__(self, model: Any) -> None:
         self.model = model
         self.inner = model.model
-        self.layers = list(self.inner.layers)
+        self.layers = [_LeanLayer(layer) for layer in self.inner.layers]
+        self.rope = _RopeTable(self.inner.rotary_emb)
 
     def __call__(
         self, cache: SlotCache, inputs: torch.Tensor, positions: torch.Tensor
     ) -> torch.Tensor:
         """Next-token logits [rows, vocab] after feeding each live row one token."""
         rows = inputs.shape[0]
-        hidden = self.inner.embed_tokens(inputs[:, None])  # [rows, 1, hidden]
-        cos, sin = self.inner.rotary_emb(hidden, positions[:, None])
+        hidden = self.inner.embed_tokens(inputs)  # [rows, hidden]
+        cos, sin = self.rope(hidden, positions)  # [rows, 1, head_dim]: broadcast over heads
         for index, layer in enumerate(self.layers):
-            attention = layer.self_attn
-            x = layer.input_layernorm(hidden)
-            shape = (rows, 1, -1, attention.head_dim)
-            query = attention.q_proj(x).view(shape).transpose(1, 2)
-            key = attention.k_proj(x).view(shape).transpose(1, 2)
-            value = attention.v_proj(x).view(shape).transpose(1, 2)
-            query, key = apply_rotary_pos_emb(query, key, cos, sin)
-            keys, values = cache.write(index, key, value)
-            out = cache.attend(query, keys, values, attention.scaling)  # [rows, 1, heads, dim]
-            hidden = hidden + attention.o_proj(out.reshape(rows, 1, -1))
-            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
-        logits: torch.Tensor = self.model.lm_head(self.inner.norm(hidden)[:, -1, :])
+            qkv = layer.qkv(_norm(layer.input_norm, hidden)).view(rows, -1, layer.head_dim)
+            rotated = qkv[:, : layer.heads + layer.kv_heads]  # queries and keys
+            rotated = (rotated * cos) + (rotate_half(rotated) * sin)
+            query = rotated[:, : layer.heads, None]  # [rows, heads, 1, head_dim]
+            key = rotated[:, layer.heads :, None]
+            value = qkv[:, layer.heads + layer.kv_heads :, None]
+            cache.write(index, key, value)
+            out = cache.attend(query, index, layer.scaling)  # [rows, 1, heads, dim]
+            hidden = hidden + layer.o_proj(out.reshape(rows, -1))
+            gate, up = layer.gate_up(_norm(layer.post_norm, hidden)).chunk(2, dim=-1)
+            hidden = hidden + layer.down_proj(layer.act(gate) * up)
+        logits: torch.Tensor = self.model.lm_head(_norm(self.inner.norm, hidden))
         return logits
+
+
+class _LeanLayer:
+    """A decoder layer's modules, with q/k/v and gate/up projections fused."""
+
+    def __init__(self, layer: Any) -> None:
+        attention, mlp = layer.self_attn, layer.mlp
+        self.head_dim = int(attention.head_dim)
+        self.heads = attention.q_proj.out_features // self.head_dim
+        self.kv_heads = attention.k_proj.out_features // self.head_dim
+        self.scaling = attention.scaling
+        self.input_norm, self.post_norm = layer.input_layernorm, layer.post_attention_layernorm
+        self.o_proj, self.down_proj, self.act = attention.o_proj, mlp.down_proj, mlp.act_fn
+        self.qkv = _fused([attention.q_proj, attention.k_proj, attention.v_proj])
+        self.gate_up = _fused([mlp.gate_proj, mlp.up_proj])
+
+
+class _Fused:
+    """Several linear projections of the same input as one (outputs concatenated)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        self.weight, self.bias = weight, bias
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+def _fused(linears: list[Any]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """One projection computing every linear's output (concatenated); the linears' weights
+    become views of its weight. Unusual linears (another class, some with a bias and some
+    without) are called one by one instead."""
+    plain = all(type(linear) is torch.nn.Linear for linear in linears)
+    with_bias = [linear.bias is not None for linear in linears]
+    if not plain or len(set(with_bias)) != 1:
+        return lambda x: torch.cat([linear(x) for linear in linears], dim=-1)
+    sizes = [linear.out_features for linear in linears]
+    with torch.no_grad():
+        weight = torch.cat([linear.weight.detach() for linear in linears])
+        for linear, part in zip(linears, torch.split(weight, sizes), strict=True):
+            linear.weight.data = part
+        bias = None
+        if with_bias[0]:
+            bias = torch.cat([linear.bias.detach() for linear in linears])
+            for linear, part in zip(linears, torch.split(bias, sizes), strict=True):
+                linear.bias.data = part
+    return _Fused(weight, bias)
+
+
+def _norm(norm: Any, x: torch.Tensor) -> torch.Tensor:
+    """An RMS norm as one fused operation (the same values as Llama's RMSNorm module,
+    which upcasts, squares, averages, scales and multiplies step by step); other norms as
+    they are."""
+    eps = getattr(norm, "variance_epsilon", None)
+    if eps is None or x.dtype != torch.float32 or not type(norm).__name__.endswith("RMSNorm"):
+        return norm(x)  # type: ignore[no-any-return]
+    return F.rms_norm(x, norm.weight.shape, norm.weight, eps)
+
+
+class _RopeTable:
+    """cos/sin of the rotary embedding per position, computed once by the model's own
+    rotary module and looked up by position (a step would otherwise recompute them);
+    rotary types that depend on the sequence length are computed every step."""
+
+    def __init__(self, rotary: Any) -> None:
+        self.rotary = rotary
+        self.static = getattr(rotary, "rope_type", "default") in _STATIC_ROPE
+        self.cos: torch.Tensor | None = None
+        self.sin: torch.Tensor | None = None
+
+    def __call__(
+        self, hidden: torch.Tensor, positions: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.static:
+            cos, sin = self.rotary(hidden, positions[:, None])  # [rows, 1, head_dim]
+            return cos, sin
+        needed = int(positions.max()) + 1
+        if self.cos is None or self.cos.shape[0] < needed or self.cos.dtype != hidden.dtype:
+            size = max(needed, 2 * (self.cos.shape[0] if self.cos is not None else 256))
+            every = torch.arange(size, device=hidden.device)[None]
+            cos, sin = self.rotary(hidden, every)
+            self.cos, self.sin = cos[0], sin[0]  # [positions, head_dim]
+        assert self.sin is not None
+        return self.cos[positions][:, None], self.sin[positions][:, None]
+
+
+_STATIC_ROPE = {"default", "linear", "llama3"}
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """The rotary embedding's half rotation, as transformers' Llama computes it."""
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)

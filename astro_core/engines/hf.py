@@ -39,8 +39,14 @@ from astro_core.engines.base import (
 )
 from astro_core.engines.config import EngineConfig
 from astro_core.engines.fast_decode import fast_decoder
+from astro_core.engines.fast_prefill import packed_prefill
 from astro_core.engines.hf_batch import ContinuousBatch, Row
-from astro_core.engines.kv_slots import SlotCache, check_full_attention, use_slot_attention
+from astro_core.engines.kv_slots import (
+    GROUPS,
+    SlotCache,
+    check_full_attention,
+    use_slot_attention,
+)
 from astro_core.engines.prefix_cache import BLOCK, LayerKV, PrefixCache
 from astro_core.models.tiny import load_model
 from astro_core.protocols import Completion
@@ -100,6 +106,7 @@ class HFEngine(EngineBase):
         self.prefix_cache = prefix_cache_of(config, self.model.config, self.dtype)
         self._decode = self._decoder()
         self._fast = fast_decoder(self.model) if config.fast_decode else None
+        self._packed = packed_prefill(self.model) if config.fast_prefill else None
         # A drained batch's slot cache, kept for the next batch: allocating (and zeroing)
         # large buffers anew for every call would cost more than small calls themselves.
         self._spare_cache: SlotCache | None = None
@@ -128,7 +135,7 @@ class HFEngine(EngineBase):
 
     def give_back(self, cache: SlotCache) -> None:
         """A drained batch's cache becomes the spare."""
-        cache.set_members([[], []])
+        cache.set_members([[] for _ in GROUPS])
         with self._spare_lock:
             self._spare_cache = cache
 
@@ -167,8 +174,12 @@ class HFEngine(EngineBase):
         cache) prefills only the rest, together with the prompts extending the same cached
         prefix (a node's children). The others are prefilled in groups of similar length,
         so that one long prompt does not pad every other to its length (prefill cost grows
-        with the padded size). Every prefilled prompt is kept in the prefix cache.
+        with the padded size), or, for Llama-layout models, packed end to end in one pass
+        with no padding at all (fast_prefill.py). Every prefilled prompt is kept in the
+        prefix cache.
         """
+        if self._packed is not None:
+            return self._prefill_packed(prompts)
         prefilled: list[tuple[LayerKV, dict[Tokens, int]]] = []
         fresh = []
         extend: dict[tuple[int, int], tuple[LayerKV, int, list[Tokens]]] = {}
@@ -216,6 +227,25 @@ class HFEngine(EngineBase):
                         for k, v in layers
                     ]
                     self.prefix_cache.store(prompt, own)
+        return prefilled
+
+    def _prefill_packed(
+        self, prompts: list[tuple[int, ...]]
+    ) -> list[tuple[LayerKV, dict[Tokens, int]]]:
+        """`prefill` for Llama-layout models: every prompt in one packed pass
+        (fast_prefill.py), each computing only what follows its cached prefix."""
+        assert self._packed is not None
+        prefixes = []
+        for prompt in prompts:
+            hit = self.prefix_cache.lookup(prompt) if self.prefix_cache is not None else None
+            prefixes.append(hit if hit is not None and hit[1] >= MIN_REUSE else None)
+        prefilled = []
+        for prompt, prefix, layers in zip(
+            prompts, prefixes, self._packed(prompts, self.device, prefixes), strict=True
+        ):
+            prefilled.append((layers, {prompt: 0}))
+            if self.prefix_cache is not None and (prefix is None or prefix[1] < len(prompt)):
+                self.prefix_cache.store(prompt, [(k.clone(), v.clone()) for k, v in layers])
         return prefilled
 
     def _extend(self, cached: LayerKV, length: int, prompts: list[Tokens]) -> list[LayerKV]:
@@ -289,8 +319,9 @@ class HFEngine(EngineBase):
     def sample(self, logits: torch.Tensor, rows: list[Row]) -> None:
         """Pick each row's next token; record it and its raw log-probability on the row."""
         logits = logits.float()
-        tokens = logits.argmax(-1)
         drawn = [k for k, row in enumerate(rows) if row.params.temperature > 0]
+        # greedy rows take the argmax (skipped when every row samples)
+        tokens = logits.argmax(-1) if len(drawn) < len(rows) else torch.empty(0)
         if drawn:
             every = len(drawn) == len(rows)
             index = torch.tensor(drawn, device=logits.device)

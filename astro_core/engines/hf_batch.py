@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from astro_core.engines.base import GenerationRequest, SamplingParams, Ticket, derive_seed
-from astro_core.engines.kv_slots import SlotCache, pick_group
+from astro_core.engines.kv_slots import GROUPS, SlotCache, pick_group
 from astro_core.protocols import FinishReason
 
 if TYPE_CHECKING:
@@ -50,21 +50,21 @@ class Row:
 class ContinuousBatch:
     """The hf engine's RunningBatch: rows join between steps and leave when done.
 
-    Decoding rows are kept in the cache's two groups (kv_slots.py): `groups[g][k]` decodes
-    in slot `cache.slot(g, k)`.
+    Decoding rows are kept in the cache's length groups (kv_slots.py): `groups[g][k]`
+    decodes in slot `k` of group `g`.
     """
 
     def __init__(self, engine: HFEngine, capacity: int) -> None:
         self.engine = engine
         self.capacity = max(1, min(capacity, engine.max_num_seqs))
         self._cache: SlotCache | None = None  # taken from the engine while rows decode
-        self.groups: tuple[list[Row], list[Row]] = ([], [])
+        self.groups: list[list[Row]] = [[] for _ in GROUPS]
         self.waiting: deque[Row] = deque()
         self.tickets: dict[int, Ticket] = {}  # unfinished requests, by id
 
     @property
     def decoding(self) -> int:
-        return len(self.groups[0]) + len(self.groups[1])
+        return sum(map(len, self.groups))
 
     @property
     def cache(self) -> SlotCache:
@@ -107,10 +107,9 @@ class ContinuousBatch:
             self._release()
             return done
         self.cache.reserve([len(rows) for rows in self.groups], 0)  # a free column
-        # Batch order: each group's rows in slot order (group 1 fills slots downwards).
-        in_slot_order = (self.groups[0], self.groups[1][::-1])
-        logits = self.engine.forward_step(self.cache, in_slot_order)
-        order = [row for rows in in_slot_order for row in rows]
+        # Batch order: each group's rows in slot order.
+        logits = self.engine.forward_step(self.cache, self.groups)
+        order = [row for rows in self.groups for row in rows]
         for row in order:
             row.cached += 1
         self.engine.sample(logits, order)
@@ -168,16 +167,19 @@ class ContinuousBatch:
         for g, row in zip((g for g, _ in joins), new, strict=True):
             self.groups[g].append(row)
         self.cache.set_members([[r.cached for r in rows] for rows in self.groups])
-        slot_of = {id(row): self.cache.slot(g, k) for row, (g, k) in zip(new, joins, strict=True)}
+        slot_of = {id(row): join for row, join in zip(new, joins, strict=True)}
         for layers, position in prefilled:
-            members = [
-                (slot_of[id(r)], position[r.prompt_ids[:-1]])
-                for r in new
-                if r.prompt_ids[:-1] in position
-            ]
-            slots = torch.tensor([slot for slot, _ in members], device=self.engine.device)
-            rows = torch.tensor([row for _, row in members], device=self.engine.device)
-            self.cache.place(slots, layers, rows)
+            for g in GROUPS:
+                members = [
+                    (slot_of[id(r)][1], position[r.prompt_ids[:-1]])
+                    for r in new
+                    if slot_of[id(r)][0] == g and r.prompt_ids[:-1] in position
+                ]
+                if not members:
+                    continue
+                slots = torch.tensor([slot for slot, _ in members], device=self.engine.device)
+                rows = torch.tensor([row for _, row in members], device=self.engine.device)
+                self.cache.place(g, slots, layers, rows)
 
     def _remove(self, group: int, ended: list[int]) -> None:
         """Free the slots of group members `ended`: the group's last members move in."""

@@ -346,12 +346,12 @@ def test_a_drained_batch_leaves_its_cache_to_the_next(tiny_model_dir: Path) -> N
     first = GenerationRequest(tuple(JOIN_PROMPTS), SamplingParams(n=2, max_tokens=20, seed=3))
     engine.generate_batch([first])
     spare = engine._spare_cache
-    assert spare is not None and spare.keys
-    buffers = [k.data_ptr() for k in spare.keys]
+    assert spare is not None and spare.buffers()
+    buffers = [k.data_ptr() for k in spare.buffers()]
     small = GenerationRequest((PROMPTS[1], "1"), SamplingParams(n=3, max_tokens=8, seed=4))
     [again] = engine.generate_batch([small])
     assert engine._spare_cache is spare
-    assert [k.data_ptr() for k in spare.keys] == buffers  # no new buffers
+    assert [k.data_ptr() for k in spare.buffers()] == buffers  # no new buffers
     fresh = HFEngine(EngineConfig(model_path=str(tiny_model_dir)))
     assert_same(again, fresh.generate_batch([small])[0])
 
@@ -372,3 +372,109 @@ def test_lean_decode_step_matches_the_model_forward(tiny_model_dir: Path) -> Non
     # A layer with one more part (say, Qwen3's query/key norms) is not the Llama layout.
     plain.model.model.layers[0].self_attn.q_norm = torch.nn.Identity()
     assert fast_decoder(plain.model) is None
+
+
+def test_packed_prefill_matches_the_model_forward(tiny_model_dir: Path) -> None:
+    """Prompts of different lengths prefilled packed end to end in one pass (fast_prefill.py,
+    the last layer stopping at its keys/values) decode to the same tokens and
+    log-probabilities as prefilled through the model's forward in left-padded groups; a
+    call longer than one pass is split into passes."""
+    from astro_core.engines import fast_prefill
+
+    packed = HFEngine(
+        EngineConfig(model_path=str(tiny_model_dir), dtype="float32", enable_prefix_caching=False)
+    )
+    padded = HFEngine(
+        EngineConfig(
+            model_path=str(tiny_model_dir),
+            dtype="float32",
+            fast_prefill=False,
+            enable_prefix_caching=False,
+        )
+    )
+    assert packed._packed is not None and padded._packed is None
+    request = GenerationRequest(
+        tuple(JOIN_PROMPTS), SamplingParams(n=2, max_tokens=16, seed=5, logprobs=True)
+    )
+    expected = padded.generate_batch([request])[0]
+    assert_same(packed.generate_batch([request])[0], expected, 1e-5)
+    lengths = [len(ids) for ids in packed.encode_request(request)]
+    assert max(lengths) > 100 and min(lengths) < 5  # lengths a padded batch would waste on
+    original = fast_prefill.PASS_TOKENS
+    fast_prefill.PASS_TOKENS = 100  # every prompt over 100 tokens alone, the rest together
+    try:
+        items = [fast_prefill._Item(tuple(range(n)), None) for n in lengths]
+        passes = list(fast_prefill._passes(items))
+        assert len(passes) > 2 and sum(map(len, passes)) == len(lengths)
+        assert all(sum(len(i.rest) for i in p) <= 100 or len(p) == 1 for p in passes)
+        assert_same(packed.generate_batch([request])[0], expected, 1e-5)
+    finally:
+        fast_prefill.PASS_TOKENS = original
+
+
+def test_weights_copied_in_place_reach_the_lean_step(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The lean step's fused q/k/v and gate/up projections share the model's weights: a
+    colocated trainer's in-place copy (policy_sync.copy_weights) is what the engine then
+    decodes with, exactly as an engine loaded with those weights."""
+    from astro_core.training.policy_sync import copy_weights
+
+    other_dir = build_tiny_model(tmp_path / "other", TinyModelSpec(seed=1))
+    engine = HFEngine(EngineConfig(model_path=str(tiny_model_dir), dtype="float32"))
+    other = HFEngine(EngineConfig(model_path=str(other_dir), dtype="float32"))
+    request = GenerationRequest(
+        tuple(PROMPTS), SamplingParams(n=2, max_tokens=12, seed=8, logprobs=True)
+    )
+    before = engine.generate_batch([request])[0]
+    copy_weights(engine.model, list(other.model.state_dict().items()))
+    after = engine.generate_batch([request])[0]
+    assert texts(after) != texts(before)
+    expected = other.generate_batch([request])[0]
+    assert_same(
+        [replace(c, model_version="") for c in after],
+        [replace(c, model_version="") for c in expected],
+        1e-5,
+    )
+
+
+def test_rows_of_different_lengths_decode_in_their_own_length_groups(
+    tiny_model_dir: Path,
+) -> None:
+    """Rows of very different prompt lengths spread over the cache's length groups (each
+    attending over its own window, not the longest row's) and decode exactly as alone."""
+    # fp32: bf16 on a GPU rounds differently for different batch shapes
+    engine = HFEngine(EngineConfig(model_path=str(tiny_model_dir), dtype="float32"))
+    prompts = ["1", "x = 2. " * 6, "x = 2. " * 25, "a" * 300]
+    requests = [
+        GenerationRequest((p,), SamplingParams(n=2, max_tokens=10, seed=i, logprobs=True))
+        for i, p in enumerate(prompts)
+    ]
+    batch = engine.start_batch(16)
+    tickets = [batch.add(r) for r in requests]
+    batch.step()
+    cache = batch.cache
+    assert sum(1 for n in cache.live if n) >= 3
+    read = sum(n * (cache.window(g) + 1) for g, n in enumerate(cache.live))
+    longest = max(cache.window(g) for g in range(len(cache.live)))
+    assert read < 0.6 * sum(cache.live) * (longest + 1)  # one window would read every row
+    while batch.rows:
+        batch.step()
+    for request, ticket in zip(requests, tickets, strict=True):
+        assert_same(ticket.results(), engine.generate_batch([request])[0])
+
+
+def test_rotary_table_grows_and_matches_the_model(tiny_model_dir: Path) -> None:
+    """The lean step looks rotary cos/sin up per position from a table that grows with the
+    positions asked for; the values are the model's rotary embedding's."""
+    from astro_core.engines.fast_decode import _RopeTable
+
+    model, _ = load_model(tiny_model_dir)
+    rotary = model.model.rotary_emb
+    table = _RopeTable(rotary)
+    assert table.static
+    hidden = torch.zeros(3, model.config.hidden_size)
+    for positions in ([0, 7, 300], [5, 2000, 4096]):
+        index = torch.tensor(positions)
+        cos, sin = table(hidden, index)
+        expected_cos, expected_sin = rotary(hidden, index[:, None])
+        assert torch.equal(cos, expected_cos) and torch.equal(sin, expected_sin)
+    assert table.cos is not None and table.cos.shape[0] > 4096

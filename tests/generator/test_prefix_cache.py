@@ -52,10 +52,17 @@ def test_least_recently_used_entries_leave_within_the_budget() -> None:
     assert len(cache) == 3
 
 
-@pytest.fixture(scope="module")
-def engines(tiny_model_dir: Path) -> tuple[HFEngine, HFEngine]:
-    with_cache = HFEngine(EngineConfig(model_path=str(tiny_model_dir)))
-    without = HFEngine(EngineConfig(model_path=str(tiny_model_dir), enable_prefix_caching=False))
+@pytest.fixture(scope="module", params=["packed", "padded"])
+def engines(request: pytest.FixtureRequest, tiny_model_dir: Path) -> tuple[HFEngine, HFEngine]:
+    """With and without the prefix cache; prefilling packed (fast_prefill.py: a cached
+    prefix's keys/values are read by the rest's attention) or through the model's forward."""
+    packed = request.param == "packed"
+    path = str(tiny_model_dir)
+    with_cache = HFEngine(EngineConfig(model_path=path, fast_prefill=packed))
+    without = HFEngine(
+        EngineConfig(model_path=path, fast_prefill=packed, enable_prefix_caching=False)
+    )
+    assert (with_cache._packed is not None) == packed
     assert with_cache.prefix_cache is not None and without.prefix_cache is None
     return with_cache, without
 
@@ -91,13 +98,18 @@ def test_search_like_prompts_reuse_prefixes_and_generate_the_same(
 
 def test_rows_of_very_different_lengths_get_their_own_attention_window() -> None:
     """A new row joins the group where it adds the least attention work (members x the
-    longest member): long prompts do not make every short row attend over their length."""
-    from astro_core.engines.kv_slots import pick_group
+    longest member): long prompts do not make every short row attend over their length,
+    and rows of similar length share a window."""
+    from astro_core.engines.kv_slots import GROUPS, pick_group
 
-    groups: list[list[int]] = [[], []]
-    for length in [100, 90, 600, 120, 95, 580, 110, 105, 20, 630]:
+    groups: list[list[int]] = [[] for _ in GROUPS]
+    for length in [100, 600, 300, 20, 90, 580, 120, 95, 280, 630, 110, 25, 105, 310]:
         groups[pick_group(groups, length)].append(length)
-    short, long = sorted(groups, key=max)
-    assert sorted(long) == [580, 600, 630] and max(short) == 120
+    assert sorted(map(sorted, groups)) == [
+        [20, 25],
+        [90, 95, 100, 105, 110, 120],
+        [280, 300, 310],
+        [580, 600, 630],
+    ]
     work = sum(len(g) * max(g) for g in groups)
-    assert work == 7 * 120 + 3 * 630  # vs 10 * 630 with one window
+    assert work == 2 * 25 + 6 * 120 + 3 * 310 + 3 * 630  # vs 14 * 630 with one window

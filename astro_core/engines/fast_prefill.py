@@ -1,0 +1,161 @@
+"""Prefill for Llama-layout models: several prompts in one pass, packed end to end.
+
+The model's own forward prefills a group of prompts as a left-padded batch: every prompt
+pays for the longest one's length, transformers builds a padding mask of batch x length x
+length, and the pass computes what prefill never uses (the last layer's queries, attention,
+output projection and MLP: only its keys and values are kept, since a prompt's last token
+is fed by the next decode step). Here the prompts' tokens are laid end to end in one
+sequence: the projections and MLPs run once over all tokens with no padding, attention runs
+per prompt (causal, no mask), and the last layer stops after its keys and values.
+Same modules, same order as the model's forward (fast_decode.py checks the layout); the
+results agree with it up to float rounding (tests/generator/test_engines.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from astro_core.engines.fast_decode import llama_layout, rotate_half
+
+LayerKV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer ([1, kv_heads, n, head_dim] x 2)
+
+# Tokens in one pass: bounds the activations ([tokens, intermediate] per MLP) of big calls.
+PASS_TOKENS = 8192
+
+
+def packed_prefill(model: Any) -> PackedPrefill | None:
+    """The packed prefill for this model, or None when its layout is another."""
+    return PackedPrefill(model) if llama_layout(model) else None
+
+
+class PackedPrefill:
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.inner = model.model
+        self.layers = list(self.inner.layers)
+
+    def __call__(
+        self,
+        prompts: Sequence[Sequence[int]],
+        device: str,
+        prefixes: Sequence[Prefix | None] | None = None,
+    ) -> list[LayerKV]:
+        """Each prompt's keys and values per layer ([1, kv_heads, len, head_dim]).
+
+        `prefixes[i]`, when given, holds the keys/values of prompt i's first tokens (from
+        the prefix cache) and how many tokens they cover: only the rest is computed, its
+        attention reading the prefix's keys/values.
+        """
+        items = [
+            _Item(prompt, prefixes[i] if prefixes else None) for i, prompt in enumerate(prompts)
+        ]
+        for chunk in _passes(items):
+            self._pass(chunk, device)
+        return [item.result() for item in items]
+
+    def _pass(self, items: Sequence[_Item], device: str) -> None:
+        ids = torch.tensor([t for item in items for t in item.rest], device=device)
+        positions = torch.tensor(
+            [i for item in items for i in range(item.done, len(item.prompt))], device=device
+        )
+        bounds, start = [], 0
+        for item in items:
+            bounds.append((start, start + len(item.rest)))
+            start += len(item.rest)
+        tokens = len(ids)
+        hidden = self.inner.embed_tokens(ids[None])  # [1, tokens, hidden]
+        cos, sin = self.inner.rotary_emb(hidden, positions[None])
+        cos, sin = cos[:, None], sin[:, None]  # broadcast over heads
+        kept: LayerKV = []
+        last = len(self.layers) - 1
+        for index, layer in enumerate(self.layers):
+            attention = layer.self_attn
+            x = layer.input_layernorm(hidden)
+            shape = (1, tokens, -1, attention.head_dim)
+            key = attention.k_proj(x).view(shape).transpose(1, 2)
+            key = (key * cos) + (rotate_half(key) * sin)
+            value = attention.v_proj(x).view(shape).transpose(1, 2)
+            kept.append((key, value))
+            if index == last:  # nothing after the last layer's keys/values is used
+                break
+            query = attention.q_proj(x).view(shape).transpose(1, 2)
+            query = (query * cos) + (rotate_half(query) * sin)
+            out = torch.empty_like(query)  # [1, heads, tokens, head_dim]
+            for item, (begin, end) in zip(items, bounds, strict=True):
+                keys, values, mask = item.context(
+                    index, key[:, :, begin:end], value[:, :, begin:end]
+                )
+                out[:, :, begin:end] = F.scaled_dot_product_attention(
+                    query[:, :, begin:end],
+                    keys,
+                    values,
+                    attn_mask=mask,
+                    is_causal=mask is None,
+                    scale=attention.scaling,
+                    enable_gqa=True,
+                )
+            hidden = hidden + attention.o_proj(out.transpose(1, 2).reshape(1, tokens, -1))
+            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        for item, (begin, end) in zip(items, bounds, strict=True):
+            item.computed = [(k[:, :, begin:end], v[:, :, begin:end]) for k, v in kept]
+
+
+Prefix = tuple[LayerKV, int]  # keys/values of a prompt's first tokens, and how many
+
+
+class _Item:
+    """One prompt of a packed prefill: the tokens to compute after its cached prefix."""
+
+    def __init__(self, prompt: Sequence[int], prefix: Prefix | None) -> None:
+        self.prompt = prompt
+        self.prefix: LayerKV | None = prefix[0] if prefix is not None else None
+        self.done = prefix[1] if prefix is not None else 0
+        self.rest = prompt[self.done :]
+        self.computed: LayerKV = []
+
+    def context(
+        self, layer: int, key: torch.Tensor, value: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """What this prompt's new tokens attend to at a layer: the prefix and themselves,
+        causally (a mask when there is a prefix: sdpa's causal flag aligns to the top left)."""
+        if self.prefix is None:
+            return key, value, None
+        old_keys, old_values = self.prefix[layer]
+        new = key.shape[2]
+        mask = torch.ones(new, self.done + new, dtype=torch.bool, device=key.device)
+        return (
+            torch.cat([old_keys, key], dim=2),
+            torch.cat([old_values, value], dim=2),
+            mask.tril(diagonal=self.done),
+        )
+
+    def result(self) -> LayerKV:
+        if self.prefix is None:
+            return self.computed
+        if not self.rest:  # the prompt is its cached prefix
+            return self.prefix
+        return [
+            (torch.cat([k0, k], dim=2), torch.cat([v0, v], dim=2))
+            for (k0, v0), (k, v) in zip(self.prefix, self.computed, strict=True)
+        ]
+
+
+def _passes(items: Sequence[_Item]) -> Iterator[Sequence[_Item]]:
+    """Consecutive runs of prompts with at most PASS_TOKENS tokens to compute (a longer
+    prompt alone); prompts that are all cached need no pass."""
+    run: list[_Item] = []
+    tokens = 0
+    for item in items:
+        if not item.rest:
+            continue
+        if run and tokens + len(item.rest) > PASS_TOKENS:
+            yield run
+            run, tokens = [], 0
+        run.append(item)
+        tokens += len(item.rest)
+    if run:
+        yield run
