@@ -293,7 +293,12 @@ class SlotCache(Cache):
             n = self.live[g]
             if n:
                 window = self.window(g)
-                self.masks[g] = mask[start : start + n, longest - window :][:, None, None, :]
+                group_mask = mask[start : start + n, longest - window :]
+                if torch.device(self.device).type != "cpu":
+                    # CUDA's fused attention kernels need aligned strides, which a slice of
+                    # the shared mask does not have (cuDNN fails with "misaligned address").
+                    group_mask = group_mask.contiguous()
+                self.masks[g] = group_mask[:, None, None, :]
                 start += n
 
     def attend(self, query: torch.Tensor, layer: int, scaling: Any) -> torch.Tensor:
@@ -308,6 +313,8 @@ class SlotCache(Cache):
             # One query token: the query heads sharing a key/value head become that head's
             # queries, so keys and values are not repeated per query head (GQA).
             q = query[start : start + n].reshape(n, self.kv_heads, heads // self.kv_heads, dim)
+            if q.device.type != "cpu":
+                q = q.contiguous()  # a view into the fused q/k/v output; see the mask above
             out = F.scaled_dot_product_attention(
                 q,
                 self.keys[g][layer][:n, :, window],
