@@ -19,7 +19,7 @@ RUN_LINE = re.compile(r"^\[3/4\] run (\S+) from (\S+):", re.MULTILINE)
 PRODUCT = re.compile(r"x \* \(x \+ (\d+)\) = (\d+)\.")
 
 
-def astro_demo(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def astro_demo(*args: str, timeout: float = 840) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "astro_cli.main", "demo", *args],
         capture_output=True,
@@ -41,6 +41,7 @@ def problem_key(text: str) -> tuple[int, int]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # about 2 minutes on 2 idle cores; far more on a shared machine
 def test_the_tiny_demo_runs_every_stage_through_the_runs_service(tmp_path: Path) -> None:
     import redis
 
@@ -151,3 +152,28 @@ def test_family_answers_are_exact_by_an_independent_evaluator() -> None:
         assert right.correct
         for wrong in (roots[0] - 1, roots[0] + 1):
             assert not check(VerifyItem(f"\\boxed{{{wrong}}}", problem.answer)).correct
+
+
+def test_each_recipe_is_a_valid_run_on_disjoint_data() -> None:
+    """Every section parses with its stage's config class; the run has every stage; it
+    searches problems the warm start solved and evaluates on the held-out split only."""
+    from astro_core.models.warm_start import warmup_problem_ids
+    from astro_core.pipeline import plan
+    from astro_core.pipeline.demo_recipe import DEMO_PRESETS
+    from astro_core.pipeline.sections import parse_section
+    from astro_core.synthetic import parse_synth_spec
+
+    for recipe in DEMO_PRESETS.values():
+        spec = recipe.run_spec("demo-warm-start:1")
+        for stage, raw in spec.config.items():
+            parse_section(stage, raw)
+        assert [s.name for s in plan(spec)] == [
+            "search", "clone", "sft", "select_prompts", "grpo", "eval", "report",
+        ]  # fmt: skip
+        searched = parse_synth_spec(spec.problems_path)
+        assert searched.split == "train"
+        assert {p.id for p in searched.problems()} <= set(warmup_problem_ids(recipe.warm_start))
+        heldout = recipe.heldout_problems()
+        assert [parse_synth_spec(b).split for b in spec.eval_benchmarks] == ["heldout"]
+        assert len(heldout) == recipe.heldout_problems_n
+        assert all(p.metadata["split"] == "heldout" for p in heldout)

@@ -40,7 +40,7 @@ class WarmStartConfig(BaseModel):
         112, ge=1, description="Train problems solved in the records (capped by the split)."
     )
     problems_seed: int = Field(0, ge=0, description="Seed of the draw of those problems.")
-    copies: int = Field(8, ge=1, le=1000, description="Noisy solutions per problem (and fact).")
+    copies: int = Field(6, ge=1, le=1000, description="Noisy solutions per problem (and fact).")
     noise: float = Field(
         0.15, ge=0, le=1, description="Share of solutions whose guess is wrong yet stated right."
     )
@@ -53,7 +53,7 @@ class WarmStartConfig(BaseModel):
     num_attention_heads: int = Field(4, ge=1, description="Attention heads (KV heads: half).")
     intermediate_size: int = Field(512, ge=8, description="Width of the MLP.")
     # -- SFT -------------------------------------------------------------------------------
-    max_steps: int = Field(300, ge=1, description="SFT optimizer steps.")
+    max_steps: int = Field(150, ge=1, description="SFT optimizer steps.")
     learning_rate: float = Field(3e-3, gt=0, le=1, description="Peak learning rate (cosine).")
     batch_size: int = Field(32, ge=1, description="Sequences per optimizer step.")
     max_length: int = Field(256, ge=16, description="Longest record in tokens.")

@@ -74,12 +74,13 @@ DEMO_PRESETS: dict[str, DemoPreset] = {
     "demo": DemoPreset(
         warm_start=warm_start_preset("demo"),
         search_problems=32,
-        heldout_problems_n=28,
+        heldout_problems_n=28,  # the whole held-out split
         sections={
+            # A solution is two steps (a try, an answer): shallow trees, a few wide iterations.
             "search": {
                 "k": 4,
-                "rollouts": 4,
-                "iterations": 6,
+                "rollouts": 2,
+                "iterations": 5,
                 "max_depth": 3,
                 "max_step_tokens": 48,
                 "max_solution_tokens": 96,
@@ -91,23 +92,23 @@ DEMO_PRESETS: dict[str, DemoPreset] = {
             "sft": {
                 "preset": "cpu",
                 "max_length": 512,
-                "max_steps": 60,
+                "max_steps": 30,
                 "per_device_train_batch_size": 16,
                 "save_steps": 0,
             },  # fmt: skip
-            "select_prompts": {"num_samples": 8, "max_completion_length": 256},
+            "select_prompts": {"num_samples": 8, "max_completion_length": 192},
             "grpo": {
                 "preset": "cpu",
                 "policy_sync": "colocate",
                 "max_steps": 20,
                 "save_steps": 0,
-                "max_completion_length": 256,
+                "max_completion_length": 192,
             },  # fmt: skip
             "eval": {
                 "preset": "cpu",
                 "limit": None,
                 "n": 4,
-                "max_tokens": 256,
+                "max_tokens": 192,
                 "pass_k": [1, 4],
             },  # fmt: skip
             "report": {"title": "astro demo"},
