@@ -40,15 +40,24 @@ def problem_key(text: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    """One `astro demo --preset tiny` (its folder and result), shared by the tests below."""
+    folder = tmp_path_factory.mktemp("demo")
+    return folder, astro_demo("--preset", "tiny", "--data-dir", str(folder))
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)  # about 2 minutes on 2 idle cores; far more on a shared machine
-def test_the_tiny_demo_runs_every_stage_through_the_runs_service(tmp_path: Path) -> None:
+def test_the_tiny_demo_runs_every_stage_through_the_runs_service(
+    tiny_demo: tuple[Path, Any],
+) -> None:
     import redis
 
     from services.coordinator.runs.store import RunStore
     from services.runtime.redis_store import connect_redis
 
-    result = astro_demo("--preset", "tiny", "--data-dir", str(tmp_path))
+    tmp_path, result = tiny_demo
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
     match = RUN_LINE.search(out)
@@ -120,6 +129,49 @@ def test_the_tiny_demo_runs_every_stage_through_the_runs_service(tmp_path: Path)
     ]
     assert len(trained_on) > len(warm) // 2
     assert not heldout & {problem_key(text) for text in trained_on}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_ctrl_c_stops_every_service_and_child(tiny_demo: tuple[Path, Any]) -> None:
+    """Ctrl-C while the run goes: exit 130, and no service or trainer process is left.
+    (The same folder: the warm start is reused, so this goes straight to the platform.)"""
+    import signal
+    import time
+
+    import psutil
+
+    folder, _ = tiny_demo
+    process = subprocess.Popen(
+        [sys.executable, "-m", "astro_cli.main", "demo", "--preset", "tiny",
+         "--data-dir", str(folder)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    assert process.stdout is not None
+    seen: list[psutil.Process] = []
+    try:
+        for line in process.stdout:
+            if line.startswith("[3/4] run "):
+                break
+        time.sleep(3)  # the search stage is under way
+        seen = psutil.Process(process.pid).children(recursive=True)
+        assert {"generator", "coordinator"} <= {_service(p) for p in seen}
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=120) == 130
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    _, alive = psutil.wait_procs(seen, timeout=10)
+    assert not alive, alive
+
+
+def _service(process: Any) -> str:
+    try:
+        command = process.cmdline()
+    except Exception:  # it ended meanwhile
+        return ""
+    return command[command.index("serve") + 1] if "serve" in command else ""
 
 
 def test_bad_options_exit_2_before_anything_starts(tmp_path: Path) -> None:

@@ -139,7 +139,9 @@ def _run(directory: Path, recipe: DemoPreset, addresses: dict[str, Any], model_d
 
     with RegistryClient(addresses["registry"]["address"]) as registry:
         base = registry.register(BASE_MODEL_NAME, model_dir, stage="base", aliases=["demo"])
-    spec = recipe.run_spec(base.ref)
+    spec = recipe.run_spec(
+        base.ref, name=f"x(x + b) = c, {recipe.search_problems} problems searched"
+    )
     with RunsClient(addresses["coordinator"]["address"]) as client:
         status = client.start(spec, client_request_id=uuid.uuid4().hex)
         _say(

@@ -53,9 +53,9 @@ class WarmStartConfig(BaseModel):
     num_attention_heads: int = Field(4, ge=1, description="Attention heads (KV heads: half).")
     intermediate_size: int = Field(512, ge=8, description="Width of the MLP.")
     # -- SFT -------------------------------------------------------------------------------
-    max_steps: int = Field(150, ge=1, description="SFT optimizer steps.")
+    max_steps: int = Field(300, ge=1, description="SFT optimizer steps.")
     learning_rate: float = Field(3e-3, gt=0, le=1, description="Peak learning rate (cosine).")
-    batch_size: int = Field(32, ge=1, description="Sequences per optimizer step.")
+    batch_size: int = Field(16, ge=1, description="Sequences per optimizer step.")
     max_length: int = Field(256, ge=16, description="Longest record in tokens.")
     seed: int = Field(0, ge=0, description="Seed of the model's initialisation and of SFT.")
 
@@ -141,6 +141,8 @@ def warm_start_model(out_dir: Path, config: WarmStartConfig) -> Path:
         max_length=config.max_length,
         per_device_train_batch_size=config.batch_size,
         packing=True,
+        # The prompt's numbers are random: learning to predict them only adds noise.
+        assistant_only_loss=True,
         max_steps=config.max_steps,
         save_steps=0,
         logging_steps=max(1, config.max_steps // 10),

@@ -84,33 +84,33 @@ DEMO_PRESETS: dict[str, DemoPreset] = {
                 "max_depth": 3,
                 "max_step_tokens": 48,
                 "max_solution_tokens": 96,
-                "temperature": 1.0,
-                "top_p": 1.0,
+                "temperature": 0.8,
+                "top_p": 0.95,
                 "parallel_selections": 2,
-            },  # fmt: skip
+            },
             "clone": _CLONE,
             "sft": {
                 "preset": "cpu",
                 "max_length": 512,
-                "max_steps": 30,
+                "max_steps": 40,
                 "per_device_train_batch_size": 16,
                 "save_steps": 0,
-            },  # fmt: skip
+            },
             "select_prompts": {"num_samples": 8, "max_completion_length": 192},
             "grpo": {
                 "preset": "cpu",
                 "policy_sync": "colocate",
-                "max_steps": 20,
+                "max_steps": 16,
                 "save_steps": 0,
                 "max_completion_length": 192,
-            },  # fmt: skip
+            },
             "eval": {
                 "preset": "cpu",
                 "limit": None,
                 "n": 4,
                 "max_tokens": 192,
                 "pass_k": [1, 4],
-            },  # fmt: skip
+            },
             "report": {"title": "astro demo"},
         },
     ),
@@ -130,7 +130,7 @@ DEMO_PRESETS: dict[str, DemoPreset] = {
                 "max_solution_tokens": 96,
                 "temperature": 1.0,
                 "top_p": 1.0,
-            },  # fmt: skip
+            },
             "clone": _CLONE,
             "sft": {"preset": "cpu", "max_length": 256, "max_steps": 4, "save_steps": 0},
             "select_prompts": {"num_samples": 8, "max_completion_length": 48},
@@ -141,7 +141,7 @@ DEMO_PRESETS: dict[str, DemoPreset] = {
                 "save_steps": 0,
                 "per_device_train_batch_size": 8,
                 "max_completion_length": 48,
-            },  # fmt: skip
+            },
             "eval": {"preset": "cpu", "n": 2, "max_tokens": 48, "pass_k": [1, 2]},
             "report": {"title": "astro demo (tiny)"},
         },
