@@ -80,12 +80,12 @@ def test_the_tiny_demo_runs_every_stage_through_the_runs_service(
         client = redis.Redis.from_url(handle.url, decode_responses=True)
         record = RunStore(client).get(run_id)
         assert record is not None and record.state == "succeeded", record
-        stages = {name: record.stage_record(name) for name in record.stages}
+        stages = {s.name: s for s in record.stages}
         assert list(stages) == [
             "search", "clone", "sft", "select_prompts", "grpo", "eval", "report",
         ]  # fmt: skip
         assert all(s.state == "succeeded" for s in stages.values())
-        artifacts = record.artifacts
+        artifacts = record.artifacts()
         # the base model and every trained checkpoint are registered
         name, _, version = base_ref.partition(":")
         assert client.exists(f"astro:reg:ckpt:{name}:{version}")
