@@ -93,6 +93,7 @@ DEMO_PRESETS: dict[str, DemoPreset] = {
                 "preset": "cpu",
                 "max_length": 512,
                 "max_steps": 40,
+                "learning_rate": 3.0e-4,  # the cpu preset's 1e-3 wipes out the warm start
                 "per_device_train_batch_size": 16,
                 "save_steps": 0,
             },
@@ -101,6 +102,7 @@ DEMO_PRESETS: dict[str, DemoPreset] = {
                 "preset": "cpu",
                 "policy_sync": "colocate",
                 "max_steps": 16,
+                "learning_rate": 1.0e-4,
                 "save_steps": 0,
                 "max_completion_length": 192,
             },
