@@ -54,11 +54,13 @@ def demo(
 
     if preset not in DEMO_PRESETS:  # before anything starts or is written
         fail(f"--preset: unknown preset {preset!r}; choose from {', '.join(DEMO_PRESETS)}")
+    if data_dir is not None:
+        data_dir = data_dir.expanduser()
     if data_dir is not None and data_dir.exists() and not data_dir.is_dir():
         fail(f"--data-dir: {data_dir} exists and is not a folder")
     recipe = DEMO_PRESETS[preset]
     started = time.monotonic()
-    directory = (data_dir or Path(tempfile.mkdtemp(prefix="astro-demo-"))).expanduser().resolve()
+    directory = (data_dir or Path(tempfile.mkdtemp(prefix="astro-demo-"))).resolve()
     directory.mkdir(parents=True, exist_ok=True)
     _say(f"astro demo ({preset} preset): everything goes to {directory}")
     platform: LocalPlatform | None = None
