@@ -159,14 +159,24 @@ def astro_vs_direct(
         str | None,
         typer.Option(help="Coordinator HOST:PORT; default: start the local platform."),
     ] = None,
+    report_only: Annotated[
+        bool, typer.Option(help="Only write the report again from the seeds run in --out.")
+    ] = False,
 ) -> None:
     """Train ASTRO and Direct-CoT arms from the same trees over seeds and compare them."""
     import grpc
 
-    from astro_core.experiments.driver import ExperimentFailed, run_experiment
+    from astro_core.experiments.driver import ExperimentFailed, report_again, run_experiment
 
     chosen = _load(config, preset)
     out = out.resolve()
+    if report_only:
+        try:
+            again = report_again(out, chosen.name, {"preset": preset or "", "report_only": True})
+        except (ExperimentFailed, OSError, ValueError) as exc:
+            fail(str(exc), code=1)
+        typer.echo(f"report: {out / 'report.md'} ({len(again.seeds)} seeds)")
+        return
     started = time.monotonic()
     pipeline = Pipeline(out, coordinator)
     with _sigterm_unwinds():

@@ -249,6 +249,8 @@ class ExperimentResult:
     train_curves: dict[str, dict[str, list[list[float]]]] = field(default_factory=dict)
     scores: list[CheckpointScore] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    # "<arm> <stage>" -> where that checkpoint goes back (astro_core.experiments.behaviour)
+    behaviour: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def rl_ratio(self, benchmark: str | None = None) -> float | None:
         """Mean ASTRO-RL accuracy / mean Direct-RL accuracy (None when Direct scores 0)."""
@@ -276,6 +278,7 @@ class ExperimentResult:
             "train_curves": self.train_curves,
             "rl_ratio": self.rl_ratio(),
             "scores": [asdict(s) for s in self.scores],
+            "behaviour": self.behaviour,
             "meta": self.meta,
         }
 
@@ -318,6 +321,10 @@ def format_interval(interval: Interval, signed: bool = False) -> str:
     if interval.low is None or interval.high is None:
         return mean
     return f"{mean} [{_pct(interval.low)}, {_pct(interval.high)}]"
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"
 
 
 def _format_correlation(c: Correlation) -> str:
@@ -365,6 +372,21 @@ def render_markdown(result: ExperimentResult, plots: Mapping[str, str] | None = 
                     f"| {arm} | {p.step} | {p.seeds} | {_pct(p.accuracy.mean)} | "
                     f"{p.backtracks.mean:.2f} | {p.tokens.mean:.1f} |"
                 )
+        lines.append("")
+    if result.behaviour:
+        lines += [
+            "## Where the models go back (held-out samples, every seed)",
+            "",
+            "| checkpoint | responses | wrong attempts | back after wrong | right attempts | "
+            "back after right | first wrong, recovered |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for name, b in result.behaviour.items():
+            lines.append(
+                f"| {name} | {b['responses']} | {b['wrong_attempts']} | "
+                f"{_share(b['back_after_wrong'])} | {b['right_attempts']} | "
+                f"{_share(b['back_after_right'])} | {b['recovered']} / {b['first_wrong']} |"
+            )
         lines.append("")
     if result.train_curves:
         lines += ["## GRPO training log (means over seeds)", ""]

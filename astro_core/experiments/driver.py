@@ -173,3 +173,29 @@ def run_experiment(
     write_report(result, out)
     say(f"report: {out / 'report.md'}")
     return result
+
+
+def load_seed_runs(out: Path) -> list[SeedRun]:
+    """The seeds an experiment in `out` finished (their seed-<s>/run.json), by seed."""
+    runs = []
+    for path in sorted(out.glob("seed-*/run.json")):
+        data = json.loads(path.read_text())
+        if data["outcome"]["state"] == "succeeded":
+            outcome = RunOutcome(**data["outcome"])
+            runs.append(
+                SeedRun(data["seed"], data["base_model"], data["spec"], outcome, data["seconds"])
+            )
+    return sorted(runs, key=lambda run: run.seed)
+
+
+def report_again(out: Path, name: str, meta: dict[str, Any] | None = None) -> Any:
+    """The report of the seeds already run in `out` (after a change to the analysis, or of
+    the seeds that finished when a later one failed)."""
+    from astro_core.experiments.report import collect, write_report
+
+    seeds = load_seed_runs(out)
+    if not seeds:
+        raise ExperimentFailed(f"no finished seed in {out} (seed-*/run.json)")
+    result = collect(name, seeds, meta or {})
+    write_report(result, out)
+    return result

@@ -24,7 +24,13 @@ from astro_core.analysis.experiment import (  # noqa: E402
     scores_from_summary,
 )
 from astro_core.analysis.trainlog import read_train_log  # noqa: E402
-from astro_core.evaluation.samples import SUMMARY_FILE  # noqa: E402
+from astro_core.evaluation.samples import SAMPLES_FILE, SUMMARY_FILE  # noqa: E402
+from astro_core.experiments.behaviour import (  # noqa: E402
+    BacktrackConditions,
+    conditions_of,
+    merge,
+    read_answers,
+)
 
 if TYPE_CHECKING:
     from astro_core.experiments.driver import SeedRun
@@ -54,11 +60,35 @@ def collect(name: str, seeds: Sequence[SeedRun], meta: dict[str, Any]) -> Experi
                 if path is not None and path.is_file():
                     series.append(read_train_log(path).series(metric))
             train.setdefault(metric, {})[arm] = mean_series(series)
-    return analyse(name, scores, train_curves=train, meta=meta)
+    result = analyse(name, scores, train_curves=train, meta=meta)
+    result.behaviour = behaviour(seeds, scores)
+    return result
+
+
+def behaviour(seeds: Sequence[SeedRun], scores: Sequence[CheckpointScore]) -> dict[str, Any]:
+    """Where each arm's base, SFT and last RL checkpoint goes back, over every seed."""
+    last_rl = {
+        (s.seed, s.arm): s.label
+        for s in sorted(scores, key=lambda s: s.step or 0)
+        if s.stage == "rl"
+    }
+    wanted = {s.label: f"{s.arm} {s.stage}" for s in scores if s.stage in ("base", "sft")}
+    wanted.update({label: f"{arm} rl (last)" for (_, arm), label in last_rl.items()})
+    grouped: dict[str, list[BacktrackConditions]] = {}
+    for run in seeds:
+        inputs = Path(run.outcome.output_dir) / "inputs" / "eval"
+        answers = read_answers(sorted(inputs.glob("*.jsonl")))
+        for folder in run.eval_dirs:
+            name = wanted.get(folder.name)
+            if name is not None and (folder / SAMPLES_FILE).is_file():
+                grouped.setdefault(name, []).append(conditions_of(folder / SAMPLES_FILE, answers))
+    order = ["base base", "astro sft", "astro rl (last)", "direct sft", "direct rl (last)"]
+    return {name: merge(grouped[name]).to_dict() for name in order if name in grouped}
 
 
 def write_report(result: ExperimentResult, out: Path) -> dict[str, Path]:
     """report.json, report.md and the PNGs; returns their paths by name."""
+    out.mkdir(parents=True, exist_ok=True)
     plots = {
         title: path.name
         for title, path in (
