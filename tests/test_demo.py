@@ -1,62 +1,153 @@
-"""`astro demo` (what `make demo` runs) completes and leaves every artifact as a file."""
+"""`astro demo` (what `make demo` runs): the tiny preset end to end through gRPC on loopback,
+its usage errors, and the synthetic family it learns on (exact answers, held-out problems
+kept out of every piece of training data the demo writes)."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from astro_core.trees import read_trees
+from astro_core.synthetic import all_problems
 
-pytestmark = pytest.mark.slow
+RUN_LINE = re.compile(r"^\[3/4\] run (\S+) from (\S+):", re.MULTILINE)
+PRODUCT = re.compile(r"x \* \(x \+ (\d+)\) = (\d+)\.")
 
 
-def test_demo_runs_every_stage(tmp_path: Path, shared_data: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "astro_cli.main",
-            "demo",
-            "--data-dir",
-            str(tmp_path),
-            "--limit",
-            "2",
-        ],
+def astro_demo(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "astro_cli.main", "demo", *args],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
-    stages = [line for line in result.stdout.splitlines() if line.startswith("[")]
-    assert [line.split("]")[0] for line in stages] == [f"[{i}/6" for i in range(1, 7)]
-    trees = list(read_trees(tmp_path / "trees.jsonl"))
-    assert len(trees) == 2 and all(len(t.nodes) > 1 for t in trees)
-    for style in ("astro", "direct"):
-        summary = json.loads((tmp_path / f"traces.{style}.summary.json").read_text())
-        assert summary["style"] == style
-    assert (tmp_path / "tree.svg").read_text().lstrip().startswith(("<?xml", "<svg", "<!--"))
-    pulled = tmp_path / "pulled-model"
-    assert (pulled / "config.json").exists() and (pulled / "model.safetensors").exists()
-    assert "platform stopped cleanly" in result.stdout
 
 
-def test_demo_rejects_a_missing_problems_file(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "astro_cli.main",
-            "demo",
-            "--problems",
-            str(tmp_path / "none.jsonl"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 2
-    assert result.stderr.startswith("error: --problems") and len(result.stderr.splitlines()) == 1
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    with Path(path).open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def problem_key(text: str) -> tuple[int, int]:
+    """(b, c) of a family problem's text: the problem itself, whatever its id."""
+    match = PRODUCT.search(text)
+    assert match, text
+    return int(match.group(1)), int(match.group(2))
+
+
+@pytest.mark.slow
+def test_the_tiny_demo_runs_every_stage_through_the_runs_service(tmp_path: Path) -> None:
+    import redis
+
+    from services.coordinator.runs.store import RunStore
+    from services.runtime.redis_store import connect_redis
+
+    result = astro_demo("--preset", "tiny", "--data-dir", str(tmp_path))
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    match = RUN_LINE.search(out)
+    assert match, out
+    run_id, base_ref = match.groups()
+    report = Path(re.findall(r"^report: (\S+)$", out, re.MULTILINE)[-1])
+    assert report.is_file() and "astro demo" in report.read_text()
+    assert re.search(r"demo finished in \d+ min \d+ s", out)
+    # the warm start's accuracy on held-out problems and each checkpoint's are printed
+    assert re.search(r"greedy \d+%, sampled \d+%, pass@2 \d+%", out)
+    for label in ("base", "sft", "grpo"):
+        assert re.search(rf"^ +{label} +\d+\.\d% +\d+\.\d\d$", out, re.MULTILINE), out
+    # every stage's headline went by (the RunView of `astro run`, on stderr)
+    for stage in ("search", "clone", "sft", "select_prompts", "grpo", "eval", "report"):
+        assert re.search(rf"^{stage}: ", result.stderr, re.MULTILINE), result.stderr
+
+    # The platform is down; its Redis (append-only file in the data dir) holds the record.
+    handle = connect_redis(url=None, directory=tmp_path / "redis")
+    try:
+        client = redis.Redis.from_url(handle.url, decode_responses=True)
+        record = RunStore(client).get(run_id)
+        assert record is not None and record.state == "succeeded", record
+        stages = {name: record.stage_record(name) for name in record.stages}
+        assert list(stages) == [
+            "search", "clone", "sft", "select_prompts", "grpo", "eval", "report",
+        ]  # fmt: skip
+        assert all(s.state == "succeeded" for s in stages.values())
+        artifacts = record.artifacts
+        # the base model and every trained checkpoint are registered
+        name, _, version = base_ref.partition(":")
+        assert client.exists(f"astro:reg:ckpt:{name}:{version}")
+        for stage in ("sft", "grpo"):
+            refs = artifacts[f"{stage}.checkpoints"].split(",")
+            assert refs and artifacts[f"{stage}.checkpoint"] == refs[-1]
+            for ref in refs:
+                assert ref.startswith(f"run-{run_id}-{stage}:")
+                assert client.exists(f"astro:reg:ckpt:{ref}"), ref
+    finally:
+        handle.close()
+
+    out_dir = Path(record.output_dir)
+    trees = read_jsonl(artifacts["search.trees"])
+    assert len(trees) == 4 == stages["search"].metrics["trees"]
+    assert stages["search"].metrics["trees_with_correct_and_incorrect"] >= 1
+    traces = read_jsonl(artifacts["clone.traces"])
+    assert len(traces) == stages["clone"].metrics["traces"] > 0
+    prompts = read_jsonl(artifacts["select_prompts.prompts"])
+    for label in ("base", "sft", "grpo"):
+        summary = json.loads((Path(artifacts[f"eval.{label}"]) / "summary.json").read_text())
+        (bench,) = summary["benchmarks"].values()
+        assert bench["problems"] == 3 and bench["samples"] == 6
+    assert Path(artifacts["report.markdown"]).is_file()
+    assert report == Path(artifacts["report.html"])
+    for key, value in artifacts.items():
+        for item in value.split(","):
+            if item.startswith("/"):
+                assert Path(item).exists() and Path(item).is_relative_to(out_dir), key
+
+    # Held-out problems appear in no training data the demo wrote.
+    (eval_file,) = (out_dir / "inputs" / "eval").glob("*.jsonl")
+    heldout = {problem_key(p["problem"]) for p in read_jsonl(eval_file)}
+    assert len(heldout) == 3
+    warm = read_jsonl(tmp_path / "warm-start" / "warmup.jsonl")
+    trained_on = [
+        *(r["messages"][0]["content"] for r in warm if r["problem_id"].startswith("product/")),
+        *(t["problem"] for t in trees),
+        *(r["messages"][0]["content"] for r in traces),
+        *(p["problem"] for p in prompts),
+    ]
+    assert len(trained_on) > len(warm) // 2
+    assert not heldout & {problem_key(text) for text in trained_on}
+
+
+def test_bad_options_exit_2_before_anything_starts(tmp_path: Path) -> None:
+    fresh = tmp_path / "fresh"
+    result = astro_demo("--preset", "huge", "--data-dir", str(fresh), timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith("error: --preset: unknown preset 'huge'")
+    assert len(result.stderr.splitlines()) == 1 and not fresh.exists()
+
+    a_file = tmp_path / "file"
+    a_file.write_text("")
+    result = astro_demo("--data-dir", str(a_file), timeout=120)
+    assert result.returncode == 2 and result.stderr.startswith("error: --data-dir:")
+    assert not (tmp_path / "redis").exists()
+
+
+def test_family_answers_are_exact_by_an_independent_evaluator() -> None:
+    """Every problem's answer is the unique positive root, found here by substituting each
+    candidate into x(x + b) = c read from the text; the verifier agrees, and refuses others."""
+    from astro_core.answers import check
+    from astro_core.protocols import VerifyItem
+
+    problems = [p.to_problem() for p in all_problems()]
+    assert len({problem_key(p.problem) for p in problems}) == len(problems)
+    for problem in problems:
+        b, c = problem_key(problem.problem)
+        roots = [x for x in range(1, c + 1) if x * (x + b) == c]
+        assert roots == [int(problem.answer)], problem
+        right = check(VerifyItem(f"So x = {roots[0]}. \\boxed{{{roots[0]}}}", problem.answer))
+        assert right.correct
+        for wrong in (roots[0] - 1, roots[0] + 1):
+            assert not check(VerifyItem(f"\\boxed{{{wrong}}}", problem.answer)).correct

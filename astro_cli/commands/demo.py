@@ -1,127 +1,172 @@
-"""`astro demo`: the main job on one machine, through the same services a cluster runs.
+"""`astro demo` (what `make demo` runs): a small model learns to search, on one machine.
 
-Builds the tiny model, starts the platform on loopback (embedded Redis unless REDIS_URL is
-set), checks every service's health, then walks the stages that exist today:
-search (MCTS through the coordinator, generator and verifier) -> procedure cloning (ASTRO and
-Direct-CoT traces) -> a graph of a search tree -> the checkpoint registry (register and pull
-back the model, sha256-verified). Every artifact is a file in the demo directory. Training
-and evaluation join here as they land.
+1. Warm-start: the `product` family's tiny Llama is SFT-ed on noisy one-guess solutions of
+   train problems (astro_core.models.warm_start), so it answers in the family's step format,
+   sometimes wrongly; its greedy and sampled accuracy on the held-out problems is printed.
+2. The local platform starts on loopback (services.launcher.LocalPlatform: coordinator,
+   generator, verifier, registry, an embedded Redis unless REDIS_URL is set) and the warm model
+   is registered as the run's base model.
+3. One run through the Runs gRPC service: search the train problems -> clone ASTRO traces ->
+   SFT -> select RL prompts -> GRPO -> evaluate base, SFT and RL on held-out problems -> report.
+   It is followed like `astro run` (one bar per stage, each stage's headline figures).
+4. A summary (accuracy and backtracks per answer of each checkpoint), the report's path and
+   the wall time.
 
-The tiny model is random, so it rarely reaches a `\\boxed{}` answer: expect few or no solved
-trees and therefore few or no traces; the point is that each stage runs for real.
+Everything is a file under --data-dir. Ctrl-C, or any error, stops every service and child.
 """
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
+import uuid
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from astro_cli.errors import fail
 
-STAGES = 6
+if TYPE_CHECKING:
+    from astro_core.pipeline.demo_recipe import DemoPreset
+    from services.launcher import LocalPlatform
+
+BASE_MODEL_NAME = "demo-warm-start"
 
 
-def _step(index: int, text: str) -> None:
-    typer.echo(f"[{index}/{STAGES}] {text}")
+def _say(text: str) -> None:
+    typer.echo(text)
 
 
 def demo(
     data_dir: Annotated[
-        Path | None, typer.Option(help="Where artifacts go (default: a fresh temporary folder).")
+        Path | None,
+        typer.Option(help="Where everything goes (default: a fresh temporary folder)."),
     ] = None,
-    problems: Annotated[
-        Path | None, typer.Option(help="Problems JSONL (default: ../shared/data/math500.jsonl).")
-    ] = None,
-    limit: Annotated[int, typer.Option(help="How many problems to search.")] = 3,
+    preset: Annotated[
+        str,
+        typer.Option(help="demo: the full recipe (minutes); tiny: seconds per stage (tests)."),
+    ] = "demo",
 ) -> None:
-    """Run the local demo end to end and report each stage."""
-    from astro_core.models.tiny import ensure_tiny_model
-    from astro_core.problems import load_problems
-    from services.health import check_health
+    """Warm-start a small model, then run search -> clone -> SFT -> GRPO -> eval -> report
+    through the local platform's Runs service, and print what the model learned."""
+    from astro_core.pipeline.demo_recipe import DEMO_PRESETS
+
+    if preset not in DEMO_PRESETS:  # before anything starts or is written
+        fail(f"--preset: unknown preset {preset!r}; choose from {', '.join(DEMO_PRESETS)}")
+    if data_dir is not None and data_dir.exists() and not data_dir.is_dir():
+        fail(f"--data-dir: {data_dir} exists and is not a folder")
+    recipe = DEMO_PRESETS[preset]
+    started = time.monotonic()
+    directory = (data_dir or Path(tempfile.mkdtemp(prefix="astro-demo-"))).expanduser().resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    _say(f"astro demo ({preset} preset): everything goes to {directory}")
+    platform: LocalPlatform | None = None
+    try:
+        model_dir = _warm_start(directory, recipe)
+        platform, addresses = _start_platform(directory, model_dir)
+        report = _run(directory, recipe, addresses, model_dir)
+    except KeyboardInterrupt:
+        _stop(platform)
+        fail("interrupted; every service stopped", code=130)
+    except typer.Exit:
+        _stop(platform)
+        raise
+    except Exception as exc:  # one line, everything stopped
+        _stop(platform)
+        fail(f"{type(exc).__name__}: {exc}", code=1)
+    codes = _stop(platform)
+    if any(codes.values()):
+        fail(f"services exited uncleanly: {codes}", code=1)
+    _say(f"report: {report}")
+    _say(f"demo finished in {_minutes(time.monotonic() - started)}; artifacts in {directory}")
+
+
+def _minutes(seconds: float) -> str:
+    return f"{int(seconds // 60)} min {seconds % 60:.0f} s"
+
+
+def _stop(platform: LocalPlatform | None) -> dict[str, int]:
+    return platform.stop() if platform is not None else {}
+
+
+def _warm_start(directory: Path, recipe: DemoPreset) -> Path:
+    from astro_core.models.warm_start import family_accuracy, warm_start_model
+
+    config = recipe.warm_start
+    _say(
+        f"[1/4] warm-start: a {config.num_hidden_layers}-layer Llama (hidden "
+        f"{config.hidden_size}) SFT-ed {config.max_steps} steps on noisy one-guess solutions "
+        f"of {config.problems} train problems ({config.noise:.0%} wrong yet stated right)"
+    )
+    began = time.monotonic()
+    model_dir = warm_start_model(directory / "warm-start", config)
+    heldout = recipe.heldout_problems()
+    figures = family_accuracy(model_dir, heldout, samples=recipe.accuracy_samples)
+    _say(
+        f"      done in {time.monotonic() - began:.0f} s; on {figures.problems} held-out "
+        f"problems: greedy {figures.greedy:.0%}, sampled {figures.sampled:.0%}, "
+        f"pass@{figures.samples} {figures.pass_at_k:.0%}, right and wrong among the samples "
+        f"{figures.right_and_wrong:.0%}"
+    )
+    return model_dir
+
+
+def _start_platform(directory: Path, model_dir: Path) -> tuple[LocalPlatform, dict[str, Any]]:
     from services.launcher import LocalPlatform, UpConfig
 
-    if limit < 1:  # before anything starts or is written
-        fail(f"--limit must be at least 1, got {limit}")
-    problems_path = problems or _default_problems()
-    try:
-        chosen = load_problems(problems_path, limit)
-    except (OSError, ValueError) as exc:
-        fail(f"--problems: {exc}")
-    if not chosen:
-        fail(f"--problems: no problems in {problems_path}")
-    directory = (data_dir or Path(tempfile.mkdtemp(prefix="astro-demo-"))).resolve()
-    started = time.monotonic()
-    model_dir = ensure_tiny_model(directory / "models" / "tiny-llama")
-    _step(1, f"tiny model ready at {model_dir}")
     platform = LocalPlatform(
         UpConfig(
             data_dir=str(directory),
-            common={"port": 0, "metrics_port": 0},
-            overrides={"generator": {"settings": {"model": {"path": str(model_dir)}}}},
+            common={"port": 0, "metrics_port": None},
+            overrides={
+                "generator": {"settings": {"model": {"path": str(model_dir)}}},
+                "coordinator": {"settings": {"stage_retries": 0}},
+            },
         )
     )
-    try:
-        addresses = platform.start()
-        _step(2, f"platform up: {len(addresses)} services")
-        for name, info in addresses.items():
-            result = check_health(platform.client_config(info["address"]))
-            typer.echo(f"      {name:<12} {info['address']:<22} {result}")
-            if result != "SERVING":
-                fail(f"service {name} is {result}", code=1)
-        _run_stages(directory, chosen, addresses, model_dir)
-    except (RuntimeError, TimeoutError) as exc:
-        fail(str(exc), code=1)
-    finally:
-        codes = platform.stop()
-    if any(codes.values()):
-        fail(f"services exited uncleanly: {codes}", code=1)
-    typer.echo(f"platform stopped cleanly; demo finished in {time.monotonic() - started:.0f}s")
-    typer.echo(f"artifacts: {directory}")
+    began = time.monotonic()
+    addresses = platform.start()  # stops what it started if it fails
+    names = ", ".join(f"{name} {info['address']}" for name, info in addresses.items())
+    _say(f"[2/4] platform up in {time.monotonic() - began:.0f} s: {names}")
+    return platform, addresses
 
 
-def _default_problems() -> Path:
-    shared = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "math500.jsonl"
-    if not shared.exists():
-        fail(f"no problems given and {shared} does not exist; pass --problems FILE")
-    return shared
-
-
-def _run_stages(directory: Path, problems: list, addresses: dict, model_dir: Path) -> None:
-    from astro_cli.commands.search import run_search
-    from astro_core.cloning import CloningConfig, clone_trees
-    from astro_core.cloning.dataset import summary_path, write_summary, write_traces
-    from astro_core.cloning.graphs import render, tree_graph
-    from astro_core.trees import write_trees
+def _run(directory: Path, recipe: DemoPreset, addresses: dict[str, Any], model_dir: Path) -> str:
+    from astro_cli.commands.run import RunView
+    from services.coordinator.runs.client import RunsClient
     from services.registry.client import RegistryClient
 
-    trees_path = directory / "trees.jsonl"
-    trees = run_search(addresses["coordinator"]["address"], problems, "tiny", "", {})
-    write_trees(trees_path, trees)
-    nodes = sum(len(t.nodes) for t in trees)
-    solved = sum(1 for t in trees if any(n.correct for n in t.terminals()))
-    _step(3, f"search: {len(trees)} trees, {nodes} nodes, {solved} solved -> {trees_path}")
-
-    config = CloningConfig()
-    for style in ("astro", "direct"):
-        result = clone_trees(trees, config, style=style)
-        out = directory / f"traces.{style}.jsonl"
-        write_traces(out, result.records)
-        write_summary(summary_path(out), result.summary)
-    _step(4, f"clone: {len(result.records)} traces per style -> {directory}/traces.*.jsonl")
-
-    graph_path = render(tree_graph(max(trees, key=lambda t: len(t.nodes))), directory / "tree.svg")
-    _step(5, f"graph of the largest tree -> {graph_path}")
-
     with RegistryClient(addresses["registry"]["address"]) as registry:
-        info = registry.register("tiny-llama", model_dir, stage="base", aliases=["demo"])
-        pulled = registry.pull("tiny-llama", directory / "pulled-model", alias="demo")
-    files = json.dumps(sorted(info.sha256))
-    _step(6, f"registry: {info.ref} ({len(info.sha256)} files {files[:60]}...) pulled to {pulled}")
+        base = registry.register(BASE_MODEL_NAME, model_dir, stage="base", aliases=["demo"])
+    spec = recipe.run_spec(base.ref)
+    with RunsClient(addresses["coordinator"]["address"]) as client:
+        status = client.start(spec, client_request_id=uuid.uuid4().hex)
+        _say(
+            f"[3/4] run {status.run_id} from {base.ref}: "
+            + " -> ".join(s.name for s in status.stages if s.state != "skipped")
+        )
+        with RunView(status) as view:
+            for event in client.follow(status.run_id):
+                view.update(event)
+        status = client.get(status.run_id)
+    if status.state != "succeeded":
+        raise RuntimeError(f"run {status.run_id} {status.state}: {status.message}")
+    _summary(status)
+    return str(status.artifacts["report.html"])
+
+
+def _summary(status: Any) -> None:
+    """Accuracy and backtracks per answer of each checkpoint on the held-out problems."""
+    metrics = {k: v for s in status.stages if s.name == "eval" for k, v in s.metrics.items()}
+    _say("[4/4] on the held-out problems (samples per problem as in the eval section):")
+    _say(f"      {'checkpoint':<12}{'accuracy':>10}{'backtracks per answer':>24}")
+    for label in status.spec.eval_checkpoints:
+        for key in sorted(
+            k for k in metrics if k.startswith(f"{label}.") and k.endswith(".accuracy")
+        ):
+            backtracks = metrics.get(key.removesuffix(".accuracy") + ".backtracks", 0.0)
+            _say(f"      {label:<12}{metrics[key]:>10.1%}{backtracks:>24.2f}")
 
 
 def register(app: typer.Typer) -> None:

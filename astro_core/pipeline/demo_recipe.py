@@ -1,0 +1,148 @@
+"""The recipes of `astro demo`: a warm start and the RunSpec that follows it.
+
+    recipe = DEMO_PRESETS["demo"]
+    model_dir = warm_start_model(folder, recipe.warm_start)
+    spec = recipe.run_spec("demo-warm-start:1")     # the warm model, registered
+
+`demo` is tuned to take under 10 minutes on 2 CPU cores and still show learning; `tiny` runs
+each stage in seconds (tests). Both search train problems of the `product` family and evaluate
+on its held-out split, which no training data of the demo ever holds (astro_core.synthetic
+splits by construction).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from astro_core.models.warm_start import WarmStartConfig, warm_start_preset
+from astro_core.pipeline.spec import RunSpec
+from astro_core.problems import Problem
+
+
+class DemoPreset(BaseModel):
+    """One recipe of the demo: the warm start, the run's data and each stage's section."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    warm_start: WarmStartConfig
+    search_problems: int = Field(..., ge=1, description="Train problems searched.")
+    search_seed: int = Field(0, ge=0, description="Seed of their draw.")
+    heldout_problems_n: int = Field(..., ge=1, description="Held-out problems evaluated.")
+    heldout_seed: int = Field(0, ge=0, description="Seed of their draw.")
+    accuracy_samples: int = Field(8, ge=1, description="Samples per problem, warm-start check.")
+    sections: dict[str, dict[str, Any]] = Field(
+        ..., description="The RunSpec's config sections (search, clone, sft, ...)."
+    )
+
+    @property
+    def problems_path(self) -> str:
+        return f"synth:{self.warm_start.family}?n={self.search_problems}&seed={self.search_seed}"
+
+    @property
+    def heldout_path(self) -> str:
+        return (
+            f"synth:{self.warm_start.family}?split=heldout&n={self.heldout_problems_n}"
+            f"&seed={self.heldout_seed}"
+        )
+
+    def heldout_problems(self) -> list[Problem]:
+        from astro_core.synthetic import parse_synth_spec
+
+        return parse_synth_spec(self.heldout_path).problems()
+
+    def run_spec(self, base_model: str, name: str = "astro demo") -> RunSpec:
+        """The run: search -> clone -> SFT -> select RL prompts -> GRPO -> eval -> report."""
+        return RunSpec.model_validate(
+            {
+                "name": name,
+                "base_model": base_model,
+                "problems_path": self.problems_path,
+                "eval_benchmarks": [self.heldout_path],
+                "eval_checkpoints": ["base", "sft", "grpo"],
+                "config": self.sections,
+            }
+        )
+
+
+# The warm model never learned to vote on its own answers, so self-evaluation would reject
+# at random: every correct terminal is kept instead (the verifier already checked it).
+_CLONE = {"preset": "cpu", "self_eval": False}
+
+DEMO_PRESETS: dict[str, DemoPreset] = {
+    "demo": DemoPreset(
+        warm_start=warm_start_preset("demo"),
+        search_problems=32,
+        heldout_problems_n=28,
+        sections={
+            "search": {
+                "k": 4,
+                "rollouts": 4,
+                "iterations": 6,
+                "max_depth": 3,
+                "max_step_tokens": 48,
+                "max_solution_tokens": 96,
+                "temperature": 1.0,
+                "top_p": 1.0,
+                "parallel_selections": 2,
+            },  # fmt: skip
+            "clone": _CLONE,
+            "sft": {
+                "preset": "cpu",
+                "max_length": 512,
+                "max_steps": 60,
+                "per_device_train_batch_size": 16,
+                "save_steps": 0,
+            },  # fmt: skip
+            "select_prompts": {"num_samples": 8, "max_completion_length": 256},
+            "grpo": {
+                "preset": "cpu",
+                "policy_sync": "colocate",
+                "max_steps": 20,
+                "save_steps": 0,
+                "max_completion_length": 256,
+            },  # fmt: skip
+            "eval": {
+                "preset": "cpu",
+                "limit": None,
+                "n": 4,
+                "max_tokens": 256,
+                "pass_k": [1, 4],
+            },  # fmt: skip
+            "report": {"title": "astro demo"},
+        },
+    ),
+    "tiny": DemoPreset(
+        warm_start=warm_start_preset("tiny"),
+        search_problems=4,
+        heldout_problems_n=3,
+        heldout_seed=1,
+        accuracy_samples=2,
+        sections={
+            "search": {
+                "k": 3,
+                "rollouts": 3,
+                "iterations": 3,
+                "max_depth": 3,
+                "max_step_tokens": 40,
+                "max_solution_tokens": 96,
+                "temperature": 1.0,
+                "top_p": 1.0,
+            },  # fmt: skip
+            "clone": _CLONE,
+            "sft": {"preset": "cpu", "max_length": 256, "max_steps": 4, "save_steps": 0},
+            "select_prompts": {"num_samples": 8, "max_completion_length": 48},
+            "grpo": {
+                "preset": "cpu",
+                "policy_sync": "colocate",
+                "max_steps": 2,
+                "save_steps": 0,
+                "per_device_train_batch_size": 8,
+                "max_completion_length": 48,
+            },  # fmt: skip
+            "eval": {"preset": "cpu", "n": 2, "max_tokens": 48, "pass_k": [1, 2]},
+            "report": {"title": "astro demo (tiny)"},
+        },
+    ),
+}
