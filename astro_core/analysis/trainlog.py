@@ -4,8 +4,9 @@ Read tolerantly, because the log may come from a trainer still running or from a
 version of it: lines that are not JSON objects with a numeric `step` are skipped (and
 counted), nested objects are flattened ("metrics": {"loss": 1} gives "metrics/loss"), only
 finite numbers are kept, and the lines of one step are merged, a later value winning (a
-checkpoint event after the step's metrics; a resumed trainer's repeat). A metric is looked up under several names (`METRIC_NAMES`), matching a flattened name or
-its last part, so "reward_mean" finds "train/reward_mean" too.
+checkpoint event after the step's metrics; a resumed trainer's repeat). A metric is looked
+up under several names (`METRIC_NAMES`), matching a flattened name or its last part, so
+"reward_mean" finds "train/reward_mean" too.
 """
 
 from __future__ import annotations

@@ -196,6 +196,8 @@ def report_again(out: Path, name: str, meta: dict[str, Any] | None = None) -> An
     seeds = load_seed_runs(out)
     if not seeds:
         raise ExperimentFailed(f"no finished seed in {out} (seed-*/run.json)")
-    result = collect(name, seeds, meta or {})
+    previous = out / "report.json"  # keeps what the first report measured (wall time, runs)
+    kept = json.loads(previous.read_text()).get("meta", {}) if previous.is_file() else {}
+    result = collect(name, seeds, {**kept, **(meta or {})})
     write_report(result, out)
     return result

@@ -28,7 +28,7 @@ def test_a_seed_runs_both_arms_with_the_seed_everywhere() -> None:
     spec = run_spec(config, seed=7, base_model="/models/m")
     assert spec.direct_control
     assert spec.eval_checkpoints == ["base", "sft", "grpo:all", "direct_sft", "direct_grpo:all"]
-    assert spec.problems_path == "synth:product?n=32&seed=7&split=train"
+    assert spec.problems_path == "synth:product?n=24&seed=7&split=train"
     assert spec.eval_benchmarks == ["synth:product?seed=0&split=heldout"]  # the same every seed
     for stage in ("search", "clone", "sft", "grpo", "eval"):
         assert spec.config[stage]["seed"] == 7

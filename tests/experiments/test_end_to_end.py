@@ -18,7 +18,8 @@ import pytest
 from astro_core.cloning.dataset import read_traces
 from tests.conftest import REPO
 
-pytestmark = pytest.mark.slow
+# A few minutes on 2 shared cores: the warm start, then four trainer processes and the evals.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")
