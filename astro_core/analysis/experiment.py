@@ -251,6 +251,8 @@ class ExperimentResult:
     meta: dict[str, Any] = field(default_factory=dict)
     # "<arm> <stage>" -> where that checkpoint goes back (astro_core.experiments.behaviour)
     behaviour: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # what the ASTRO traces teach: "<verdict> <context>" -> reflections (every seed)
+    trace_verdicts: dict[str, int] = field(default_factory=dict)
 
     def rl_ratio(self, benchmark: str | None = None) -> float | None:
         """Mean ASTRO-RL accuracy / mean Direct-RL accuracy (None when Direct scores 0)."""
@@ -279,6 +281,7 @@ class ExperimentResult:
             "rl_ratio": self.rl_ratio(),
             "scores": [asdict(s) for s in self.scores],
             "behaviour": self.behaviour,
+            "trace_verdicts": self.trace_verdicts,
             "meta": self.meta,
         }
 
@@ -387,6 +390,18 @@ def render_markdown(result: ExperimentResult, plots: Mapping[str, str] | None = 
                 f"{_share(b['back_after_wrong'])} | {b['right_attempts']} | "
                 f"{_share(b['back_after_right'])} | {b['recovered']} / {b['first_wrong']} |"
             )
+        lines.append("")
+    if result.trace_verdicts:
+        lines += [
+            "## What the ASTRO traces teach (reflections in the SFT data, every seed)",
+            "",
+            "A reflection's verdict against the attempt before it: back = not sure and a "
+            "backtrack, ok = seems correct; P = the product the attempt states.",
+            "",
+            "| verdict and attempt | reflections |",
+            "| --- | --- |",
+        ]
+        lines += [f"| {key} | {count} |" for key, count in result.trace_verdicts.items()]
         lines.append("")
     if result.train_curves:
         lines += ["## GRPO training log (means over seeds)", ""]

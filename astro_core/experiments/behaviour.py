@@ -112,3 +112,46 @@ def merge(counts: Iterable[BacktrackConditions]) -> BacktrackConditions:
         for name, value in asdict(c).items():
             setattr(total, name, getattr(total, name) + value)
     return total
+
+
+# --- what the traces teach (the product family) ---------------------------------------------
+
+PROBLEM = re.compile(r"x \* \(x \+ (\d+)\) = (\d+)")
+TRY = re.compile(r"^Try x = (\d+):.*= (\d+)\.$")
+
+
+def verdict_contexts(traces: Path) -> dict[str, int]:
+    """In ASTRO traces of the product family: each reflection's verdict (`back`: "not sure"
+    and a backtrack; `ok`: "seems to be correct") against the attempt before it: does its
+    stated product equal c, and is its arithmetic right? If search traces are to teach a
+    check, the verdict must follow from the visible product; keys: `<verdict> <P==c|P!=c>
+    <arithmetic ok|wrong>`."""
+    counts: dict[str, int] = {}
+    with traces.open(encoding="utf-8") as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            problem = PROBLEM.search(record["messages"][0]["content"])
+            if problem is None or record.get("style") != "astro":
+                continue
+            b, c = int(problem.group(1)), int(problem.group(2))
+            last: tuple[int, int] | None = None
+            for paragraph in record["messages"][-1]["content"].split("\n\n"):
+                paragraph = paragraph.strip()
+                attempt = TRY.match(paragraph)
+                if attempt:
+                    last = (int(attempt.group(1)), int(attempt.group(2)))
+                elif paragraph.startswith("But wait") and last is not None:
+                    guess, stated = last
+                    key = " ".join(
+                        (
+                            "back" if "not sure" in paragraph else "ok",
+                            "P==c" if stated == c else "P!=c",
+                            "arithmetic ok"
+                            if stated == guess * (guess + b)
+                            else "arithmetic wrong",
+                        )
+                    )
+                    counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))

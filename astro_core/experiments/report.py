@@ -30,6 +30,7 @@ from astro_core.experiments.behaviour import (  # noqa: E402
     conditions_of,
     merge,
     read_answers,
+    verdict_contexts,
 )
 
 if TYPE_CHECKING:
@@ -62,6 +63,13 @@ def collect(name: str, seeds: Sequence[SeedRun], meta: dict[str, Any]) -> Experi
             train.setdefault(metric, {})[arm] = mean_series(series)
     result = analyse(name, scores, train_curves=train, meta=meta)
     result.behaviour = behaviour(seeds, scores)
+    verdicts: dict[str, int] = {}
+    for run in seeds:
+        traces = run.outcome.artifacts.get("clone.traces")
+        if traces and Path(traces).is_file():
+            for key, count in verdict_contexts(Path(traces)).items():
+                verdicts[key] = verdicts.get(key, 0) + count
+    result.trace_verdicts = dict(sorted(verdicts.items()))
     return result
 
 
