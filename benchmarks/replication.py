@@ -10,9 +10,10 @@ Direct accuracy on the held-out problems at each stage (base, SFT, RL) and, last
 X = ASTRO-RL accuracy / Direct-RL accuracy on the held-out problems (goal > 1.0), R the
 Pearson r of backtracks per response against accuracy across ASTRO's RL checkpoints.
 
-Takes about 12 minutes on 2 shared CPU cores (the warm start is about a third of it); the
-whole cpu preset (three seeds) is measured in docs/experiments.md. One seed is one draw:
-read the ratio with the seed-to-seed spread of docs/experiments.md in mind.
+Takes about 20 minutes on 2 CPU cores shared with other jobs: the demo warm start about 15
+(300 SFT steps), the seed's run about 5. The whole cpu preset (three seeds) is measured in
+docs/experiments.md. One seed is one draw: read the ratio with the seed-to-seed spread of
+docs/experiments.md in mind.
 
     python benchmarks/replication.py [--out DIR] [--seed S]
 """
