@@ -3,9 +3,10 @@
 Read tolerantly, because the log may come from a trainer still running or from another
 version of it: lines that are not JSON objects with a numeric `step` are skipped (and
 counted), nested objects are flattened ("metrics": {"loss": 1} gives "metrics/loss"), only
-finite numbers are kept, and a step logged twice (a resumed trainer) keeps its last line.
-A metric is looked up under several names (`METRIC_NAMES`), matching a flattened name or
-its last part, so "reward_mean" finds "train/reward_mean" too.
+finite numbers are kept, and the lines of one step are merged, a later value winning (a
+checkpoint event after the step's metrics; a resumed trainer's repeat). A metric is looked
+up under several names (`METRIC_NAMES`), matching a flattened name or its last part, so
+"reward_mean" finds "train/reward_mean" too.
 """
 
 from __future__ import annotations
@@ -95,7 +96,8 @@ def read_train_log(path: str | Path) -> TrainLog:
             if "step" not in row:
                 skipped += 1
                 continue
-            by_step[row["step"]] = row
+            # merged, not replaced: a checkpoint event follows its step's metrics
+            by_step[row["step"]] = {**by_step.get(row["step"], {}), **row}
     if not by_step:
         raise ValueError(f"train log {file} has no line with a numeric step")
     rows = [by_step[s] for s in sorted(by_step)]

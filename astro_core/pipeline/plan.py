@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from astro_core.pipeline.spec import PIPELINE_STAGES, RunSpec, RunSpecError
+from astro_core.pipeline.spec import EVAL_CHECKPOINTS, PIPELINE_STAGES, RunSpec, RunSpecError
 
 # Every stage name a run can have, in order.
 STAGE_ORDER = (
@@ -85,10 +85,9 @@ def eval_checkpoints(spec: RunSpec, chosen: list[str]) -> list[str]:
     for index, label in enumerate(spec.eval_checkpoints):
         where = f"eval_checkpoints[{index}]"
         stage = label.split(":")[0].removeprefix("direct_")
-        if label not in ("base", "sft", "grpo", "grpo:all", "direct_sft", "direct_grpo"):
+        if label not in EVAL_CHECKPOINTS:
             raise RunSpecError(
-                f"{where}: unknown checkpoint {label!r}; choose from base, sft, grpo, "
-                "grpo:all, direct_sft, direct_grpo"
+                f"{where}: unknown checkpoint {label!r}; choose from {', '.join(EVAL_CHECKPOINTS)}"
             )
         if label in seen:
             raise RunSpecError(f"{where}: {label} is named twice")
@@ -102,14 +101,14 @@ def eval_checkpoints(spec: RunSpec, chosen: list[str]) -> list[str]:
 
 def checkpoint_source(label: str) -> str:
     """Where an eval checkpoint label comes from: `input.base_model` or `<stage>.checkpoint`
-    (`grpo:all`: `grpo.checkpoints`)."""
+    (`grpo:all`: `grpo.checkpoints`; `direct_grpo:all`: `grpo_direct.checkpoints`)."""
     if label == "base":
         return BASE
-    if label == "grpo:all":
-        return "grpo.checkpoints"
-    if label.startswith("direct_"):
-        return f"{label.removeprefix('direct_')}_direct.checkpoint"
-    return f"{label}.checkpoint"
+    stage, _, every = label.partition(":")
+    kind = "checkpoints" if every == "all" else "checkpoint"
+    if stage.startswith("direct_"):
+        return f"{stage.removeprefix('direct_')}_direct.{kind}"
+    return f"{stage}.{kind}"
 
 
 def plan(spec: RunSpec) -> list[PlannedStage]:

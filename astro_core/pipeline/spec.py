@@ -27,7 +27,15 @@ from astro_core.config import ConfigError
 # The stages a spec may name, in pipeline order. Arms add sft_direct and grpo_direct.
 PIPELINE_STAGES = ("search", "clone", "sft", "select_prompts", "grpo", "eval", "report")
 # What eval_checkpoints may name.
-EVAL_CHECKPOINTS = ("base", "sft", "grpo", "grpo:all", "direct_sft", "direct_grpo")
+EVAL_CHECKPOINTS = (
+    "base",
+    "sft",
+    "grpo",
+    "grpo:all",
+    "direct_sft",
+    "direct_grpo",
+    "direct_grpo:all",
+)
 TRAINER_BACKENDS = ("", "local", "kubernetes")
 MAX_CONFIG_VALUES = 10_000  # scalars, lists and mappings in config: YAML aliases cannot bloat it
 MAX_CONFIG_CHARS = 256 * 1024

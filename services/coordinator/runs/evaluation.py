@@ -1,8 +1,9 @@
 """The eval and report stages of a run.
 
 eval: every checkpoint the plan names (base, sft, grpo, each grpo checkpoint for `grpo:all`,
-the direct arms) is loaded into the generator service (LoadModel) and evaluated on every eval
-set with astro_core.evaluation, into eval/<label>/ (samples.jsonl + summary.json). The
+the direct arms, each direct RL checkpoint for `direct_grpo:all`) is loaded into the generator
+service (LoadModel) and evaluated on every eval set with astro_core.evaluation, into
+eval/<label>/ (samples.jsonl + summary.json). The
 generator does the heavy work, so the coordinator stays responsive, and evaluation resumes
 from the samples on disk when the stage is started again.
 
@@ -41,8 +42,8 @@ class Checkpoint:
 
 
 def checkpoints(ctx: StageContext, svc: StageServices) -> list[Checkpoint]:
-    """The checkpoints to evaluate, in the plan's order (`grpo:all` expands to each saved RL
-    checkpoint, oldest first)."""
+    """The checkpoints to evaluate, in the plan's order (`grpo:all` and `direct_grpo:all`
+    expand to each saved RL checkpoint of their arm, oldest first)."""
     found = []
     for key, source in ctx.stage.inputs.items():
         if not key.startswith("checkpoint."):
@@ -54,10 +55,11 @@ def checkpoints(ctx: StageContext, svc: StageServices) -> list[Checkpoint]:
         value = ctx.artifacts.get(source)
         if not value:
             raise StageFailed(f"input {source} was not recorded")
-        if label == "grpo:all":
+        if label.endswith(":all"):  # grpo:all, direct_grpo:all
+            stage = label.removesuffix(":all")
             for ref in value.split(","):
                 step = _step_of(svc, ref)
-                found.append(Checkpoint(f"grpo-step{step}", ref, "rl", step))
+                found.append(Checkpoint(f"{stage}-step{step}", ref, ARMS[stage], step))
             continue
         arm = ARMS[label]
         found.append(

@@ -1,0 +1,157 @@
+"""Where a trained model goes back: after a wrong attempt, or at random?
+
+A response is read as attempts in order: each step with a `\\boxed{}` answer is one, and the
+attempt is "followed by a move back" when a backtrack or restart comes before the next attempt.
+If backtracking is search, the model goes back after wrong attempts and stops after right ones;
+if it is a habit copied from the traces, the rates are the same either way. Recovery: of the
+responses whose first attempt is wrong, the share whose final answer is right.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from astro_core.cloning.parse import GOING_BACK, split_trace
+
+BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
+
+
+def attempts(response: str, gold: str) -> list[tuple[bool, bool]]:
+    """(the attempt's answer is right, a move back follows it) per attempt, in order."""
+    found: list[tuple[bool, bool]] = []
+    pending: bool | None = None
+    for segment in split_trace(response):
+        if segment.kind == "step":
+            answers = BOXED.findall(segment.text)
+            if answers:
+                if pending is not None:
+                    found.append((pending, False))
+                pending = answers[-1].strip() == gold.strip()
+        elif segment.kind in GOING_BACK and pending is not None:
+            found.append((pending, True))
+            pending = None
+    if pending is not None:
+        found.append((pending, False))
+    return found
+
+
+@dataclass
+class BacktrackConditions:
+    """Counts over responses; the rates are derived."""
+
+    responses: int = 0
+    wrong_attempts: int = 0
+    back_after_wrong: int = 0
+    right_attempts: int = 0
+    back_after_right: int = 0
+    first_wrong: int = 0
+    recovered: int = 0  # first attempt wrong, final answer right
+
+    def add(self, response: str, gold: str, final_right: bool) -> None:
+        self.responses += 1
+        found = attempts(response, gold)
+        for right, back in found:
+            if right:
+                self.right_attempts += 1
+                self.back_after_right += back
+            else:
+                self.wrong_attempts += 1
+                self.back_after_wrong += back
+        if found and not found[0][0]:
+            self.first_wrong += 1
+            self.recovered += final_right
+
+    def rates(self) -> dict[str, float | None]:
+        def share(part: int, whole: int) -> float | None:
+            return part / whole if whole else None
+
+        return {
+            "back_after_wrong": share(self.back_after_wrong, self.wrong_attempts),
+            "back_after_right": share(self.back_after_right, self.right_attempts),
+            "recovery": share(self.recovered, self.first_wrong),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), **self.rates()}
+
+
+def read_answers(eval_inputs: Iterable[Path]) -> dict[str, str]:
+    """Problem id -> gold answer, from the run's copies of its eval sets."""
+    answers: dict[str, str] = {}
+    for path in eval_inputs:
+        with path.open(encoding="utf-8") as handle:
+            for line in handle:
+                if line.strip():
+                    row = json.loads(line)
+                    answers[str(row["id"])] = str(row["answer"])
+    return answers
+
+
+def conditions_of(samples: Path, answers: Mapping[str, str]) -> BacktrackConditions:
+    """The counts over one eval directory's samples.jsonl."""
+    counts = BacktrackConditions()
+    with samples.open(encoding="utf-8") as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            sample = json.loads(line)
+            gold = answers.get(str(sample["problem_id"]))
+            if gold is not None:
+                counts.add(str(sample["response"]), gold, bool(sample["correct"]))
+    return counts
+
+
+def merge(counts: Iterable[BacktrackConditions]) -> BacktrackConditions:
+    total = BacktrackConditions()
+    for c in counts:
+        for name, value in asdict(c).items():
+            setattr(total, name, getattr(total, name) + value)
+    return total
+
+
+# --- what the traces teach (the product family) ---------------------------------------------
+
+PROBLEM = re.compile(r"x \* \(x \+ (\d+)\) = (\d+)")
+TRY = re.compile(r"^Try x = (\d+):.*= (\d+)\.$")
+
+
+def verdict_contexts(traces: Path) -> dict[str, int]:
+    """In ASTRO traces of the product family: each reflection's verdict (`back`: "not sure"
+    and a backtrack; `ok`: "seems to be correct") against the attempt before it: does its
+    stated product equal c, and is its arithmetic right? If search traces are to teach a
+    check, the verdict must follow from the visible product; keys: `<verdict> <P==c|P!=c>
+    <arithmetic ok|wrong>`."""
+    counts: dict[str, int] = {}
+    with traces.open(encoding="utf-8") as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            problem = PROBLEM.search(record["messages"][0]["content"])
+            if problem is None or record.get("style") != "astro":
+                continue
+            b, c = int(problem.group(1)), int(problem.group(2))
+            last: tuple[int, int] | None = None
+            for paragraph in record["messages"][-1]["content"].split("\n\n"):
+                paragraph = paragraph.strip()
+                attempt = TRY.match(paragraph)
+                if attempt:
+                    last = (int(attempt.group(1)), int(attempt.group(2)))
+                elif paragraph.startswith("But wait") and last is not None:
+                    guess, stated = last
+                    key = " ".join(
+                        (
+                            "back" if "not sure" in paragraph else "ok",
+                            "P==c" if stated == c else "P!=c",
+                            "arithmetic ok"
+                            if stated == guess * (guess + b)
+                            else "arithmetic wrong",
+                        )
+                    )
+                    counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))

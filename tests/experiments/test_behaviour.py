@@ -1,0 +1,54 @@
+"""Where a response goes back, and what the ASTRO traces teach, on hand-written text."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from astro_core.cloning.phrases import Phrases
+from astro_core.experiments.behaviour import BacktrackConditions, attempts, verdict_contexts
+
+P = Phrases()
+BACK = f'{P.reflection} {P.unsure} Let\'s go back to where we wrote "Try x = 3".'
+OK = f"{P.reflection} {P.confident}"
+
+
+def answer(x: int) -> str:
+    return f"So x = {x}. The final answer is \\boxed{{{x}}}."
+
+
+def test_attempts_pair_each_answer_with_the_move_after_it() -> None:
+    text = "\n\n".join(["Try x = 3: 3 * (3 + 2) = 3 * 5 = 15.", answer(3), BACK,
+                        "Try x = 4: 4 * (4 + 2) = 4 * 6 = 24.", answer(4), OK])  # fmt: skip
+    assert attempts(text, "4") == [(False, True), (True, False)]
+    assert attempts(answer(4), "4") == [(True, False)]
+    assert attempts("no answer at all", "4") == []
+
+
+def test_conditions_count_backtracks_after_right_and_wrong_attempts() -> None:
+    counts = BacktrackConditions()
+    counts.add("\n\n".join([answer(3), BACK, answer(4)]), "4", final_right=True)  # recovers
+    counts.add("\n\n".join([answer(4), BACK, answer(5)]), "4", final_right=False)  # at random
+    counts.add(answer(3), "4", final_right=False)
+    assert (counts.wrong_attempts, counts.back_after_wrong) == (3, 1)
+    assert (counts.right_attempts, counts.back_after_right) == (2, 1)
+    assert (counts.first_wrong, counts.recovered) == (2, 1)
+    assert counts.rates() == {"back_after_wrong": 1 / 3, "back_after_right": 0.5, "recovery": 0.5}
+
+
+def test_verdict_contexts_read_the_attempt_before_each_reflection(tmp_path: Path) -> None:
+    problem = "Find the positive integer x such that x * (x + 2) = 24."
+    trace = "\n\n".join([
+        "Try x = 3: 3 * (3 + 2) = 3 * 5 = 15.", answer(3), BACK,   # P != c, arithmetic right
+        "Try x = 5: 5 * (5 + 2) = 5 * 7 = 24.", answer(5), BACK,   # P == c, arithmetic wrong
+        "Try x = 4: 4 * (4 + 2) = 4 * 6 = 24.", answer(4), OK,     # P == c, arithmetic right
+    ])  # fmt: skip
+    record = {"messages": [{"role": "user", "content": problem},
+                           {"role": "assistant", "content": trace}], "style": "astro"}  # fmt: skip
+    path = tmp_path / "traces.jsonl"
+    path.write_text(json.dumps(record) + "\n" + json.dumps({**record, "style": "direct"}) + "\n")
+    assert verdict_contexts(path) == {
+        "back P!=c arithmetic ok": 1,
+        "back P==c arithmetic wrong": 1,
+        "ok P==c arithmetic ok": 1,
+    }
