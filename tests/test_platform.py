@@ -282,6 +282,7 @@ def test_clone_graph_and_demo_refuse_empty_or_bad_input(tmp_path: Path) -> None:
         assert result.exit_code == 2 and "line numbers start at 1" in one_line(result)
     assert not (tmp_path / "g").exists()
 
-    result = run("demo", "--limit", "-1", "--data-dir", str(tmp_path / "demo"))
-    assert result.exit_code == 2 and "--limit" in one_line(result)
+    # (the demo's old --limit is gone; its bad option now is an unknown preset)
+    result = run("demo", "--preset", "huge", "--data-dir", str(tmp_path / "demo"))
+    assert result.exit_code == 2 and "--preset" in one_line(result)
     assert not (tmp_path / "demo").exists()  # validated before anything started
