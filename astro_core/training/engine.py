@@ -125,9 +125,10 @@ def init_distributed(settings: DeepSpeedSettings) -> DistributedEnv:
     else:
         device = torch.device("cpu")
     deepspeed = import_deepspeed()
-    if len(own) == len(LAUNCHER_VARIABLES):
+    if world_size == 1:
         # A group of one needs no rendezvous: an in-memory store instead of a TCP port, which
-        # another process could take between choosing it and listening on it.
+        # another process could take between choosing it and listening on it (also when a
+        # launcher or an earlier job left MASTER_PORT set).
         import torch.distributed as dist
 
         if not dist.is_initialized():
