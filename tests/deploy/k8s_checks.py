@@ -68,6 +68,16 @@ def render(
     ]
 
 
+def refusal(values: Mapping[str, Any]) -> str:
+    """The chart's error for values it must refuse (fails the test if they render)."""
+    import helm_python as helm
+    import pytest
+
+    with pytest.raises(helm.HelmError) as err:
+        helm.Chart.load(CHART).render(dict(values), name="astro", namespace="ml", is_install=True)
+    return str(err.value)
+
+
 def render_notes(values: Mapping[str, Any] | None = None) -> str:
     import helm_python as helm
 
