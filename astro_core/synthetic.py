@@ -1,21 +1,25 @@
 """Synthetic problem families with exact answers, for the demo and the ASTRO-vs-Direct experiment.
 
-The family `product` asks for the positive integer x with x(x + b) = c. Producing the answer
-takes a search (guess an x, multiply, compare), while checking a guess is one multiplication:
-as in Stream of Search's Countdown, a model that reflects after a guess can tell a wrong turn
-from a right one, which is what ASTRO's backtracking needs to pay off. A solution is one or
-more steps separated by blank lines (the search's step delimiter):
+The family `product` asks for the positive integer x with x * b = c. A solution guesses x and
+checks the guess with one multiplication, whose result it compares with c:
 
-    Try x = 5: 5 * (5 + 3) = 5 * 8 = 40.
+    Try x = 6: 6 * 7 = 42 (need 49): wrong.
 
-    So x = 5. The final answer is \\boxed{5}.
+    So x = 6. The final answer is \\boxed{6}.
 
-`warmup_records` writes the warm-start data of a small model: one-guess solutions where, with
-probability `noise`, the guess is wrong and its product is misstated as c (an arithmetic slip),
-so the warm-started model sometimes answers wrongly with confidence and search trees over it hold
-both correct and incorrect terminals; plus the multiplication facts of the family's range
-("7 * 13 = 91"), so that a check generalises to held-out problems (whose products appear in no
-training solution) while finding x still takes guessing.
+Checking is easier than producing, as in Stream of Search's Countdown: the warm start teaches
+every multiplication of the family's range as a fact ("7 * 8 = 56."), the lookup a check needs,
+but never division; x is only ever shown as the answer of a train problem. On a held-out problem
+a small model's first guess is often wrong while its check of that guess is right, so a model
+that reflects after a check and goes back can recover: what ASTRO's backtracking needs to pay
+off. (An earlier family, x(x + b) = c, needed an addition and a two-digit product in each check,
+and its wrong guesses' products were misstated as c: a 2M-parameter model learned to copy c, so
+its reflections had no check to follow; docs/experiments.md.)
+
+`warmup_records` writes the warm-start data: one-guess solutions where, with probability
+`noise`, the guess is wrong, the check says so, and the solution answers the guess all the same
+(the overconfidence that reflection should catch), so search trees over the warm model hold
+correct and incorrect terminals; plus the multiplication facts.
 
 Splits are disjoint by construction: a problem's (b, c) pair is hashed into `train` or
 `heldout`, so a held-out problem never appears in training data whatever the seeds and sizes.
@@ -41,14 +45,14 @@ HELDOUT_SHARE = 5  # one (b, c) pair in HELDOUT_SHARE is held out
 
 @dataclass(frozen=True)
 class ProductProblem:
-    """x(x + b) = c with a unique positive integer root x."""
+    """x * b = c with a unique positive integer root x."""
 
     x: int
     b: int
 
     @property
     def c(self) -> int:
-        return self.x * (self.x + self.b)
+        return self.x * self.b
 
     @property
     def split(self) -> Split:
@@ -60,7 +64,7 @@ class ProductProblem:
         return f"product/b{self.b}-c{self.c}"
 
     def text(self) -> str:
-        return f"Find the positive integer x such that x * (x + {self.b}) = {self.c}."
+        return f"Find the positive integer x such that x * {self.b} = {self.c}."
 
     def to_problem(self) -> Problem:
         return Problem(
@@ -70,11 +74,11 @@ class ProductProblem:
             metadata={"family": "product", "split": self.split, "b": str(self.b)},
         )
 
-    def try_step(self, guess: int, claimed: int | None = None) -> str:
-        """One guess and its check; `claimed` misstates the product (an arithmetic slip)."""
-        product = guess * (guess + self.b) if claimed is None else claimed
-        factors = f"{guess} * ({guess} + {self.b}) = {guess} * {guess + self.b}"
-        return f"Try x = {guess}: {factors} = {product}."
+    def try_step(self, guess: int) -> str:
+        """One guess and its check: the product, and where it misses c, what it should be."""
+        product = guess * self.b
+        verdict = "right" if product == self.c else "wrong"
+        return f"Try x = {guess}: {guess} * {self.b} = {product} (need {self.c}): {verdict}."
 
     @staticmethod
     def answer_step(x: int) -> str:
@@ -86,19 +90,23 @@ class FamilyRanges:
     """Parameter ranges of the `product` family (inclusive)."""
 
     x_min: int = 2
-    x_max: int = 15
-    b_min: int = 1
-    b_max: int = 10
+    x_max: int = 12
+    b_min: int = 2
+    b_max: int = 9
 
     def factors(self) -> Iterator[tuple[int, int]]:
-        """Every (x, y) pair a try step of the family can multiply (y = x + b of a guess)."""
-        for x in range(1, self.x_max + 3):
-            for y in range(x + self.b_min, x + self.b_max + 1):
-                yield x, y
+        """Every (guess, b) pair a try step can multiply: guesses up to two past x_max."""
+        for guess in range(1, self.x_max + 3):
+            for b in range(self.b_min, self.b_max + 1):
+                yield guess, b
 
 
-def all_problems(ranges: FamilyRanges = FamilyRanges()) -> list[ProductProblem]:
+RANGES = FamilyRanges()  # the family's ranges everywhere (problems, splits, facts, tokenizer)
+
+
+def all_problems(ranges: FamilyRanges | None = None) -> list[ProductProblem]:
     """Every problem of the family, in a fixed order."""
+    ranges = ranges or RANGES
     return [
         ProductProblem(x, b)
         for b in range(ranges.b_min, ranges.b_max + 1)
@@ -107,7 +115,7 @@ def all_problems(ranges: FamilyRanges = FamilyRanges()) -> list[ProductProblem]:
 
 
 def sample_problems(
-    n: int, seed: int, split: Split = "train", ranges: FamilyRanges = FamilyRanges()
+    n: int, seed: int, split: Split = "train", ranges: FamilyRanges | None = None
 ) -> list[ProductProblem]:
     """n distinct problems of one split, drawn with a seeded generator (n is capped by the
     split's size)."""
@@ -119,12 +127,12 @@ def sample_problems(
 
 
 def noisy_solution(problem: ProductProblem, rng: random.Random, noise: float) -> list[str]:
-    """A one-guess solution; with probability `noise` the guess is wrong and misstated."""
-    if rng.random() >= noise:
-        return [problem.try_step(problem.x), problem.answer_step(problem.x)]
-    offsets = [d for d in (-2, -1, 1, 2) if problem.x + d >= 1]
-    wrong = problem.x + rng.choice(offsets)
-    return [problem.try_step(wrong, claimed=problem.c), problem.answer_step(wrong)]
+    """A one-guess solution; with probability `noise` the guess is wrong, its check says so,
+    and the solution answers it all the same (the overconfidence reflection should catch)."""
+    guess = problem.x
+    if rng.random() < noise:
+        guess += rng.choice([d for d in (-2, -1, 1, 2) if problem.x + d >= 1])
+    return [problem.try_step(guess), problem.answer_step(guess)]
 
 
 def _record(record_id: str, user: list[dict[str, str]], answer: str) -> dict[str, object]:
@@ -143,7 +151,7 @@ def warmup_records(
     copies: int,
     seed: int,
     noise: float,
-    ranges: FamilyRanges = FamilyRanges(),
+    ranges: FamilyRanges | None = None,
 ) -> list[dict[str, object]]:
     """SFT records (the traces JSONL format of `astro clone`), shuffled: `copies` noisy
     one-guess solutions of each problem and `copies` of each multiplication fact."""
@@ -154,7 +162,7 @@ def warmup_records(
             steps = noisy_solution(problem, rng, noise)
             user = problem_messages(problem.text())
             records.append(_record(problem.id, user, STEP_DELIMITER.join(steps)))
-        for x, y in ranges.factors():
+        for x, y in (ranges or RANGES).factors():
             user = [{"role": "user", "content": f"Compute {x} * {y}."}]
             records.append(_record(f"fact/{x}x{y}", user, f"{x} * {y} = {x * y}."))
     rng.shuffle(records)
@@ -173,13 +181,13 @@ def write_problems(problems: list[ProductProblem], out: str | Path) -> Path:
     return path
 
 
-def corpus(ranges: FamilyRanges = FamilyRanges()) -> list[str]:
+def corpus(ranges: FamilyRanges | None = None) -> list[str]:
     """Text a tokenizer for this family is trained on: every problem and a solution of each."""
     texts = []
     for p in all_problems(ranges):
         texts.append(p.text())
-        texts.extend([p.try_step(p.x), p.answer_step(p.x)])
-    texts.extend(f"Compute {x} * {y}." for x, y in ranges.factors())
+        texts.extend([p.try_step(p.x), p.try_step(p.x + 1), p.answer_step(p.x)])
+    texts.extend(f"Compute {x} * {y}." for x, y in (ranges or RANGES).factors())
     return texts
 
 

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 data_app = typer.Typer(help="Synthetic problem sets with exact answers.", no_args_is_help=True)
 
-Family = Annotated[str, typer.Option(help="Problem family: product (x(x+b)=c).")]
+Family = Annotated[str, typer.Option(help="Problem family: product (x * b = c).")]
 Count = Annotated[int, typer.Option("--n", help="Number of problems (at most the split's size).")]
 Seed = Annotated[int, typer.Option(help="Seed of the draw.")]
 Out = Annotated[Path, typer.Option(help="JSONL file to write; its folder must exist.")]

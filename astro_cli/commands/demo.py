@@ -99,7 +99,8 @@ def _warm_start(directory: Path, recipe: DemoPreset) -> Path:
     _say(
         f"[1/4] warm-start: a {config.num_hidden_layers}-layer Llama (hidden "
         f"{config.hidden_size}) SFT-ed {config.max_steps} steps on noisy one-guess solutions "
-        f"of {config.problems} train problems ({config.noise:.0%} wrong yet stated right)"
+        f"of {config.problems} train problems ({config.noise:.0%} of them answer a guess "
+        "their own check calls wrong)"
     )
     began = time.monotonic()
     model_dir = warm_start_model(directory / "warm-start", config)
@@ -141,9 +142,7 @@ def _run(directory: Path, recipe: DemoPreset, addresses: dict[str, Any], model_d
 
     with RegistryClient(addresses["registry"]["address"]) as registry:
         base = registry.register(BASE_MODEL_NAME, model_dir, stage="base", aliases=["demo"])
-    spec = recipe.run_spec(
-        base.ref, name=f"x(x + b) = c, {recipe.search_problems} problems searched"
-    )
+    spec = recipe.run_spec(base.ref, name=f"x * b = c, {recipe.search_problems} problems searched")
     with RunsClient(addresses["coordinator"]["address"]) as client:
         status = client.start(spec, client_request_id=uuid.uuid4().hex)
         _say(

@@ -116,8 +116,8 @@ def merge(counts: Iterable[BacktrackConditions]) -> BacktrackConditions:
 
 # --- what the traces teach (the product family) ---------------------------------------------
 
-PROBLEM = re.compile(r"x \* \(x \+ (\d+)\) = (\d+)")
-TRY = re.compile(r"^Try x = (\d+):.*= (\d+)\.$")
+PROBLEM = re.compile(r"x \* (\d+) = (\d+)")
+TRY = re.compile(r"^Try x = (\d+): \d+ \* \d+ = (\d+)\b")
 
 
 def verdict_contexts(traces: Path) -> dict[str, int]:
@@ -148,9 +148,7 @@ def verdict_contexts(traces: Path) -> dict[str, int]:
                         (
                             "back" if "not sure" in paragraph else "ok",
                             "P==c" if stated == c else "P!=c",
-                            "arithmetic ok"
-                            if stated == guess * (guess + b)
-                            else "arithmetic wrong",
+                            "arithmetic ok" if stated == guess * b else "arithmetic wrong",
                         )
                     )
                     counts[key] = counts.get(key, 0) + 1

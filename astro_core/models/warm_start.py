@@ -37,12 +37,17 @@ class WarmStartConfig(BaseModel):
     # -- data ------------------------------------------------------------------------------
     family: str = Field("product", description="Synthetic family (astro_core.synthetic).")
     problems: int = Field(
-        112, ge=1, description="Train problems solved in the records (capped by the split)."
+        69, ge=1, description="Train problems solved in the records (capped by the split)."
     )
     problems_seed: int = Field(0, ge=0, description="Seed of the draw of those problems.")
     copies: int = Field(6, ge=1, le=1000, description="Noisy solutions per problem (and fact).")
     noise: float = Field(
-        0.15, ge=0, le=1, description="Share of solutions whose guess is wrong yet stated right."
+        0.5,
+        ge=0,
+        le=1,
+        description="Share of solutions whose guess is wrong (its check says so) and answered "
+        "all the same. At 0.15 the model learned to copy c as every product instead of "
+        "multiplying.",
     )
     include_facts: bool = Field(
         True, description="Also train on the family's multiplication facts ('7 * 13 = 91')."
@@ -53,9 +58,14 @@ class WarmStartConfig(BaseModel):
     num_attention_heads: int = Field(4, ge=1, description="Attention heads (KV heads: half).")
     intermediate_size: int = Field(512, ge=8, description="Width of the MLP.")
     # -- SFT -------------------------------------------------------------------------------
-    max_steps: int = Field(300, ge=1, description="SFT optimizer steps.")
+    max_steps: int = Field(250, ge=1, description="SFT optimizer steps.")
     learning_rate: float = Field(3e-3, gt=0, le=1, description="Peak learning rate (cosine).")
-    batch_size: int = Field(16, ge=1, description="Sequences per optimizer step.")
+    batch_size: int = Field(
+        64,
+        ge=1,
+        description="Sequences per optimizer step (64: the facts are all right after 250 "
+        "steps; 16 for 600 steps left a fifth of them wrong).",
+    )
     max_length: int = Field(256, ge=16, description="Longest record in tokens.")
     seed: int = Field(0, ge=0, description="Seed of the model's initialisation and of SFT.")
 
@@ -140,7 +150,10 @@ def warm_start_model(out_dir: Path, config: WarmStartConfig) -> Path:
         warmup_ratio=0.05,
         max_length=config.max_length,
         per_device_train_batch_size=config.batch_size,
-        packing=True,
+        # Padded rows of similar lengths: one packed row of a large batch pays a quadratic
+        # attention mask on CPU.
+        packing=False,
+        group_by_length=True,
         # The prompt's numbers are random: learning to predict them only adds noise.
         assistant_only_loss=True,
         max_steps=config.max_steps,

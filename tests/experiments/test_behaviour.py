@@ -18,8 +18,8 @@ def answer(x: int) -> str:
 
 
 def test_attempts_pair_each_answer_with_the_move_after_it() -> None:
-    text = "\n\n".join(["Try x = 3: 3 * (3 + 2) = 3 * 5 = 15.", answer(3), BACK,
-                        "Try x = 4: 4 * (4 + 2) = 4 * 6 = 24.", answer(4), OK])  # fmt: skip
+    text = "\n\n".join(["Try x = 3: 3 * 6 = 18 (need 24): wrong.", answer(3), BACK,
+                        "Try x = 4: 4 * 6 = 24 (need 24): right.", answer(4), OK])  # fmt: skip
     assert attempts(text, "4") == [(False, True), (True, False)]
     assert attempts(answer(4), "4") == [(True, False)]
     assert attempts("no answer at all", "4") == []
@@ -37,11 +37,11 @@ def test_conditions_count_backtracks_after_right_and_wrong_attempts() -> None:
 
 
 def test_verdict_contexts_read_the_attempt_before_each_reflection(tmp_path: Path) -> None:
-    problem = "Find the positive integer x such that x * (x + 2) = 24."
+    problem = "Find the positive integer x such that x * 6 = 24."
     trace = "\n\n".join([
-        "Try x = 3: 3 * (3 + 2) = 3 * 5 = 15.", answer(3), BACK,   # P != c, arithmetic right
-        "Try x = 5: 5 * (5 + 2) = 5 * 7 = 24.", answer(5), BACK,   # P == c, arithmetic wrong
-        "Try x = 4: 4 * (4 + 2) = 4 * 6 = 24.", answer(4), OK,     # P == c, arithmetic right
+        "Try x = 3: 3 * 6 = 18 (need 24): wrong.", answer(3), BACK,  # P != c, arithmetic right
+        "Try x = 5: 5 * 6 = 24 (need 24): right.", answer(5), BACK,  # P == c, arithmetic wrong
+        "Try x = 4: 4 * 6 = 24 (need 24): right.", answer(4), OK,    # P == c, arithmetic right
     ])  # fmt: skip
     record = {"messages": [{"role": "user", "content": problem},
                            {"role": "assistant", "content": trace}], "style": "astro"}  # fmt: skip

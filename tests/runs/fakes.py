@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from astro_core.synthetic import ProductProblem
 from tests.search.fakes import (
     TEMPLATE,
     ExactVerifier,
@@ -23,17 +24,17 @@ from tests.search.fakes import (
     budgets_of,
 )
 
-PROBLEM = re.compile(r"x \* \(x \+ (\d+)\) = (\d+)")
+PROBLEM = re.compile(r"x \* (\d+) = (\d+)")
 TRY = re.compile(r"Try x = (\d+):")
 VOTE = "Is this solution correct?"
 
 
 def _root(b: int, c: int) -> int:
-    return next(x for x in range(1, c + 1) if x * (x + b) == c)
+    return c // b
 
 
-def _try(x: int, b: int) -> str:
-    return f"Try x = {x}: {x} * ({x} + {b}) = {x * (x + b)}."
+def _try(x: int, b: int, c: int) -> str:
+    return ProductProblem(_root(b, c), b).try_step(x)
 
 
 def _answer(x: int) -> str:
@@ -78,7 +79,7 @@ class FamilyGenerator:
         b, c = self.current
         x = _root(b, c)
         if not steps:
-            return [(_try(x, b), -1.0), (_try(x + 1, b), -1.5)]
+            return [(_try(x, b, c), -1.0), (_try(x + 1, b, c), -1.5)]
         guess = TRY.search(steps[-1])
         g = int(guess.group(1)) if guess else x
         return [(_answer(g), -0.5)]
@@ -89,7 +90,7 @@ class FamilyGenerator:
         guess = TRY.search(steps[-1]) if steps else None
         if guess:
             return [_answer(int(guess.group(1)))]
-        return [_try(x, b) + "\n\n" + _answer(x), _try(x + 1, b) + "\n\n" + _answer(x + 1)]
+        return [_try(x, b, c) + "\n\n" + _answer(x), _try(x + 1, b, c) + "\n\n" + _answer(x + 1)]
 
 
 def family_backends(settings: object) -> object:

@@ -5,7 +5,6 @@ held-out split reaches training data (warm-start records, a run's searched probl
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 
@@ -25,26 +24,21 @@ from astro_core.synthetic import (
 
 
 def solve(b: int, c: int) -> list[int]:
-    """Positive integer roots of x^2 + b x - c = 0 by the quadratic formula (independent of
-    how the family builds its problems)."""
-    disc = b * b + 4 * c
-    root = math.isqrt(disc)
-    if root * root != disc:
-        return []
-    return [x for x in ((-b + root) // 2, (-b - root) // 2) if x > 0 and x * x + b * x == c]
+    """Positive integer roots of x * b = c by division (independent of how the family builds
+    its problems)."""
+    quotient, remainder = divmod(c, b)
+    return [quotient] if remainder == 0 and quotient > 0 else []
 
 
 def parse(text: str) -> tuple[int, int]:
-    found = re.fullmatch(
-        r"Find the positive integer x such that x \* \(x \+ (\d+)\) = (\d+)\.", text
-    )
+    found = re.fullmatch(r"Find the positive integer x such that x \* (\d+) = (\d+)\.", text)
     assert found, text
     return int(found.group(1)), int(found.group(2))
 
 
 def test_every_answer_is_the_unique_root_and_the_verifier_agrees() -> None:
     problems = all_problems()
-    assert len(problems) == len({p.id for p in problems}) == 140
+    assert len(problems) == len({p.id for p in problems}) == 88
     for p in problems:
         problem = p.to_problem()
         b, c = parse(problem.problem)
@@ -52,15 +46,17 @@ def test_every_answer_is_the_unique_root_and_the_verifier_agrees() -> None:
         right = check(VerifyItem(p.answer_step(p.x), problem.answer, problem.problem))
         wrong = check(VerifyItem(p.answer_step(p.x + 1), problem.answer, problem.problem))
         assert right.correct and not wrong.correct, (problem, right, wrong)
-        # the check step's arithmetic is exact
-        step = re.fullmatch(
-            r"Try x = (\d+): (\d+) \* \((\d+) \+ (\d+)\) = (\d+) \* (\d+) = (\d+)\.",
-            p.try_step(p.x),
-        )
-        assert step, p.try_step(p.x)
-        g, g1, g2, plus_b, left, right_factor, product = map(int, step.groups())
-        assert g == g1 == g2 == left == p.x and plus_b == b and right_factor == p.x + b
-        assert left * right_factor == product == c
+        # a check step's arithmetic is exact and its verdict says whether the guess is x
+        for guess in range(1, p.x + 4):
+            step = re.fullmatch(
+                r"Try x = (\d+): (\d+) \* (\d+) = (\d+) \(need (\d+)\): (right|wrong)\.",
+                p.try_step(guess),
+            )
+            assert step, p.try_step(guess)
+            g, left, factor, product, need = map(int, step.groups()[:5])
+            assert g == left == guess and factor == b and need == c
+            assert product == guess * b
+            assert step.group(6) == ("right" if guess == p.x else "wrong")
 
 
 def test_the_splits_are_disjoint_whatever_the_draw() -> None:
@@ -93,8 +89,11 @@ def test_warm_start_data_holds_no_held_out_problem() -> None:
             verdict = check(VerifyItem(answer, str(problem.x)))
             if not verdict.correct:
                 wrong += 1
-                # a slip: the wrong guess's product is claimed to be c
-                assert f"= {problem.c}." in answer
+                # an honest check that says so, then the guess answered all the same
+                assert answer.split("\n\n")[0].endswith(f"(need {problem.c}): wrong.")
+                assert f"= {problem.c} " not in answer
+            else:
+                assert answer.split("\n\n")[0].endswith(f"= {problem.c} (need {problem.c}): right.")
         assert wrong / len(solutions) == pytest.approx(0.3, abs=0.1)
 
 

@@ -20,10 +20,10 @@ from astro_core.models.warm_start import (
 )
 from astro_core.synthetic import sample_problems
 
-# A try step and an answer step, e.g. "Try x = 4: 4 * (4 + 3) = 4 * 7 = 28.\n\nSo x = 4. The
+# A try step and an answer step, e.g. "Try x = 4: 4 * 7 = 28 (need 35): wrong.\n\nSo x = 4. The
 # final answer is \boxed{4}." (the tiny model's arithmetic may be wrong; its format is not).
 STEPS = re.compile(
-    r"Try x = \d+: \d+ \* \(\d+ \+ \d+\)[\d *=]+\.\n\n"
+    r"Try x = \d+: \d+ \* \d+ = \d+ \(need \d+\): (?:right|wrong)\.\n\n"
     r"So x = \d+\. The final answer is \\boxed\{(\d+)\}\."
 )
 
