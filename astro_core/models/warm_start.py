@@ -64,7 +64,7 @@ class WarmStartConfig(BaseModel):
         64,
         ge=1,
         description="Sequences per optimizer step (64: the facts are all right after 250 "
-        "steps; 16 for 600 steps left a fifth of them wrong).",
+        "steps; 16 for 600 steps left a tenth of them wrong).",
     )
     max_length: int = Field(256, ge=16, description="Longest record in tokens.")
     seed: int = Field(0, ge=0, description="Seed of the model's initialisation and of SFT.")
