@@ -41,6 +41,14 @@ TRAIN_METRICS = ("completion_length", "reward")
 DPI = 100
 
 
+def _save(figure: Any, path: Path) -> Path:
+    """Lay out, write and close a figure (a closed figure frees its memory)."""
+    figure.tight_layout()
+    figure.savefig(path, dpi=DPI)
+    plt.close(figure)
+    return path
+
+
 def seed_scores(seed: int, eval_dirs: Sequence[Path]) -> list[CheckpointScore]:
     scores: list[CheckpointScore] = []
     for folder in eval_dirs:
@@ -142,10 +150,7 @@ def accuracy_plot(result: ExperimentResult, path: Path) -> Path | None:
         axes.set_ylabel("accuracy, %")
         axes.set_title(benchmark, fontsize=9)
         axes.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=DPI)
-    plt.close(figure)
-    return path
+    return _save(figure, path)
 
 
 def curves_plot(result: ExperimentResult, path: Path) -> Path | None:
@@ -177,10 +182,7 @@ def curves_plot(result: ExperimentResult, path: Path) -> Path | None:
         axes.set_ylabel(label)
         axes.legend(fontsize=8)
     figure.suptitle(f"{benchmark}: means over seeds", fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path, dpi=DPI)
-    plt.close(figure)
-    return path
+    return _save(figure, path)
 
 
 def scatter_plot(result: ExperimentResult, path: Path) -> Path | None:
@@ -204,7 +206,4 @@ def scatter_plot(result: ExperimentResult, path: Path) -> Path | None:
     axes.set_ylabel("accuracy, %")
     axes.set_title(f"{benchmark}: RL checkpoints of every seed", fontsize=9)
     axes.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=DPI)
-    plt.close(figure)
-    return path
+    return _save(figure, path)
