@@ -76,9 +76,14 @@ class ProductProblem:
 
     def try_step(self, guess: int) -> str:
         """One guess and its check: the product, and where it misses c, what it should be."""
-        product = guess * self.b
-        verdict = "right" if product == self.c else "wrong"
-        return f"Try x = {guess}: {guess} * {self.b} = {product} (need {self.c}): {verdict}."
+        return f"{self.check(guess)} {self.verdict(guess)}."
+
+    def check(self, guess: int) -> str:
+        """A try step up to its verdict: `Try x = 6: 6 * 7 = 42 (need 49):`."""
+        return f"Try x = {guess}: {guess} * {self.b} = {guess * self.b} (need {self.c}):"
+
+    def verdict(self, guess: int) -> str:
+        return "right" if guess * self.b == self.c else "wrong"
 
     @staticmethod
     def answer_step(x: int) -> str:
@@ -207,7 +212,10 @@ class SynthSpec:
     split: Split = "train"
 
     def problems(self) -> list[Problem]:
-        return [p.to_problem() for p in sample_problems(self.n, self.seed, self.split)]
+        return [p.to_problem() for p in self.family_problems()]
+
+    def family_problems(self) -> list[ProductProblem]:
+        return sample_problems(self.n, self.seed, self.split)
 
 
 def is_synth_spec(text: str) -> bool:

@@ -10,12 +10,12 @@ Direct accuracy on the held-out problems at each stage (base, SFT, RL) and, last
 X = ASTRO-RL accuracy / Direct-RL accuracy on the held-out problems (goal > 1.0), R the
 Pearson r of backtracks per response against accuracy across ASTRO's RL checkpoints.
 
-Takes about 15 minutes on 2 CPU cores shared with other jobs (measured: 900 s, the demo warm
-start about 8 of them, the seed's run about 6; 20 under heavier load). The whole cpu preset
+Takes about 5 minutes on 2 idle CPU cores (measured on AMD EPYC: 317 s, the demo warm start
+about 2 minutes of it; 15-20 minutes on a machine shared with other jobs). The whole cpu preset
 (three seeds) is measured in docs/experiments.md. One seed is one draw: read the ratio with
-the seed-to-seed spread of docs/experiments.md in mind. Measured: `ratio: 0.385    r: +0.803
-(p = 0.407, n = 3)`, seed 0 of docs/experiments.md's run 2 to the digit (the pipeline is
-deterministic on CPU).
+the seed-to-seed spread of docs/experiments.md in mind. Measured: `ratio: 0.375    r: +0.427
+(p = 0.719, n = 3)`, seed 0 of docs/experiments.md's run 5 to the digit (the pipeline is
+deterministic on one machine).
 
     python benchmarks/replication.py [--out DIR] [--seed S]
 """

@@ -68,6 +68,7 @@ def test_the_tiny_demo_runs_every_stage_through_the_runs_service(
     assert re.search(r"demo finished in \d+ min \d+ s", out)
     # the warm start's accuracy on held-out problems and each checkpoint's are printed
     assert re.search(r"greedy \d+%, sampled \d+%, pass@2 \d+%", out)
+    assert re.search(r"wrong guesses called wrong \d+%, right guesses called right \d+% ", out)
     for label in ("base", "sft", "grpo"):
         assert re.search(rf"^ +{label} +\d+\.\d% +\d+\.\d\d$", out, re.MULTILINE), out
     # every stage's headline went by (the RunView of `astro run`, on stderr)

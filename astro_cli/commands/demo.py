@@ -93,7 +93,8 @@ def _stop(platform: LocalPlatform | None) -> dict[str, int]:
 
 
 def _warm_start(directory: Path, recipe: DemoPreset) -> Path:
-    from astro_core.models.warm_start import family_accuracy, warm_start_model
+    from astro_core.models.warm_start import check_verdicts, family_accuracy, warm_start_model
+    from astro_core.synthetic import parse_synth_spec
 
     config = recipe.warm_start
     _say(
@@ -111,6 +112,13 @@ def _warm_start(directory: Path, recipe: DemoPreset) -> Path:
         f"problems: greedy {figures.greedy:.0%}, sampled {figures.sampled:.0%}, "
         f"pass@{figures.samples} {figures.pass_at_k:.0%}, right and wrong among the samples "
         f"{figures.right_and_wrong:.0%}"
+    )
+    # Reflection can only follow a check the model judges right: the demo's bottleneck.
+    verdicts = check_verdicts(model_dir, parse_synth_spec(recipe.heldout_path).family_problems())
+    _say(
+        f"      its verdict on a written-out check: wrong guesses called wrong "
+        f"{verdicts.on_wrong_guesses:.0%}, right guesses called right "
+        f"{verdicts.on_right_guesses:.0%} ({verdicts.checks} checks)"
     )
     return model_dir
 

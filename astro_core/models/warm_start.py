@@ -4,6 +4,7 @@ wrong answers.
     model_dir = warm_start_model(Path("work/warm"), WarmStartConfig())   # the demo's recipe
     model_dir = warm_start_model(tmp, warm_start_preset("tiny"))         # seconds, for tests
     figures = family_accuracy(model_dir, heldout_problems)               # greedy, pass@1, pass@k
+    verdicts = check_verdicts(model_dir, sample_problems(19, 0, "heldout"))  # judges its checks?
 
 A random model never writes a `\\boxed{}` answer, so ASTRO's search has nothing to clone. The
 warm start builds the family's tiny Llama (digits one per token), writes noisy one-guess
@@ -246,4 +247,62 @@ def family_accuracy(
         pass_at_k=sum(any(r) for r in per_problem) / n,
         right_and_wrong=sum(any(r) and not all(r) for r in per_problem) / n,
         samples=samples,
+    )
+
+
+@dataclass(frozen=True)
+class VerdictAccuracy:
+    """Whether a model's try steps judge their own check right: given a check written out
+    (`Try x = 6: 6 * 7 = 42 (need 49):`), is " wrong" more likely than " right" when the
+    product misses c, and the reverse when it hits? Teacher-forced, so sampling noise and the
+    model's arithmetic play no part: this is the comparison alone, which reflection needs."""
+
+    checks: int
+    on_wrong_guesses: float  # share of wrong guesses the model calls wrong
+    on_right_guesses: float  # share of right guesses the model calls right
+    mean_probability: float  # mean probability of the true verdict (of the two)
+
+
+def check_verdicts(model_dir: Path, problems: list[Any], *, spread: int = 2) -> VerdictAccuracy:
+    """VerdictAccuracy of `model_dir` over `problems` (synthetic.ProductProblem), checking each
+    problem's root and the guesses up to `spread` either side of it."""
+    import torch
+
+    from astro_core.engines.base import chat_template_of, encode_prompt
+    from astro_core.models.tiny import load_model
+    from astro_core.prompts import problem_messages
+    from astro_core.training.grpo_loss import completion_logprobs
+
+    if not problems:
+        raise ValueError("check_verdicts needs at least one problem")
+    if spread < 1:
+        raise ValueError(f"spread must be >= 1 (wrong guesses to check), got {spread}")
+    model, tokenizer = load_model(model_dir)
+    template = chat_template_of(tokenizer)
+
+    def log_likelihood(head: str, tail: str) -> float:
+        """log P(tail | head), tokenized together as the model would write them."""
+        start = len(encode_prompt(tokenizer, head))
+        ids = encode_prompt(tokenizer, head + tail)
+        with torch.inference_mode():
+            logits = model(torch.tensor([ids])).logits[:, start - 1 : -1]
+        return float(completion_logprobs(logits, torch.tensor([ids[start:]])).sum())
+
+    called = {True: [0, 0], False: [0, 0]}  # guess is right -> [judged truly, total]
+    probabilities = []
+    for problem in problems:
+        prompt = template.render(problem_messages(problem.text()))
+        for guess in range(max(1, problem.x - spread), problem.x + spread + 1):
+            head = prompt + problem.check(guess)
+            right, wrong = (log_likelihood(head, f" {word}.") for word in ("right", "wrong"))
+            p_right = float(torch.sigmoid(torch.tensor(right - wrong)))
+            truth = problem.verdict(guess) == "right"
+            probabilities.append(p_right if truth else 1 - p_right)
+            called[truth][0] += (p_right > 0.5) == truth
+            called[truth][1] += 1
+    return VerdictAccuracy(
+        checks=len(probabilities),
+        on_wrong_guesses=called[False][0] / called[False][1],
+        on_right_guesses=called[True][0] / called[True][1],
+        mean_probability=sum(probabilities) / len(probabilities),
     )

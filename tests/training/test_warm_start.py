@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from astro_core.models.warm_start import (
     WarmStartConfig,
+    check_verdicts,
     family_accuracy,
     warm_start_model,
     warm_start_preset,
@@ -57,6 +58,25 @@ def test_tiny_warm_start_writes_the_family_steps(tmp_path: Path) -> None:
     stamp = (model_dir / "model.safetensors").stat().st_mtime_ns
     assert warm_start_model(tmp_path / "warm", config) == model_dir
     assert (model_dir / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.slow
+def test_check_verdicts_reads_the_verdict_the_model_was_taught(tmp_path: Path) -> None:
+    """A model whose every guess was wrong (noise 1) has only ever written "wrong": the measure
+    must find it calls wrong guesses wrong and right guesses wrong too, whatever the check."""
+    config = warm_start_preset("tiny", noise=1.0)
+    model_dir = warm_start_model(tmp_path / "warm", config)
+    problems = sample_problems(4, 0, "heldout")
+    verdicts = check_verdicts(model_dir, problems, spread=1)
+    assert verdicts.checks == 3 * len(problems)  # x - 1, x, x + 1 (x >= 2 in the family)
+    assert verdicts.on_wrong_guesses == 1.0 and verdicts.on_right_guesses == 0.0
+    # near-certain "wrong" everywhere: the true verdict's probability is ~1 on the two wrong
+    # guesses of each problem and ~0 on the right one
+    assert verdicts.mean_probability == pytest.approx(2 / 3, abs=0.08)
+    with pytest.raises(ValueError, match="at least one problem"):
+        check_verdicts(model_dir, [])
+    with pytest.raises(ValueError, match="spread must be >= 1"):
+        check_verdicts(model_dir, problems, spread=0)
 
 
 def test_records_solve_only_the_chosen_train_problems(tmp_path: Path) -> None:
