@@ -28,6 +28,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 CONFIG_FILE = "warm_start.json"
+WARM_MICRO_BATCH = 16  # most sequences per forward pass
 
 
 class WarmStartConfig(BaseModel):
@@ -142,6 +143,7 @@ def warm_start_model(out_dir: Path, config: WarmStartConfig) -> Path:
         ),
     )
     data = write_warmup_records(out_dir / "warmup.jsonl", config)
+    micro_batch = warm_micro_batch(config.batch_size)
     sft = SFTConfig(
         model=str(base),
         dataset=str(data),
@@ -150,9 +152,13 @@ def warm_start_model(out_dir: Path, config: WarmStartConfig) -> Path:
         lr_scheduler_type="cosine",
         warmup_ratio=0.05,
         max_length=config.max_length,
-        per_device_train_batch_size=config.batch_size,
         # Padded rows of similar lengths: one packed row of a large batch pays a quadratic
-        # attention mask on CPU.
+        # attention mask on CPU. A step's sequences are sorted by length into micro-batches
+        # of 16, so a short fact is not padded to a solution's length (half the warm start's
+        # compute was padding); the loss is normalised over the whole step, so the update is
+        # the one a single batch would make.
+        per_device_train_batch_size=micro_batch,
+        gradient_accumulation_steps=config.batch_size // micro_batch,
         packing=False,
         group_by_length=True,
         # The prompt's numbers are random: learning to predict them only adds noise.
@@ -169,6 +175,12 @@ def warm_start_model(out_dir: Path, config: WarmStartConfig) -> Path:
         raise RuntimeError(f"warm-start SFT finished without a model at {model}")
     marker.write_text(json.dumps(wanted, indent=1) + "\n")
     return model
+
+
+def warm_micro_batch(batch_size: int) -> int:
+    """Sequences per forward pass of the warm start: the largest divisor of the step's batch
+    up to WARM_MICRO_BATCH, so every step is whole micro-batches."""
+    return max(d for d in range(1, WARM_MICRO_BATCH + 1) if batch_size % d == 0)
 
 
 def warmup_problem_ids(config: WarmStartConfig) -> list[str]:

@@ -98,6 +98,31 @@ def test_packing_and_padding_train_the_same(
     assert losses(tmp_path / "p") == pytest.approx(losses(tmp_path / "u"), rel=1e-5)
 
 
+def test_length_sorted_micro_batches_train_as_one_batch_per_step(
+    tiny_model_dir: Path, traces_file: Path, tmp_path: Path
+) -> None:
+    """The warm start and the demo split each step into micro-batches sorted by length (less
+    padding): the loss is normalised over the whole step, so the updates must not change."""
+    runs = {}
+    for micro, accumulation, grouped in ((4, 1, False), (2, 2, True), (1, 4, True)):
+        out = tmp_path / f"m{micro}"
+        config = sft_config(
+            tiny_model_dir,
+            traces_file,
+            out,
+            max_steps=3,
+            packing=False,
+            per_device_train_batch_size=micro,
+            gradient_accumulation_steps=accumulation,
+            group_by_length=grouped,
+        )
+        train_sft(config, TrainingServices())
+        runs[micro] = losses(out)
+        assert sorted(runs[micro]) == [1, 2, 3]
+    assert runs[2] == pytest.approx(runs[4], rel=1e-5)
+    assert runs[1] == pytest.approx(runs[4], rel=1e-5)
+
+
 def test_checkpoints_are_registered_with_stage_step_metrics_and_aliases(
     tiny_model_dir: Path, traces_file: Path, tmp_path: Path
 ) -> None:

@@ -11,9 +11,11 @@ import pytest
 from pydantic import ValidationError
 
 from astro_core.models.warm_start import (
+    WARM_MICRO_BATCH,
     WarmStartConfig,
     check_verdicts,
     family_accuracy,
+    warm_micro_batch,
     warm_start_model,
     warm_start_preset,
     warmup_problem_ids,
@@ -105,3 +107,9 @@ def test_bad_settings_are_refused_naming_the_field() -> None:
         WarmStartConfig(noise=1.5)
     with pytest.raises(ValidationError, match="unknown_field|Extra inputs"):
         WarmStartConfig.model_validate({"unknown_field": 1})
+
+
+@pytest.mark.parametrize(("batch", "micro"), [(64, 16), (40, 10), (16, 16), (7, 7), (17, 1)])
+def test_warm_start_steps_are_whole_micro_batches(batch: int, micro: int) -> None:
+    assert warm_micro_batch(batch) == micro
+    assert micro <= WARM_MICRO_BATCH and batch % micro == 0
