@@ -10,12 +10,15 @@ Direct accuracy on the held-out problems at each stage (base, SFT, RL) and, last
 X = ASTRO-RL accuracy / Direct-RL accuracy on the held-out problems (goal > 1.0), R the
 Pearson r of backtracks per response against accuracy across ASTRO's RL checkpoints.
 
-Takes about 5 minutes on 2 idle CPU cores (measured on AMD EPYC: 317 s, the demo warm start
-about 2 minutes of it; 15-20 minutes on a machine shared with other jobs). The whole cpu preset
-(three seeds) is measured in docs/experiments.md. One seed is one draw: read the ratio with
-the seed-to-seed spread of docs/experiments.md in mind. Measured: `ratio: 0.375    r: +0.427
-(p = 0.719, n = 3)`, seed 0 of docs/experiments.md's run 5 to the digit (the pipeline is
-deterministic on one machine).
+Takes 5-8 minutes on 2 idle CPU cores (AMD EPYC with AVX-512: 317 s, the demo warm start
+about 2 minutes of it; an AVX2-only AMD EPYC: 489 s; 15-20 minutes on a machine shared with
+other jobs). The whole cpu preset (three seeds) is measured in docs/experiments.md. One seed
+is one draw: read the ratio with the seed-to-seed spread of docs/experiments.md in mind.
+Measured on the AVX2 machine (2026-11-28, warm start in length-sorted micro-batches):
+`ratio: 0.400    r: -0.305 (p = 0.802, n = 3)` (ASTRO 15.8 / 13.2 / 10.5 base / SFT / RL,
+Direct 15.8 / 15.8 / 26.3); on the AVX-512 one, before that change, `ratio: 0.375    r:
++0.427 (p = 0.719, n = 3)`, seed 0 of docs/experiments.md's run 5 to the digit. The pipeline
+is deterministic on one machine; float reductions differ between CPUs, and so do the figures.
 
     python benchmarks/replication.py [--out DIR] [--seed S]
 """
