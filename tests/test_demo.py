@@ -70,7 +70,8 @@ def test_the_tiny_demo_runs_every_stage_through_the_runs_service(
     assert re.search(r"greedy \d+%, sampled \d+%, pass@2 \d+%", out)
     assert re.search(r"wrong guesses called wrong \d+%, right guesses called right \d+% ", out)
     for label in ("base", "sft", "grpo"):
-        assert re.search(rf"^ +{label} +\d+\.\d% +\d+\.\d\d$", out, re.MULTILINE), out
+        row = rf"^ +{label} +\d+\.\d% +\d+\.\d\d +(\d+%|-) / (\d+%|-)$"
+        assert re.search(row, out, re.MULTILINE), out
     # every stage's headline went by (the RunView of `astro run`, on stderr)
     for stage in ("search", "clone", "sft", "select_prompts", "grpo", "eval", "report"):
         assert re.search(rf"^{stage}: ", result.stderr, re.MULTILINE), result.stderr
@@ -108,8 +109,14 @@ def test_the_tiny_demo_runs_every_stage_through_the_runs_service(
     prompts = read_jsonl(artifacts["select_prompts.prompts"])
     for label in ("base", "sft", "grpo"):
         summary = json.loads((Path(artifacts[f"eval.{label}"]) / "summary.json").read_text())
-        (bench,) = summary["benchmarks"].values()
+        ((name, bench),) = summary["benchmarks"].items()
         assert bench["problems"] == 3 and bench["samples"] == 6
+        # where it goes back: shares of its wrong / right answers that a move back follows
+        for kind in ("wrong", "right"):
+            rate = stages["eval"].metrics.get(f"{label}.{name}.back_after_{kind}")
+            assert rate is None or 0.0 <= rate <= 1.0
+            if label == "base" and bench["mean_backtracks"] == 0:
+                assert not rate  # a model that never goes back goes back after nothing
     assert Path(artifacts["report.markdown"]).is_file()
     assert report == Path(artifacts["report.html"])
     for key, value in artifacts.items():

@@ -168,16 +168,27 @@ def _run(directory: Path, recipe: DemoPreset, addresses: dict[str, Any], model_d
 
 
 def _summary(status: Any) -> None:
-    """Accuracy and backtracks per answer of each checkpoint on the held-out problems."""
+    """Accuracy and backtracks per answer of each checkpoint on the held-out problems, and
+    whether it goes back when it should: after a wrong answer more often than a right one."""
     metrics = {k: v for s in status.stages if s.name == "eval" for k, v in s.metrics.items()}
     _say("[4/4] on the held-out problems (samples per problem as in the eval section):")
-    _say(f"      {'checkpoint':<12}{'accuracy':>10}{'backtracks per answer':>24}")
+    _say(
+        f"      {'checkpoint':<12}{'accuracy':>10}{'backtracks per answer':>24}"
+        f"{'goes back after a wrong / right answer':>42}"
+    )
     for label in status.spec.eval_checkpoints:
         for key in sorted(
             k for k in metrics if k.startswith(f"{label}.") and k.endswith(".accuracy")
         ):
-            backtracks = metrics.get(key.removesuffix(".accuracy") + ".backtracks", 0.0)
-            _say(f"      {label:<12}{metrics[key]:>10.1%}{backtracks:>24.2f}")
+            prefix = key.removesuffix(".accuracy")
+            backtracks = metrics.get(f"{prefix}.backtracks", 0.0)
+            after = " / ".join(
+                f"{metrics[f'{prefix}.back_after_{kind}']:.0%}"
+                if f"{prefix}.back_after_{kind}" in metrics
+                else "-"
+                for kind in ("wrong", "right")
+            )
+            _say(f"      {label:<12}{metrics[key]:>10.1%}{backtracks:>24.2f}{after:>42}")
 
 
 def register(app: typer.Typer) -> None:

@@ -6,7 +6,12 @@ import json
 from pathlib import Path
 
 from astro_core.cloning.phrases import Phrases
-from astro_core.experiments.behaviour import BacktrackConditions, attempts, verdict_contexts
+from astro_core.experiments.behaviour import (
+    BacktrackConditions,
+    attempts,
+    conditions_of,
+    verdict_contexts,
+)
 
 P = Phrases()
 BACK = f'{P.reflection} {P.unsure} Let\'s go back to where we wrote "Try x = 3".'
@@ -34,6 +39,30 @@ def test_conditions_count_backtracks_after_right_and_wrong_attempts() -> None:
     assert (counts.right_attempts, counts.back_after_right) == (2, 1)
     assert (counts.first_wrong, counts.recovered) == (2, 1)
     assert counts.rates() == {"back_after_wrong": 1 / 3, "back_after_right": 0.5, "recovery": 0.5}
+
+
+def test_conditions_of_a_samples_file_read_one_benchmark_with_its_answers(tmp_path: Path) -> None:
+    samples = tmp_path / "samples.jsonl"
+    rows = [
+        ("a", "p1", "\n\n".join([answer(3), BACK, answer(4)]), True),  # wrong, back, right
+        ("a", "p2", answer(7), True),  # right, stops
+        ("b", "p1", "\n\n".join([answer(4), BACK, answer(5)]), False),  # right, back: b only
+        ("a", "unknown", answer(1), False),  # no gold answer: not counted
+    ]
+    samples.write_text(
+        "".join(
+            json.dumps({"benchmark": b, "problem_id": p, "response": r, "correct": c}) + "\n"
+            for b, p, r, c in rows
+        )
+        + "\n"
+    )
+    answers = {"p1": "4", "p2": "7"}
+    only_a = conditions_of(samples, answers, benchmark="a")
+    assert only_a.responses == 2
+    assert only_a.rates() == {"back_after_wrong": 1.0, "back_after_right": 0.0, "recovery": 1.0}
+    both = conditions_of(samples, answers)
+    assert both.responses == 3 and (both.right_attempts, both.back_after_right) == (3, 1)
+    assert conditions_of(samples, answers, benchmark="c").rates()["back_after_wrong"] is None
 
 
 def test_verdict_contexts_read_the_attempt_before_each_reflection(tmp_path: Path) -> None:
