@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from astro_core.config import deep_merge
@@ -105,10 +106,18 @@ def wait_for(
     timeout: float = 60.0,
     until: Callable[[Any], bool] | None = None,
 ) -> Any:
-    """The run's status once it is final (or `until(status)` holds); fails after timeout."""
+    """The run's status once it is final (or `until(status)` holds); fails after timeout.
+    UNAVAILABLE is retried: right after a coordinator restart on the same port, this
+    process's gRPC connection to it may still be in its reconnect backoff."""
     deadline = time.monotonic() + timeout
     while True:
-        status = client.get(run_id)
+        try:
+            status = client.get(run_id)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+            continue
         if until(status) if until else status.state in FINAL:
             return status
         assert time.monotonic() < deadline, f"run {run_id} still {status.state}: {status}"
