@@ -92,22 +92,27 @@ def read_answers(eval_inputs: Iterable[Path]) -> dict[str, str]:
     return answers
 
 
-def conditions_of(
-    samples: Path, answers: Mapping[str, str], benchmark: str | None = None
-) -> BacktrackConditions:
-    """The counts over one eval directory's samples.jsonl (one benchmark's samples only, if
-    `benchmark` is given)."""
-    counts = BacktrackConditions()
+def conditions_of(samples: Path, answers: Mapping[str, str]) -> BacktrackConditions:
+    """The counts over one eval directory's samples.jsonl."""
+    return merge(conditions_by_benchmark(samples, answers).values())
+
+
+def conditions_by_benchmark(
+    samples: Path, answers: Mapping[str, str]
+) -> dict[str, BacktrackConditions]:
+    """The counts over one eval directory's samples.jsonl, per benchmark, in one read."""
+    counts: dict[str, BacktrackConditions] = {}
     with samples.open(encoding="utf-8") as handle:
         for line in handle:
             if not line.strip():
                 continue
             sample = json.loads(line)
-            if benchmark is not None and sample.get("benchmark") != benchmark:
-                continue
             gold = answers.get(str(sample["problem_id"]))
             if gold is not None:
-                counts.add(str(sample["response"]), gold, bool(sample["correct"]))
+                benchmark = str(sample.get("benchmark", ""))
+                counts.setdefault(benchmark, BacktrackConditions()).add(
+                    str(sample["response"]), gold, bool(sample["correct"])
+                )
     return counts
 
 

@@ -9,6 +9,7 @@ from astro_core.cloning.phrases import Phrases
 from astro_core.experiments.behaviour import (
     BacktrackConditions,
     attempts,
+    conditions_by_benchmark,
     conditions_of,
     verdict_contexts,
 )
@@ -41,7 +42,7 @@ def test_conditions_count_backtracks_after_right_and_wrong_attempts() -> None:
     assert counts.rates() == {"back_after_wrong": 1 / 3, "back_after_right": 0.5, "recovery": 0.5}
 
 
-def test_conditions_of_a_samples_file_read_one_benchmark_with_its_answers(tmp_path: Path) -> None:
+def test_conditions_of_a_samples_file_per_benchmark_with_its_answers(tmp_path: Path) -> None:
     samples = tmp_path / "samples.jsonl"
     rows = [
         ("a", "p1", "\n\n".join([answer(3), BACK, answer(4)]), True),  # wrong, back, right
@@ -57,12 +58,14 @@ def test_conditions_of_a_samples_file_read_one_benchmark_with_its_answers(tmp_pa
         + "\n"
     )
     answers = {"p1": "4", "p2": "7"}
-    only_a = conditions_of(samples, answers, benchmark="a")
-    assert only_a.responses == 2
-    assert only_a.rates() == {"back_after_wrong": 1.0, "back_after_right": 0.0, "recovery": 1.0}
+    by_benchmark = conditions_by_benchmark(samples, answers)
+    assert set(by_benchmark) == {"a", "b"}
+    assert by_benchmark["a"].responses == 2
+    rates = by_benchmark["a"].rates()
+    assert rates == {"back_after_wrong": 1.0, "back_after_right": 0.0, "recovery": 1.0}
+    assert by_benchmark["b"].rates()["back_after_right"] == 1.0  # right, then back: b only
     both = conditions_of(samples, answers)
     assert both.responses == 3 and (both.right_attempts, both.back_after_right) == (3, 1)
-    assert conditions_of(samples, answers, benchmark="c").rates()["back_after_wrong"] is None
 
 
 def test_verdict_contexts_read_the_attempt_before_each_reflection(tmp_path: Path) -> None:
