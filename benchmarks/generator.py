@@ -19,9 +19,10 @@ process. Three tables:
 
 The machine may be shared, so ours and the peer alternate for `--repeats` rounds; each
 table shows each side's median round and ends with the median of the rounds' ratios (each
-round compares both under the same load) and their range. Every round takes problems not
-used before (no prompt repeats, which the prefix cache would serve: the peer has none). The
-last line is `ratio: X`, table 1's ours/peer tokens/s (goal: >= 8).
+round compares both under the same load) and their range; an untimed round of tables 1 and
+2 comes first (a server is measured warm). Every round takes problems not used before (no
+prompt repeats, which the prefix cache would serve: the peer has none). The last line is
+`ratio: X`, table 1's ours/peer tokens/s (goal: >= 8).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -58,6 +59,17 @@ Run = tuple[int, float]  # (generated tokens, seconds)
 def prompts(template: ChatTemplate, count: int) -> list[str]:
     problems = [json.loads(line)["problem"] for line in (DATA / "math500.jsonl").open()]
     return [template.render(problem_messages(p)) for p in problems[:count]]
+
+
+def fresh_prompts(template: ChatTemplate) -> Iterator[str]:
+    """MATH-500 prompts, none twice: after the first pass over the problems each is
+    numbered near its start, so a prompt shares no cacheable prefix with an earlier one
+    (the prefix cache would serve a repeat; the peer has none)."""
+    problems = [json.loads(line)["problem"] for line in (DATA / "math500.jsonl").open()]
+    for lap in itertools.count():
+        for problem in problems[1:]:  # problem 0 is the warm-up's
+            text = problem if lap == 0 else f"({lap}) {problem}"
+            yield template.render(problem_messages(text))
 
 
 class Peer:
@@ -241,8 +253,9 @@ def main() -> None:
         model_dir = ensure_tiny_model(work / "tiny-llama")
         peer = Peer(model_dir, args.device)
         tok = peer.tokenizer
-        texts = prompts(ChatTemplate(tok.chat_template, tok.bos_token, tok.eos_token), 500)
-        fresh = itertools.cycle(texts[1:])  # every round gets problems not seen before
+        template = ChatTemplate(tok.chat_template, tok.bos_token, tok.eos_token)
+        texts = prompts(template, 1)  # the warm-ups'
+        fresh = fresh_prompts(template)  # every round gets problems not seen before
 
         def take(count: int) -> list[str]:
             return list(itertools.islice(fresh, count))
@@ -255,6 +268,9 @@ def main() -> None:
             with GeneratorClient(address) as probe:
                 probe.model_info()  # waits until the model is loaded
                 probe.generate(texts[:1], max_tokens=4)  # warm-up
+            # One untimed round first (both sides): a server is measured warm, its cache
+            # buffers grown to the load.
+            one_round(peer, address, args, take(args.clients * args.requests), take(args.problems))
             for _ in range(args.repeats):
                 for name, run in one_round(
                     peer, address, args, take(args.clients * args.requests), take(args.problems)

@@ -59,8 +59,10 @@ def redis_handle(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[obj
 @pytest.fixture(params=["embedded", "redis_url"])
 def search_redis_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A Redis URL for a coordinator: the embedded server, and the one REDIS_URL names on a
-    random spare database (the task stream is one key per database, so concurrent test
-    sessions on a shared server must not share it)."""
+    spare database this test holds alone (the task stream is one key per database, and the
+    teardown deletes the database's searches: tests running at once, in other xdist
+    workers or sessions, must not share one). Databases are claimed with a key in
+    database 0 that expires, so a killed test does not hold one for ever."""
     import redis
 
     from services.runtime.redis_store import connect_redis
@@ -79,7 +81,15 @@ def search_redis_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
         if EXTERNAL_REDIS_URL.count("/") > 2
         else (EXTERNAL_REDIS_URL)
     )
-    url = f"{base}/{random.randint(1, 15)}"
+    claims = redis.Redis.from_url(f"{base}/0")
+    for db in random.sample(range(1, 16), 15):
+        claim = f"astro:test:database-claim:{db}"
+        if claims.set(claim, os.getpid(), nx=True, ex=900):
+            break
+    else:
+        claims.close()
+        pytest.skip(f"every spare database of {base} is held by another test")
+    url = f"{base}/{db}"
     client = redis.Redis.from_url(url, decode_responses=True)
     try:
         yield url
@@ -91,6 +101,8 @@ def search_redis_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator
         if keys:
             client.delete(*keys)
         client.close()
+        claims.delete(claim)
+        claims.close()
 
 
 @pytest.fixture(scope="session")

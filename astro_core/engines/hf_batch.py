@@ -106,7 +106,7 @@ class ContinuousBatch:
         if not self.decoding:
             self._release()
             return done
-        self.cache.reserve([len(rows) for rows in self.groups], 0)  # a free column
+        self.cache.reserve([[r.cached for r in rows] for rows in self.groups])  # a free column
         # Batch order: each group's rows in slot order.
         logits = self.engine.forward_step(self.cache, self.groups)
         order = [row for rows in self.groups for row in rows]
@@ -163,7 +163,7 @@ class ContinuousBatch:
             g = pick_group(lengths, row.cached)
             joins.append((g, len(lengths[g])))
             lengths[g].append(row.cached)
-        self.cache.reserve([len(c) for c in lengths], max(r.cached for r in new))
+        self.cache.reserve(lengths)
         for g, row in zip((g for g, _ in joins), new, strict=True):
             self.groups[g].append(row)
         self.cache.set_members([[r.cached for r in rows] for rows in self.groups])

@@ -136,9 +136,14 @@ class _SlotLayer(CacheLayerMixin):  # type: ignore[no-untyped-call]
 class SlotCache(Cache):
     """Keys and values of up to `capacity` sequences in GROUPS groups, one token per step.
 
-    Each group has its own buffers (per layer, `[slots, kv_heads, width, head_dim]`, all of
-    one width); a group's k-th sequence sits in its slot k. The batch order of a decode
-    step is group 0 in slot order, then group 1, and so on.
+    Each group has its own buffers (per layer, `[slots, kv_heads, width, head_dim]`); a
+    group's k-th sequence sits in its slot k. The batch order of a decode step is group 0
+    in slot order, then group 1, and so on.
+
+    Columns are counted on one shared axis: `cursor` is the column the next step writes,
+    and group g's buffer column j holds column `base[g] + j`. Each group sizes and moves its
+    buffers for its own members, so a long prompt grows only the buffers of the group it
+    joins (short groups keep short buffers: less memory to allocate and zero).
     """
 
     def __init__(self, config: Any, capacity: int, dtype: torch.dtype, device: str) -> None:
@@ -152,7 +157,7 @@ class SlotCache(Cache):
         # keys[g][layer], values[g][layer]: group g's buffers (empty until the group is used)
         self.keys: list[list[torch.Tensor]] = [[] for _ in GROUPS]
         self.values: list[list[torch.Tensor]] = [[] for _ in GROUPS]
-        self.width = 0  # columns of every buffer
+        self.base = [0 for _ in GROUPS]  # the column each group's buffer column 0 holds
         self.live = [0 for _ in GROUPS]  # sequences per group
         self.low = [0 for _ in GROUPS]  # first column each group attends to
         self.masks: list[torch.Tensor | None] = [None for _ in GROUPS]  # this step's, per group
@@ -166,62 +171,66 @@ class SlotCache(Cache):
     def slots(self, group: int) -> int:
         return int(self.keys[group][0].shape[0]) if self.keys[group] else 0
 
+    def width(self, group: int) -> int:
+        """Columns of the group's buffers."""
+        return int(self.keys[group][0].shape[2]) if self.keys[group] else 0
+
+    def at(self, group: int) -> int:
+        """The group's buffer column of the cursor."""
+        return self.cursor - self.base[group]
+
     def window(self, group: int) -> int:
         """Columns before the cursor that the group's members attend to."""
         return self.cursor - self.low[group] if self.live[group] else 0
 
-    def reserve(self, counts: Sequence[int], left: int) -> None:
-        """Make room for `counts` sequences per group, `left` cached columns before the
-        cursor and one column at it, moving groups to larger buffers if needed."""
-        window = max(self.window(g) for g in GROUPS)
-        left = max(left, window)
-        columns_fit = left <= self.cursor < self.width
-        if columns_fit and all(counts[g] <= self.slots(g) for g in GROUPS):
-            return
-        if sum(counts) > self.capacity:
-            raise ValueError(f"{sum(counts)} sequences do not fit {self.capacity} slots")
-        cursor, width = self.cursor, self.width
-        if not columns_fit:
-            cursor = left + left // 2  # headroom for longer prompts to come
-            if cursor + max(cursor // 2, _MIN_COLUMNS) > width:
-                width = cursor + max(cursor, _MIN_COLUMNS)
-        for g in GROUPS:
-            if width != self.width and not counts[g] and not self.live[g]:
-                self.keys[g], self.values[g] = [], []  # unused: allocated again when needed
+    def reserve(self, cached: Sequence[Sequence[int]]) -> None:
+        """Make room for each group's members, given as their cached tokens (`cached[g]`,
+        joining members included): that many columns before the cursor, one at it, and a
+        slot each. A group that lacks room moves its live windows back within its buffers
+        or into larger ones."""
+        if sum(map(len, cached)) > self.capacity:
+            raise ValueError(f"{sum(map(len, cached))} sequences do not fit {self.capacity} slots")
+        for g, members in enumerate(cached):
+            if not members:
                 continue
-            rows = self.slots(g)
-            if counts[g] > rows:
-                rows = min(self.capacity, max(counts[g], _MIN_SLOTS, 2 * rows))
-            if rows != self.slots(g) or (width != self.width and rows):
-                self._grow(g, rows, width, cursor)
-            elif cursor != self.cursor:
-                self._shift(g, cursor)
-        self.low = [cursor - (self.cursor - low) for low in self.low]
-        self.cursor, self.width = cursor, width
+            left = max(max(members), self.window(g))
+            at, width, rows = self.at(g), self.width(g), self.slots(g)
+            columns_fit = left <= at < width
+            if columns_fit and len(members) <= rows:
+                continue
+            if not columns_fit:
+                at = left + left // 2  # headroom for longer prompts to come
+                if at + max(at // 2, _MIN_COLUMNS) > width:
+                    width = at + max(at, _MIN_COLUMNS)
+            if len(members) > rows:
+                rows = min(self.capacity, max(len(members), _MIN_SLOTS, 2 * rows))
+            if rows != self.slots(g) or width != self.width(g):
+                self._grow(g, rows, width, at)
+            elif at != self.at(g):
+                self._shift(g, at)
+            self.base[g] = self.cursor - at
 
-    def _shift(self, group: int, cursor: int) -> None:
-        """Move the group's live windows to end at column `cursor` (no allocation)."""
-        window, n = self.window(group), self.live[group]
+    def _shift(self, group: int, at: int) -> None:
+        """Move the group's live windows to end at its buffer column `at` (no allocation)."""
+        window, n, now = self.window(group), self.live[group], self.at(group)
         if not window:
             return
         for buffer in (*self.keys[group], *self.values[group]):
-            kept = buffer[:n, :, self.cursor - window : self.cursor].clone()
-            buffer[:n, :, cursor - window : cursor] = kept
+            kept = buffer[:n, :, now - window : now].clone()
+            buffer[:n, :, at - window : at] = kept
 
-    def _grow(self, group: int, rows: int, width: int, cursor: int) -> None:
-        """New buffers for a group; its live windows end at column `cursor`."""
+    def _grow(self, group: int, rows: int, width: int, at: int) -> None:
+        """New buffers for a group; its live windows end at buffer column `at`."""
         shape = (rows, self.kv_heads, width, self.head_dim)
-        window, n = self.window(group), self.live[group]
+        window, n, now = self.window(group), self.live[group], self.at(group)
         moved: list[list[torch.Tensor]] = [[], []]
         for old, new in zip((self.keys[group], self.values[group]), moved, strict=True):
             for i in range(self.num_layers):
-                # Zeros, not empty: masked columns still enter attention as 0 * value, and
-                # uninitialised memory may hold NaN or inf, which would poison the sum.
-                buffer = torch.zeros(shape, dtype=self.dtype, device=self.device)
+                # Uninitialised: set_members zeroes the columns windows read before
+                # anything is written there. Pages never touched cost nothing.
+                buffer = torch.empty(shape, dtype=self.dtype, device=self.device)
                 if old and window:
-                    buffer[:n, :, cursor - window : cursor] = old[i][
-                        :n, :, self.cursor - window : self.cursor
-                    ]
+                    buffer[:n, :, at - window : at] = old[i][:n, :, now - window : now]
                 new.append(buffer)
         self.keys[group], self.values[group] = moved
 
@@ -234,22 +243,42 @@ class SlotCache(Cache):
     ) -> None:
         """Copy rows `rows` of prefilled keys/values ([b, kv_heads, n, head_dim] per layer,
         left-padded) into a group's `slots`, ending at the cursor."""
-        start = self.cursor - prefilled[0][0].shape[2]
+        at = self.at(group)
+        start = at - prefilled[0][0].shape[2]
         for i, (keys, values) in enumerate(prefilled):
-            self.keys[group][i][slots, :, start : self.cursor] = keys[rows]
-            self.values[group][i][slots, :, start : self.cursor] = values[rows]
+            self.keys[group][i][slots, :, start:at] = keys[rows]
+            self.values[group][i][slots, :, start:at] = values[rows]
 
     def move(self, group: int, sources: list[int], targets: list[int]) -> None:
         """Copy the window of group members `sources` to members `targets` (disjoint)."""
         src = torch.tensor(sources, device=self.device)
         dst = torch.tensor(targets, device=self.device)
-        low = self.low[group]
+        at = self.at(group)
+        low = at - self.window(group)
         for buffer in (*self.keys[group], *self.values[group]):
-            buffer[dst, :, low : self.cursor] = buffer[src, :, low : self.cursor]
+            buffer[dst, :, low:at] = buffer[src, :, low:at]
 
     def set_members(self, cached: Sequence[Sequence[int]]) -> None:
         """Record each group's members by their cached tokens (after members join or
-        leave): the live counts and the windows follow."""
+        leave): the live counts and the windows follow. Members that stay keep their
+        slots; joining members take the slots after them.
+
+        Buffers are allocated uninitialised (zeroing whole buffers costs more than the
+        calls that grow them: fresh pages are faulted in), so the columns a window gains
+        are zeroed here: a joining member's whole window (its prompt is then written over
+        it), and for staying members the columns a longer window adds. Attention reads
+        padding columns masked, but as 0 * value: they must hold finite numbers.
+        """
+        for g, members in enumerate(cached):
+            if not self.keys[g]:
+                continue
+            at, stay = self.at(g), min(self.live[g], len(members))
+            window, before = max(members, default=0), self.window(g) if stay else 0
+            for buffer in (*self.keys[g], *self.values[g]):
+                if len(members) > stay:
+                    buffer[stay : len(members), :, at - window : at].zero_()
+                if window > before and stay:
+                    buffer[:stay, :, at - window : at - before].zero_()
         self.live = [len(c) for c in cached]
         self.low = [self.cursor - max(c, default=0) for c in cached]
 
@@ -264,8 +293,9 @@ class SlotCache(Cache):
         for g in GROUPS:
             n = self.live[g]
             if n:
-                self.keys[g][layer][:n, :, self.cursor] = key_states[start : start + n, :, 0]
-                self.values[g][layer][:n, :, self.cursor] = value_states[start : start + n, :, 0]
+                at = self.at(g)
+                self.keys[g][layer][:n, :, at] = key_states[start : start + n, :, 0]
+                self.values[g][layer][:n, :, at] = value_states[start : start + n, :, 0]
                 start += n
         return key_states, value_states
 
@@ -309,7 +339,8 @@ class SlotCache(Cache):
             n = self.live[g]
             if not n:
                 continue
-            window = slice(self.low[g], self.cursor + 1)
+            at = self.at(g)
+            window = slice(at - self.window(g), at + 1)
             # One query token: the query heads sharing a key/value head become that head's
             # queries, so keys and values are not repeated per query head (GQA).
             q = query[start : start + n].reshape(n, self.kv_heads, heads // self.kv_heads, dim)

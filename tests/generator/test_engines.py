@@ -306,14 +306,25 @@ def test_cancelled_request_leaves_the_batch_at_the_next_step(engine: Engine) -> 
 
 
 def test_fresh_cache_memory_never_reaches_attention(
-    engine: Engine, monkeypatch: pytest.MonkeyPatch
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Masked cache columns still enter attention as 0 * value: if new cache buffers held
-    uninitialised memory (NaN, inf), outputs would turn to garbage at random."""
-    if engine.kind != "hf":
-        pytest.skip("the slot cache is the hf engine's")
-    request = GenerationRequest(tuple(JOIN_PROMPTS), SamplingParams(n=2, max_tokens=12, seed=1))
-    [expected] = engine.generate_batch([request])
+    """Cache buffers are allocated uninitialised (kv_slots.py); masked columns still enter
+    attention as 0 * value, so any column a window reads before it is written must have
+    been zeroed. With every new buffer full of NaN, rows joining a running batch (a long
+    row joining a group of shorter ones, groups growing slots and columns) decode exactly
+    as they do alone on clean memory."""
+    clean = HFEngine(EngineConfig(model_path=str(tiny_model_dir), dtype="float32"))
+    prompts = ["x = 2. " * 2, "x = 2. " * 4, "x = 2. " * 9, "x = 2. " * 14]
+    first = [
+        GenerationRequest((p,), SamplingParams(n=2, max_tokens=40, seed=i, logprobs=True))
+        for i, p in enumerate(prompts)
+    ]
+    later = [  # every group is taken: a long prompt joins one of shorter rows (they attend
+        # further back), a short one a group of longer rows (it has padding columns)
+        GenerationRequest((p,), SamplingParams(n=3, max_tokens=12, seed=9, logprobs=True))
+        for p in ("a" * 400, "1", "x = 2. " * 30)
+    ]
+    expected = [clean.generate_batch([r])[0] for r in first + later]
     real_empty = torch.empty
 
     def poisoned(*args: Any, **kwargs: Any) -> torch.Tensor:
@@ -321,7 +332,62 @@ def test_fresh_cache_memory_never_reaches_attention(
         return tensor.fill_(float("nan")) if tensor.is_floating_point() else tensor
 
     monkeypatch.setattr(torch, "empty", poisoned)
-    assert engine.generate_batch([request])[0] == expected
+    engine = HFEngine(EngineConfig(model_path=str(tiny_model_dir), dtype="float32"))
+    batch = engine.start_batch(32)
+    tickets = [batch.add(r) for r in first]
+    for _ in range(3):
+        batch.step()
+    cache = batch.cache
+    assert all(cache.live)  # every group holds a row
+    tickets += [batch.add(r) for r in later]
+    batch.step()
+    longest = max(range(len(cache.live)), key=cache.window)
+    assert cache.live[longest] > 3  # the long rows joined a group that had rows
+    assert batch.groups[0][-1].prompt_ids == batch.groups[0][-3].prompt_ids  # "1" x3...
+    assert batch.groups[0][-1].cached < batch.groups[0][0].cached  # ...behind longer rows
+    while batch.rows:
+        batch.step()
+    for ticket, alone in zip(tickets, expected, strict=True):
+        assert_same(ticket.results(), alone)
+    for seed in (0, 1):  # and the random joining workload
+        monkeypatch.setattr(torch, "empty", real_empty)
+        rnd = random.Random(seed)
+        requests = [_random_request(rnd) for _ in range(8)]
+        alone = [clean.generate_batch([r])[0] for r in requests]
+        monkeypatch.setattr(torch, "empty", poisoned)
+        fresh = HFEngine(EngineConfig(model_path=str(tiny_model_dir), dtype="float32"))
+        batch = fresh.start_batch(rnd.choice([2, 5, 64]))
+        tickets = []
+        for request in requests:
+            tickets.append(batch.add(request))
+            batch.step()
+        while batch.rows:
+            batch.step()
+        for ticket, expected_alone in zip(tickets, alone, strict=True):
+            assert_same(ticket.results(), expected_alone)
+
+
+def test_a_long_prompt_grows_only_its_own_groups_buffers(tiny_model_dir: Path) -> None:
+    """Each length group sizes its buffers for its own rows: a long prompt joining the
+    batch does not widen (reallocate) the buffers of the groups of short rows."""
+    engine = HFEngine(EngineConfig(model_path=str(tiny_model_dir)))
+    batch = engine.start_batch(16)
+    short = ["1", "x = 2. ", "x = 2. " * 3]
+    for i, prompt in enumerate(short):
+        batch.add(GenerationRequest((prompt,), SamplingParams(max_tokens=30, seed=i)))
+    batch.step()
+    cache = batch.cache
+    before = {g: cache.keys[g][0].data_ptr() for g in range(len(cache.live)) if cache.live[g]}
+    batch.add(GenerationRequest(("a" * 1500,), SamplingParams(max_tokens=4, seed=5)))
+    batch.step()
+    [long_group] = [g for g in range(len(cache.live)) if cache.window(g) > 1000]
+    assert long_group not in before  # it went to the free group
+    assert cache.width(long_group) > 1000
+    for g, pointer in before.items():
+        assert cache.keys[g][0].data_ptr() == pointer  # not reallocated
+        assert cache.width(g) < 200
+    while batch.rows:
+        batch.step()
 
 
 @pytest.mark.parametrize(
