@@ -13,10 +13,14 @@ live in `[slots, kv_heads, width, head_dim]` buffers that are written in place:
   `pick_group`). Decoding is bound by reading these windows, so padding is read time;
 - a finished sequence is replaced by the last sequence of its group (one row copied), so
   each group's slots stay contiguous and attention reads plain views;
-- when the buffers run out of columns, the live windows are moved back within them; when a
-  group runs out of slots, or a new prompt is longer than the room left of the cursor, its
+- when a group's buffers run out of columns, its live windows are moved back within them;
+  when it runs out of slots, or a new prompt is longer than the room left of the cursor, its
   live windows are copied into larger buffers; room is doubled each time, so the copies
-  cost O(1) per generated token.
+  cost O(1) per generated token. Groups size their buffers apart: a long prompt widens
+  only its own group's;
+- buffers are allocated uninitialised (zeroing a fresh buffer faults in all its pages, which
+  costs more than the calls that grow it); `set_members` zeroes the columns a window gains
+  before anything is written there.
 
 The model sees this through transformers' public seams: a `Cache` whose `update(keys,
 values, layer)` writes the new column, and an attention function registered as
