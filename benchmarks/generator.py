@@ -56,18 +56,13 @@ REPO = Path(__file__).resolve().parents[1]
 Run = tuple[int, float]  # (generated tokens, seconds)
 
 
-def prompts(template: ChatTemplate, count: int) -> list[str]:
-    problems = [json.loads(line)["problem"] for line in (DATA / "math500.jsonl").open()]
-    return [template.render(problem_messages(p)) for p in problems[:count]]
-
-
 def fresh_prompts(template: ChatTemplate) -> Iterator[str]:
-    """MATH-500 prompts, none twice: after the first pass over the problems each is
-    numbered near its start, so a prompt shares no cacheable prefix with an earlier one
-    (the prefix cache would serve a repeat; the peer has none)."""
+    """MATH-500 prompts in the chat template, none twice: after the first pass over the
+    problems each is numbered near its start, so a prompt shares no cacheable prefix with an
+    earlier one (the prefix cache would serve a repeat; the peer has none)."""
     problems = [json.loads(line)["problem"] for line in (DATA / "math500.jsonl").open()]
     for lap in itertools.count():
-        for problem in problems[1:]:  # problem 0 is the warm-up's
+        for problem in problems:
             text = problem if lap == 0 else f"({lap}) {problem}"
             yield template.render(problem_messages(text))
 
@@ -253,12 +248,12 @@ def main() -> None:
         model_dir = ensure_tiny_model(work / "tiny-llama")
         peer = Peer(model_dir, args.device)
         tok = peer.tokenizer
-        template = ChatTemplate(tok.chat_template, tok.bos_token, tok.eos_token)
-        texts = prompts(template, 1)  # the warm-ups'
-        fresh = fresh_prompts(template)  # every round gets problems not seen before
+        fresh = fresh_prompts(ChatTemplate(tok.chat_template, tok.bos_token, tok.eos_token))
 
         def take(count: int) -> list[str]:
             return list(itertools.islice(fresh, count))
+
+        texts = take(1)  # the warm-ups'; every round after gets problems not seen before
 
         peer.generate(texts[0], 4)  # warm-up
         proc = start_service(model_dir, work, args.device, args.clients, args.threads)

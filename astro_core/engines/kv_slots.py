@@ -278,6 +278,8 @@ class SlotCache(Cache):
                 continue
             at, stay = self.at(g), min(self.live[g], len(members))
             window, before = max(members, default=0), self.window(g) if stay else 0
+            if len(members) == stay and (window <= before or not stay):
+                continue  # no member joined, no window grew (members left, or none)
             for buffer in (*self.keys[g], *self.values[g]):
                 if len(members) > stay:
                     buffer[stay : len(members), :, at - window : at].zero_()
