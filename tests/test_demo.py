@@ -75,6 +75,9 @@ def test_the_tiny_demo_runs_every_stage_through_the_runs_service(
     # every stage's headline went by (the RunView of `astro run`, on stderr)
     for stage in ("search", "clone", "sft", "select_prompts", "grpo", "eval", "report"):
         assert re.search(rf"^{stage}: ", result.stderr, re.MULTILINE), result.stderr
+    # a headline wider than 80 columns stays one line in a log (not broken mid-figure)
+    eval_line = re.search(r"^eval: .*$", result.stderr, re.MULTILINE)
+    assert eval_line and all(f"{c}.synth-" in eval_line.group(0) for c in ("base", "sft", "grpo"))
 
     # The platform is down; its Redis (append-only file in the data dir) holds the record.
     handle = connect_redis(url=None, directory=tmp_path / "redis")

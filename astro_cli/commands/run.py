@@ -177,9 +177,13 @@ class RunView:
         if event.state == "succeeded" and event.stage not in self.printed:
             self.printed.add(event.stage)
             self.progress.update(task, completed=event.total or 1, total=event.total or 1)
-            self.console.print(f"{event.stage}: {headline(event.stage, dict(event.metrics))}")
+            # soft_wrap: a line too wide for the terminal (or for a log file's 80 columns)
+            # is wrapped by whatever shows it, not broken inside a figure
+            self.console.print(
+                f"{event.stage}: {headline(event.stage, dict(event.metrics))}", soft_wrap=True
+            )
         elif event.state in ("failed", "cancelled"):
-            self.console.print(f"{event.stage} {event.state}: {event.message}")
+            self.console.print(f"{event.stage} {event.state}: {event.message}", soft_wrap=True)
 
 
 # Headline figures per stage kind; a template whose metric the stage lacks is left out.
