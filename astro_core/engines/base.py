@@ -9,6 +9,7 @@ concurrent calls through it, and a request whose caller gave up leaves at the ne
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import threading
@@ -172,12 +173,35 @@ class EngineBase(ABC):
     @abstractmethod
     def start_batch(self, capacity: int) -> RunningBatch: ...
 
+    @functools.cached_property
+    def chars_per_token_bound(self) -> int:
+        """Most characters of a prompt one token can cover. A byte-level BPE entry spells one
+        byte per character, and a character is at least one byte, so no token covers more
+        characters than its entry is long; a normalizer may fold several characters into one
+        (NFKC, stripped accents), so then four times that."""
+        longest = max((len(entry) for entry in self.tokenizer.get_vocab()), default=1)
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        folds = backend is None or backend.normalizer is not None
+        return max(1, longest) * (4 if folds else 1)
+
     def encode_request(self, request: GenerationRequest) -> list[list[int]]:
         """Token ids of each prompt, after checking the request; raises InvalidRequest."""
         request.check()
-        with self.tokenizer_lock:
-            ids = [encode_prompt(self.tokenizer, p) for p in request.prompts]
-        for i, prompt_ids in enumerate(ids):
+        # Every prompt is checked for length in characters before any is tokenized, and each
+        # one's tokens as soon as it is: tokenizing megabytes takes seconds under the
+        # tokenizer lock, which the other calls and the engine's detokenizing wait for.
+        most_chars = self.max_model_len * self.chars_per_token_bound
+        for i, prompt in enumerate(request.prompts):
+            if len(prompt) >= most_chars:
+                raise InvalidRequest(
+                    f"prompt {i} has {len(prompt)} characters, more than "
+                    f"{self.max_model_len - 1} tokens of this model can hold (max_model_len "
+                    f"{self.max_model_len})"
+                )
+        ids = []
+        for i, prompt in enumerate(request.prompts):
+            with self.tokenizer_lock:  # per prompt, so that a big call lets others in
+                prompt_ids = encode_prompt(self.tokenizer, prompt)
             if not prompt_ids:
                 raise InvalidRequest(f"prompt {i} is empty: it encodes to no tokens")
             if len(prompt_ids) >= self.max_model_len:
@@ -186,6 +210,7 @@ class EngineBase(ABC):
                     f"{self.max_model_len - 1} so that one token can be generated "
                     f"(max_model_len {self.max_model_len})"
                 )
+            ids.append(prompt_ids)
         return ids
 
     def chat_template(self) -> ChatTemplate:

@@ -189,6 +189,52 @@ def test_oversized_prompt_is_rejected(engine: Engine) -> None:
         engine.generate([""], max_tokens=4)
 
 
+def test_a_prompt_too_long_in_characters_is_refused_before_tokenizing(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Megabytes of prompt would hold the tokenizer lock for seconds (every call waits)."""
+    import astro_core.engines.base as base
+
+    bound = engine.chars_per_token_bound  # type: ignore[attr-defined]
+    huge = "a " * (engine.max_model_len * bound // 2 + 1)
+
+    def never(*_: object) -> list[int]:
+        raise AssertionError("the prompt was tokenized")
+
+    monkeypatch.setattr(base, "encode_prompt", never)
+    with pytest.raises(InvalidRequest, match=r"prompt 1 has \d+ characters, more than \d+ tokens"):
+        engine.encode_request(GenerationRequest(prompts=("fine", huge)))
+
+    # a prompt over the limit in tokens stops the call's tokenizing there
+    encoded: list[str] = []
+
+    def counting(tokenizer: Any, text: str) -> list[int]:
+        encoded.append(text)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    monkeypatch.setattr(base, "encode_prompt", counting)
+    too_many_tokens = "step " * (engine.max_model_len + 10)
+    with pytest.raises(InvalidRequest, match="prompt 0 has .* tokens"):
+        engine.encode_request(GenerationRequest(prompts=(too_many_tokens,) + ("fine",) * 5))
+    assert encoded == [too_many_tokens]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "\n".join(PROMPTS),
+        " " * 500 + "-" * 500 + "=" * 300,
+        "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>",
+        "Find $\\frac{1}{2} + \\sqrt{3}$ ÷ 7 é 你好 🙂" * 20,
+        "abcdefghijklmnopqrstuvwxyz0123456789" * 30,
+    ],
+)
+def test_no_token_covers_more_characters_than_the_bound(engine: Engine, text: str) -> None:
+    """The bound the character check relies on: it never refuses a prompt that fits."""
+    [ids] = engine.encode_request(GenerationRequest(prompts=(text,)))
+    assert len(text) <= len(ids) * engine.chars_per_token_bound  # type: ignore[attr-defined]
+
+
 def test_chat_template_matches_the_tokenizer(engine: Engine, tiny_model_dir: Path) -> None:
     _, tokenizer = load_model(tiny_model_dir)
     messages = problem_messages("What is 2 + 2?")
