@@ -33,6 +33,10 @@ class EchoVerifier(verifier_pb2_grpc.VerifierServicer):
         await asyncio.sleep(float(request.problem or 0))
         if not request.gold:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "gold is required")
+        if request.gold == "echo":  # a message that quotes what the caller sent
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"response {request.response} is refused"
+            )
         correct = request.response == request.gold
         return verifier_pb2.VerifyResult(correct=correct, reward=1.0 if correct else -1.0)
 
@@ -360,6 +364,21 @@ def test_an_unexpected_exception_is_internal_with_a_message() -> None:
         with pytest.raises(grpc.RpcError) as err:
             verify(svc.client_config(), gold="")
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_long_status_message_is_clipped_not_lost() -> None:
+    """A message quoting 100 kB of input is over a client's metadata limit (16 KiB): unclipped,
+    the caller got RESOURCE_EXHAUSTED "Stream removed" instead of the status."""
+    from services.runtime.interceptors import MAX_DETAILS_CHARS
+
+    with ServiceThread("echo", register_echo) as svc:
+        with pytest.raises(grpc.RpcError) as err:
+            verify(svc.client_config(), response="x" * 100_000, gold="echo")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = err.value.details()
+    full = len("response ") + 100_000 + len(" is refused")
+    assert details.startswith("response xxx") and details.endswith(f"[{full} characters in all]")
+    assert len(details) == MAX_DETAILS_CHARS
 
 
 def test_a_peer_is_reached_with_the_services_own_credentials(tmp_path: Path) -> None:

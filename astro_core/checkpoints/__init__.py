@@ -40,8 +40,9 @@ LATEST = "latest"  # moved to every new version automatically
 def check_name(name: str, what: str = "model name") -> str:
     """Return name, or raise ValueError saying why it is not a valid model name or alias."""
     if not _NAME.fullmatch(name or ""):
+        shown = repr(name) if len(name) <= 140 else f"{name[:128]!r}... ({len(name)} characters)"
         raise ValueError(
-            f"{what} {name!r} is invalid: use 1-128 letters, digits, '.', '_' or '-', "
+            f"{what} {shown} is invalid: use 1-128 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
         )
     return name

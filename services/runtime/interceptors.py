@@ -1,5 +1,6 @@
 """Server interceptors shared by every service: bearer-token auth, Prometheus metrics, and
-INTERNAL (with a message) for exceptions a handler did not turn into a status."""
+INTERNAL (with a message) for exceptions a handler did not turn into a status, and status
+messages clipped to a length every client accepts."""
 
 from __future__ import annotations
 
@@ -211,9 +212,41 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         return _replace_behavior(handler, kind, timed)
 
 
+# Longest status message sent. Messages quote what the caller sent (a 100 kB model name); the
+# message travels in trailing metadata, over which a client's limit (16 KiB by default)
+# turns the answer into RESOURCE_EXHAUSTED "Stream removed" instead of the status chosen.
+MAX_DETAILS_CHARS = 2000
+
+
+def clip_details(details: str) -> str:
+    """details, shortened to MAX_DETAILS_CHARS with a note of how long it was."""
+    if len(details) <= MAX_DETAILS_CHARS:
+        return details
+    note = f"... [{len(details)} characters in all]"
+    return details[: MAX_DETAILS_CHARS - len(note)] + note
+
+
+class _ClippingContext:
+    """A handler's context whose status messages are clipped (MAX_DETAILS_CHARS). The status
+    is fixed when the handler aborts, so it is clipped there, not afterwards."""
+
+    def __init__(self, context: grpc.aio.ServicerContext) -> None:
+        self._context = context
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", *args: Any) -> Any:
+        return await self._context.abort(code, clip_details(details), *args)
+
+    def set_details(self, details: str) -> None:
+        self._context.set_details(clip_details(details))
+
+
 class InternalErrorInterceptor(grpc.aio.ServerInterceptor):
     """An exception a handler did not turn into a status becomes INTERNAL with a message
-    (gRPC's own answer is UNKNOWN), and is logged with its traceback."""
+    (gRPC's own answer is UNKNOWN), and is logged with its traceback; every status message
+    is clipped to MAX_DETAILS_CHARS."""
 
     async def intercept_service(
         self,
@@ -231,7 +264,8 @@ class InternalErrorInterceptor(grpc.aio.ServerInterceptor):
             if isinstance(exc, grpc.aio.AbortError) or _code_name(context, "OK") != "OK":
                 raise exc  # already a status the handler chose
             log.exception("unexpected error", extra={"method": method})
-            await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+            message = clip_details(f"{type(exc).__name__}: {exc}")
+            await context.abort(grpc.StatusCode.INTERNAL, message)
 
         if inspect.isasyncgenfunction(behavior):
 
@@ -239,7 +273,7 @@ class InternalErrorInterceptor(grpc.aio.ServerInterceptor):
                 request: Any, context: grpc.aio.ServicerContext
             ) -> AsyncIterator[Any]:
                 try:
-                    async for item in behavior(request, context):
+                    async for item in behavior(request, _ClippingContext(context)):
                         yield item
                 except Exception as exc:
                     await report(exc, context)
@@ -248,7 +282,7 @@ class InternalErrorInterceptor(grpc.aio.ServerInterceptor):
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
-                result = behavior(request, context)
+                result = behavior(request, _ClippingContext(context))
                 if inspect.isawaitable(result):
                     result = await result
                 return result

@@ -202,3 +202,15 @@ def test_killed_writer_leaves_no_registered_checkpoint(tmp_path: Path) -> None:
     leftovers = artifact_dirs(root)
     assert len(leftovers) == 1 and leftovers[0].name.startswith(".tmp-")
     assert store.register("tiny", source).version == 1
+
+
+def test_an_invalid_name_is_quoted_short() -> None:
+    """A 100 kB name is named in the error without being repeated whole."""
+    from astro_core.checkpoints import check_name
+
+    with pytest.raises(ValueError) as err:
+        check_name("a" * 100_000)
+    message = str(err.value)
+    assert "(100000 characters) is invalid" in message and len(message) < 300
+    with pytest.raises(ValueError, match=r"^model name 'a b' is invalid"):
+        check_name("a b")
