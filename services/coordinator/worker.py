@@ -181,12 +181,17 @@ class SearchWorker:
         block = None if self.active else int(self.settings.poll_seconds * 1000)
         reclaim_ms = int(self.settings.reclaim_idle_seconds * 1000)
         failed_now: set[str] = set()  # searches whose setup failed in this claim
-        for task in self.jobs.claim(self.consumer, free, reclaim_ms, block):
-            if task.entry_id in self.active:
+        tasks = self.jobs.claim(self.consumer, free, reclaim_ms, block)
+        # One state read per search and one acknowledgement per claim: a cancelled search of
+        # 100k problems leaves 100k tasks ahead of the next search's, to be drained fast.
+        states = {sid: self.jobs.state(sid) for sid in {t.search_id for t in tasks}}
+        stale = [t.entry_id for t in tasks if states[t.search_id] != "running"]
+        if stale:
+            self.jobs.ack(stale)
+        for task in tasks:
+            if task.entry_id in self.active or states[task.search_id] != "running":
                 continue
-            if self.jobs.state(task.search_id) != "running" or self.jobs.is_done(
-                task.search_id, task.index
-            ):
+            if self.jobs.is_done(task.search_id, task.index):
                 self.jobs.ack([task.entry_id])
                 continue
             if task.search_id in failed_now:
