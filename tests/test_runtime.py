@@ -366,19 +366,22 @@ def test_an_unexpected_exception_is_internal_with_a_message() -> None:
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_a_long_status_message_is_clipped_not_lost() -> None:
+@pytest.mark.parametrize("char", ["x", "名"])
+def test_a_long_status_message_is_clipped_not_lost(char: str) -> None:
     """A message quoting 100 kB of input is over a client's metadata limit (16 KiB): unclipped,
-    the caller got RESOURCE_EXHAUSTED "Stream removed" instead of the status."""
-    from services.runtime.interceptors import MAX_DETAILS_CHARS
+    the caller got RESOURCE_EXHAUSTED "Stream removed" instead of the status. A character
+    outside ASCII takes up to 9 bytes once percent-encoded."""
+    from services.runtime.interceptors import MAX_DETAILS_WIRE_BYTES
 
     with ServiceThread("echo", register_echo) as svc:
         with pytest.raises(grpc.RpcError) as err:
-            verify(svc.client_config(), response="x" * 100_000, gold="echo")
+            verify(svc.client_config(), response=char * 100_000, gold="echo")
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     details = err.value.details()
     full = len("response ") + 100_000 + len(" is refused")
-    assert details.startswith("response xxx") and details.endswith(f"[{full} characters in all]")
-    assert len(details) == MAX_DETAILS_CHARS
+    assert details.startswith(f"response {char * 10}")
+    assert details.endswith(f"[{full} characters in all]")
+    assert MAX_DETAILS_WIRE_BYTES / 10 < len(details.encode()) <= MAX_DETAILS_WIRE_BYTES
 
 
 def test_a_peer_is_reached_with_the_services_own_credentials(tmp_path: Path) -> None:

@@ -212,22 +212,33 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         return _replace_behavior(handler, kind, timed)
 
 
-# Longest status message sent. Messages quote what the caller sent (a 100 kB model name); the
-# message travels in trailing metadata, over which a client's limit (16 KiB by default)
-# turns the answer into RESOURCE_EXHAUSTED "Stream removed" instead of the status chosen.
-MAX_DETAILS_CHARS = 2000
+# Most bytes a status message may take on the wire. Messages quote what the caller sent (a
+# 100 kB model name); the message travels in trailing metadata, percent-encoded (a byte
+# outside printable ASCII takes three), and over a client's limit (8 KiB soft, 16 KiB hard by
+# default) the caller gets RESOURCE_EXHAUSTED "Stream removed" instead of the status chosen.
+MAX_DETAILS_WIRE_BYTES = 4096
+
+
+def _wire_bytes(char: str) -> int:
+    return 1 if " " <= char <= "~" and char != "%" else 3 * len(char.encode("utf-8", "replace"))
 
 
 def clip_details(details: str) -> str:
-    """details, shortened to MAX_DETAILS_CHARS with a note of how long it was."""
-    if len(details) <= MAX_DETAILS_CHARS:
+    """details, cut to fit MAX_DETAILS_WIRE_BYTES once encoded, with a note of its length."""
+    if sum(map(_wire_bytes, details)) <= MAX_DETAILS_WIRE_BYTES:
         return details
     note = f"... [{len(details)} characters in all]"
-    return details[: MAX_DETAILS_CHARS - len(note)] + note
+    budget, kept = MAX_DETAILS_WIRE_BYTES - len(note), 0
+    for char in details:
+        budget -= _wire_bytes(char)
+        if budget < 0:
+            break
+        kept += 1
+    return details[:kept] + note
 
 
 class _ClippingContext:
-    """A handler's context whose status messages are clipped (MAX_DETAILS_CHARS). The status
+    """A handler's context whose status messages are clipped (clip_details). The status
     is fixed when the handler aborts, so it is clipped there, not afterwards."""
 
     def __init__(self, context: grpc.aio.ServicerContext) -> None:
@@ -246,7 +257,7 @@ class _ClippingContext:
 class InternalErrorInterceptor(grpc.aio.ServerInterceptor):
     """An exception a handler did not turn into a status becomes INTERNAL with a message
     (gRPC's own answer is UNKNOWN), and is logged with its traceback; every status message
-    is clipped to MAX_DETAILS_CHARS."""
+    is clipped to fit any client (clip_details)."""
 
     async def intercept_service(
         self,
