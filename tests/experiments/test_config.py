@@ -23,6 +23,26 @@ def test_every_preset_loads_and_its_sections_parse() -> None:
             parse_section(stage, section)  # raises RunSpecError naming a bad field
 
 
+LEVERS = sorted((Path(__file__).resolve().parents[2] / "docs" / "experiments").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", LEVERS, ids=[p.stem for p in LEVERS])
+def test_every_documented_lever_loads_over_the_cpu_preset(path: Path) -> None:
+    """docs/experiments.md tells readers to rerun these: they must still load and parse."""
+    config = load_experiment_config(path, preset="cpu")
+    assert config.name != load_experiment_config(preset="cpu").name  # its own output name
+    spec = run_spec(config, seed=0, base_model="/models/m")
+    for stage, section in spec.config.items():
+        parse_section(stage, section)
+
+
+def test_the_positive_reflection_lever_leaves_no_intermediate_step_confident() -> None:
+    path = next(p for p in LEVERS if p.stem == "lever-positive-reflections")
+    clone = run_spec(load_experiment_config(path, preset="cpu"), 0, "/m").config["clone"]
+    model, _ = parse_section("clone", clone)
+    assert model.high_q_threshold > 1.0  # type: ignore[attr-defined]  # Q never exceeds 1
+
+
 def test_a_seed_runs_both_arms_with_the_seed_everywhere() -> None:
     config = load_experiment_config(preset="cpu")
     spec = run_spec(config, seed=7, base_model="/models/m")
