@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import os
 import random
+import signal
 import socket
 import sys
 import time
@@ -18,6 +19,12 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 EXTERNAL_REDIS_URL = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+
+# Started in the background (`make test &`, nohup), the tests inherit SIGINT ignored, and so
+# would every process they start: the Ctrl-C tests would find children that cannot be
+# interrupted. Give them what a run in the foreground gives them.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
