@@ -27,6 +27,21 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Set before any module fixture runs (they start demos and platforms too), so nothing
+    the session starts caches checkpoints in the user's ~/.astro (a tiny demo's warm model
+    there was once served to the user's next `astro demo`)."""
+    path = tmp_path_factory.mktemp("astro-session-data")
+    previous = os.environ.get("ASTRO_DATA_DIR")
+    os.environ["ASTRO_DATA_DIR"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("ASTRO_DATA_DIR", None)
+    else:
+        os.environ["ASTRO_DATA_DIR"] = previous
+
+
 @pytest.fixture(autouse=True)
 def isolated_data_dir(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch

@@ -327,10 +327,11 @@ def test_auth_round_trip_through_astro_up(tmp_path: Path, tiny_model_dir: Path) 
 
 
 # A stand-in trainer job: it opens the registry exactly as `astro train` does (the token from
-# its environment) and registers one checkpoint; a trainer without the token fails.
+# its environment) and registers one checkpoint; a trainer without the token fails. It notes
+# the data dir it was given (where a real trainer caches the checkpoints it pulls).
 REGISTERING_TRAINER = textwrap.dedent(
     """
-    import sys, yaml
+    import os, sys, yaml
     from contextlib import ExitStack
     from pathlib import Path
     from services.trainer.process import open_store
@@ -339,6 +340,7 @@ REGISTERING_TRAINER = textwrap.dedent(
     out = Path(config["output_dir"]) / "checkpoint"
     out.mkdir(parents=True, exist_ok=True)
     (out / "weights.bin").write_bytes(b"w")
+    (out / "data_dir.txt").write_text(os.environ.get("ASTRO_DATA_DIR", ""))
     with ExitStack() as stack:
         store = open_store(config["registry_address"], stack)
         store.register(config["output_name"], out, stage="sft", step=1)
@@ -415,6 +417,10 @@ def test_runs_reach_the_registry_and_trainers_with_the_coordinators_own_token(
                     time.sleep(0.2)
                 assert status.state == "succeeded", status.message
                 assert status.stages[2].artifacts["checkpoint"] == f"run-{rid}-sft:1"
+    # Regression: local trainers cached their pulls in the user's ~/.astro, shared by every
+    # platform on the machine, whatever the coordinator's data dir.
+    [noted] = (tmp_path / "data").rglob("data_dir.txt")
+    assert noted.read_text() == str(tmp_path / "data")
 
 
 def _wait_for(predicate: Any, timeout: float, what: str) -> Any:

@@ -1,19 +1,22 @@
 """Where a model comes from: a directory path, or a registered checkpoint.
 
 A registered checkpoint is fetched through the `CheckpointStore` seam into a local cache
-directory (once per version: files are sha256-verified by the store) and served under the
-version string `name:version`.
+directory (files are sha256-verified by the store) and served under the version string
+`name:version`. A cached copy is reused only while it is the checkpoint the store describes
+now: `name:version` alone does not say which, since every registry numbers from 1 (each
+`astro demo` folder has its own registry, and a machine's trainers share one cache).
 """
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from astro_core.checkpoints import CheckpointStore
+from astro_core.checkpoints import CheckpointInfo, CheckpointStore
 
 _PULLED = ".astro_pulled"  # written after a complete pull, so a half-pulled dir is redone
 
@@ -67,9 +70,19 @@ def resolve_model(
     except LookupError as exc:
         raise ModelNotFound(f"no registered checkpoint {source.describe()}: {exc}") from exc
     dest = Path(cache_dir) / info.name / str(info.version)
-    if not (dest / _PULLED).exists():
-        if dest.exists():
+    identity = checkpoint_identity(info)
+    marker = dest / _PULLED
+    if not marker.is_file() or marker.read_text().strip() != identity:
+        if dest.exists():  # half pulled, or another registry's `name:version`
             shutil.rmtree(dest)
         store.pull(info.name, dest, version=info.version)
-        (dest / _PULLED).write_text(info.ref + "\n")
+        marker.write_text(identity + "\n")
     return ResolvedModel(dest, info.name, info.ref)
+
+
+def checkpoint_identity(info: CheckpointInfo) -> str:
+    """`name:version` and a digest of the version's files (their sha256s as registered), or
+    of where they are stored when the store lists no digests."""
+    listed = sorted(info.sha256.items())
+    content = "".join(f"{file}\0{digest}\n" for file, digest in listed) or info.artifact_uri
+    return f"{info.ref} {hashlib.sha256(content.encode()).hexdigest()}"

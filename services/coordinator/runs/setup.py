@@ -70,7 +70,9 @@ def add_runs(
     store = RunStore(redis.new_client(), settings.run_events_maxlen)
     # Every peer is reached with this service's own credentials (issue 11, item 1).
     registry = open_registry(settings.registry_address, runtime.config.client_config)
-    trainers = TrainerBackends(settings.trainer, data_dir, trainer_env(runtime.config.auth))
+    trainers = TrainerBackends(
+        settings.trainer, data_dir, trainer_env(runtime.config.auth, data_dir)
+    )
     dataset_roots = settings.dataset_roots
     if dataset_roots is None:  # as StartSearch: the service's data directory
         dataset_roots = [str(data_dir)]
@@ -125,12 +127,15 @@ def add_runs(
 TOKEN_VARIABLES = ("ASTRO_AUTH__TOKEN", "ASTRO_AUTH__TOKEN_FILE")
 
 
-def trainer_env(auth: AuthConfig) -> dict[str, str]:
+def trainer_env(auth: AuthConfig, data_dir: Path) -> dict[str, str]:
     """The environment local trainer jobs start in: this process's, with the token set as this
     service's config sets it (a trainer reads it from ASTRO_AUTH__TOKEN(_FILE), as a
     Kubernetes Job gets it from the chart's Secret), so it reaches the registry, generator and
-    verifier with the coordinator's own credentials."""
+    verifier with the coordinator's own credentials; and this service's data dir as theirs
+    (their checkpoint cache: a platform's pulls stay in its folder, as a Job's stay in its
+    workspace)."""
     env = {k: v for k, v in os.environ.items() if k not in TOKEN_VARIABLES}
+    env["ASTRO_DATA_DIR"] = str(data_dir)
     if auth.token:
         env["ASTRO_AUTH__TOKEN"] = auth.token
     if auth.token_file:

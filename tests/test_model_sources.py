@@ -1,0 +1,64 @@
+"""Registered checkpoints pulled into a shared cache: a cached `name:version` is reused only
+while it is the checkpoint the registry describes (regression: every registry numbers from 1,
+and a second `astro demo` folder's trainer started SFT from the first folder's warm model)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from astro_core.checkpoints.local import LocalCheckpointStore
+from astro_core.engines.sources import ModelSource, resolve_model
+from astro_core.training.models import resolve_starting_model
+
+
+def model_copy(tiny_model_dir: Path, dest: Path, note: str) -> Path:
+    shutil.copytree(tiny_model_dir, dest)
+    (dest / "note.txt").write_text(note)  # a different file: a different checkpoint
+    return dest
+
+
+class CountingStore(LocalCheckpointStore):
+    pulls = 0
+
+    def pull(self, name: str, dest: str | Path, version: int = 0, alias: str = "") -> Path:
+        type(self).pulls += 1
+        return super().pull(name, dest, version=version, alias=alias)
+
+
+def test_two_registries_same_name_and_version_are_not_confused(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    cache = tmp_path / "checkpoint-cache"  # shared, as ~/.astro/checkpoint-cache is
+    first, second = LocalCheckpointStore(tmp_path / "r1"), LocalCheckpointStore(tmp_path / "r2")
+    first.register("warm", model_copy(tiny_model_dir, tmp_path / "a", "first"))
+    second.register("warm", model_copy(tiny_model_dir, tmp_path / "b", "second"))
+
+    from_first = resolve_starting_model("warm:1", first, cache)
+    assert (from_first.path / "note.txt").read_text() == "first"
+    from_second = resolve_starting_model("warm:1", second, cache)
+    assert from_second.ref == "warm:1"
+    assert (from_second.path / "note.txt").read_text() == "second"
+    # and back: each resolve serves the registry it asked
+    assert (resolve_starting_model("warm:1", first, cache).path / "note.txt").read_text() == "first"
+
+
+def test_a_cached_version_is_pulled_once(tiny_model_dir: Path, tmp_path: Path) -> None:
+    store = CountingStore(tmp_path / "registry")
+    store.register("m", model_copy(tiny_model_dir, tmp_path / "m", "one"))
+    CountingStore.pulls = 0
+    for _ in range(3):
+        resolved = resolve_model(ModelSource(name="m", version=1), store, tmp_path / "cache")
+    assert CountingStore.pulls == 1
+    assert (resolved.path / "note.txt").read_text() == "one"
+
+
+def test_a_half_pulled_copy_is_pulled_again(tiny_model_dir: Path, tmp_path: Path) -> None:
+    store = LocalCheckpointStore(tmp_path / "registry")
+    store.register("m", model_copy(tiny_model_dir, tmp_path / "m", "whole"))
+    cache = tmp_path / "cache"
+    resolved = resolve_model(ModelSource(name="m", version=1), store, cache)
+    (resolved.path / ".astro_pulled").unlink()  # as if the pull had stopped before its end
+    (resolved.path / "note.txt").write_text("torn")
+    again = resolve_model(ModelSource(name="m", version=1), store, cache)
+    assert (again.path / "note.txt").read_text() == "whole"
