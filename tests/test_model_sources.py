@@ -19,10 +19,12 @@ def model_copy(tiny_model_dir: Path, dest: Path, note: str) -> Path:
 
 
 class CountingStore(LocalCheckpointStore):
-    pulls = 0
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.pulls = 0
 
     def pull(self, name: str, dest: str | Path, version: int = 0, alias: str = "") -> Path:
-        type(self).pulls += 1
+        self.pulls += 1
         return super().pull(name, dest, version=version, alias=alias)
 
 
@@ -46,10 +48,9 @@ def test_two_registries_same_name_and_version_are_not_confused(
 def test_a_cached_version_is_pulled_once(tiny_model_dir: Path, tmp_path: Path) -> None:
     store = CountingStore(tmp_path / "registry")
     store.register("m", model_copy(tiny_model_dir, tmp_path / "m", "one"))
-    CountingStore.pulls = 0
     for _ in range(3):
         resolved = resolve_model(ModelSource(name="m", version=1), store, tmp_path / "cache")
-    assert CountingStore.pulls == 1
+    assert store.pulls == 1
     assert (resolved.path / "note.txt").read_text() == "one"
 
 
