@@ -5,7 +5,11 @@ and a second `astro demo` folder's trainer started SFT from the first folder's w
 from __future__ import annotations
 
 import shutil
+import threading
+import time
 from pathlib import Path
+
+import pytest
 
 from astro_core.checkpoints.local import LocalCheckpointStore
 from astro_core.engines.sources import ModelSource, resolve_model
@@ -63,3 +67,66 @@ def test_a_half_pulled_copy_is_pulled_again(tiny_model_dir: Path, tmp_path: Path
     (resolved.path / "note.txt").write_text("torn")
     again = resolve_model(ModelSource(name="m", version=1), store, cache)
     assert (again.path / "note.txt").read_text() == "whole"
+
+
+class SlowStore(LocalCheckpointStore):
+    """Pulls one file at a time with a pause between, so concurrent pulls overlap."""
+
+    def pull(self, name: str, dest: str | Path, version: int = 0, alias: str = "") -> Path:
+        super().pull(name, dest, version=version, alias=alias)
+        for file in sorted(Path(dest).rglob("*")):
+            time.sleep(0.005)  # a reader that looked now would see a partly written copy
+            if file.is_file():
+                file.touch()
+        return Path(dest)
+
+
+def test_concurrent_pulls_from_two_registries_each_get_their_own_whole_copy(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Two platforms sharing a cache resolve `warm:1` from different registries at once:
+    each gets its own registry's files, every file present, and no partial pull is left."""
+    cache = tmp_path / "cache"
+    stores = {}
+    for note in ("first", "second"):
+        stores[note] = SlowStore(tmp_path / f"r-{note}")
+        stores[note].register("warm", model_copy(tiny_model_dir, tmp_path / note, note))
+    expected = sorted(p.name for p in tiny_model_dir.iterdir()) + ["note.txt"]
+    seen: list[tuple[str, Path]] = []
+    errors: list[BaseException] = []
+
+    def resolve(note: str) -> None:
+        try:
+            path = resolve_model(ModelSource(name="warm", version=1), stores[note], cache).path
+            files = sorted(p.name for p in path.iterdir() if p.name != ".astro_pulled")
+            assert files == sorted(expected), files
+            seen.append(((path / "note.txt").read_text(), path))
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=resolve, args=(n,)) for n in ("first", "second") * 4]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert len(seen) == 8
+    by_note = {note: {path for n, path in seen if n == note} for note in ("first", "second")}
+    assert all(len(paths) == 1 for paths in by_note.values())  # one copy per registry
+    assert by_note["first"] != by_note["second"]
+    leftovers = [p.name for p in (cache / "warm").iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+
+
+def test_a_failed_pull_leaves_nothing_behind(tiny_model_dir: Path, tmp_path: Path) -> None:
+    class BrokenStore(LocalCheckpointStore):
+        def pull(self, name: str, dest: str | Path, version: int = 0, alias: str = "") -> Path:
+            super().pull(name, dest, version=version, alias=alias)
+            raise OSError("connection reset halfway")
+
+    store = BrokenStore(tmp_path / "registry")
+    store.register("m", model_copy(tiny_model_dir, tmp_path / "m", "x"))
+    cache = tmp_path / "cache"
+    with pytest.raises(OSError, match="connection reset"):
+        resolve_model(ModelSource(name="m", version=1), store, cache)
+    assert list((cache / "m").iterdir()) == []

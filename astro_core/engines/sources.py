@@ -10,7 +10,9 @@ now: `name:version` alone does not say which, since every registry numbers from 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,15 +71,47 @@ def resolve_model(
         info = store.get(source.name, version=source.version, alias=source.alias)
     except LookupError as exc:
         raise ModelNotFound(f"no registered checkpoint {source.describe()}: {exc}") from exc
-    dest = Path(cache_dir) / info.name / str(info.version)
     identity = checkpoint_identity(info)
-    marker = dest / _PULLED
-    if not marker.is_file() or marker.read_text().strip() != identity:
-        if dest.exists():  # half pulled, or another registry's `name:version`
-            shutil.rmtree(dest)
-        store.pull(info.name, dest, version=info.version)
-        marker.write_text(identity + "\n")
+    # One directory per checkpoint *content*, so two registries' `name:1` never share one,
+    # and a pull lands whole: it fills a private directory that is renamed into place, so
+    # a concurrent reader sees either nothing or every file.
+    dest = Path(cache_dir) / info.name / f"{info.version}-{identity.split()[-1][:16]}"
+    if _pulled_identity(dest) != identity:
+        _pull_into_place(store, info, dest, identity)
     return ResolvedModel(dest, info.name, info.ref)
+
+
+def _pulled_identity(dest: Path) -> str:
+    marker = dest / _PULLED
+    return marker.read_text().strip() if marker.is_file() else ""
+
+
+def _pull_into_place(
+    store: CheckpointStore, info: CheckpointInfo, dest: Path, identity: str
+) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = _private_dir(dest, ".partial")
+    try:
+        store.pull(info.name, partial, version=info.version)
+        (partial / _PULLED).write_text(identity + "\n")
+        if dest.exists():  # torn by hand, or an older layout: set it aside, then replace it
+            if _pulled_identity(dest) == identity:
+                return  # another process finished the same pull first
+            stale = _private_dir(dest, ".stale")
+            os.replace(dest, stale / "old")
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            os.rename(partial, dest)
+        except OSError:
+            if _pulled_identity(dest) != identity:  # not a concurrent twin's finished pull
+                raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def _private_dir(dest: Path, suffix: str) -> Path:
+    """A new empty directory beside dest, hidden, that no other process will use."""
+    return Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=suffix, dir=dest.parent))
 
 
 def checkpoint_identity(info: CheckpointInfo) -> str:
