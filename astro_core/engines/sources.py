@@ -94,7 +94,7 @@ def _pull_into_place(
     try:
         store.pull(info.name, partial, version=info.version)
         (partial / _PULLED).write_text(identity + "\n")
-        if dest.exists():  # torn by hand, or an older layout: set it aside, then replace it
+        if dest.exists():  # a copy whose marker is gone (torn): set it aside, then replace it
             if _pulled_identity(dest) == identity:
                 return  # another process finished the same pull first
             stale = _private_dir(dest, ".stale")
