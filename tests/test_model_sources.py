@@ -4,6 +4,7 @@ and a second `astro demo` folder's trainer started SFT from the first folder's w
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 import time
@@ -12,7 +13,13 @@ from pathlib import Path
 import pytest
 
 from astro_core.checkpoints.local import LocalCheckpointStore
-from astro_core.engines.sources import ModelSource, resolve_model
+from astro_core.engines.sources import (
+    ModelSource,
+    cache_limit_from_env,
+    cached_copies,
+    prune_cache,
+    resolve_model,
+)
 from astro_core.training.models import resolve_starting_model
 
 
@@ -130,3 +137,106 @@ def test_a_failed_pull_leaves_nothing_behind(tiny_model_dir: Path, tmp_path: Pat
     with pytest.raises(OSError, match="connection reset"):
         resolve_model(ModelSource(name="m", version=1), store, cache)
     assert list((cache / "m").iterdir()) == []
+
+
+# -- a bounded cache ----------------------------------------------------------------------------
+
+
+def age(copy: Path, seconds: float) -> None:
+    """Mark a cached copy as last used `seconds` ago."""
+    then = time.time() - seconds
+    os.utime(copy / ".astro_pulled", (then, then))
+
+
+def test_the_cache_evicts_the_least_recently_used_copies_beyond_its_limit(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    store = CountingStore(tmp_path / "registry")
+    for name in ("a", "b", "c"):
+        store.register(name, model_copy(tiny_model_dir, tmp_path / name, name))
+    cache = tmp_path / "cache"
+
+    def resolve(name: str, limit: int) -> Path:
+        return resolve_model(ModelSource(name=name, version=1), store, cache, limit).path
+
+    first = resolve("a", 10**12)
+    size = sum(c.size for c in cached_copies(cache))
+    limit = int(2.5 * size)  # room for two copies
+    paths = {"a": first, "b": resolve("b", limit)}
+    age(paths["a"], 3600)
+    age(paths["b"], 1800)
+    paths["c"] = resolve("c", limit)
+    assert not paths["a"].exists()  # used longest ago
+    assert paths["b"].is_dir() and paths["c"].is_dir()
+    assert sum(c.size for c in cached_copies(cache)) <= limit
+
+    # resolving a cached copy counts as a use: now c is the oldest and goes
+    age(paths["c"], 7200)
+    age(paths["b"], 3600)
+    assert resolve("b", limit) == paths["b"]
+    pulls = store.pulls
+    again = resolve("a", limit)
+    assert store.pulls == pulls + 1  # a was evicted: pulled again
+    assert (again / "note.txt").read_text() == "a"
+    assert paths["b"].is_dir() and not paths["c"].exists()
+    assert [p.name for p in (cache / "c").iterdir()] == []  # no set-aside copy left
+
+
+def test_recently_used_copies_and_the_resolved_one_are_never_evicted(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """A copy used in the last minutes may still be loading in another process: the cache
+    may then stay over its limit rather than pull the floor from under a reader."""
+    store = LocalCheckpointStore(tmp_path / "registry")
+    for name in ("a", "b"):
+        store.register(name, model_copy(tiny_model_dir, tmp_path / name, name))
+    cache = tmp_path / "cache"
+    a = resolve_model(ModelSource(name="a", version=1), store, cache, 0).path
+    assert a.is_dir()  # over a limit of 0, but it is the one just resolved
+    b = resolve_model(ModelSource(name="b", version=1), store, cache, 0).path
+    assert a.is_dir() and b.is_dir()  # a was used a moment ago
+    age(a, 3600)
+    resolve_model(ModelSource(name="b", version=1), store, cache, 0)
+    assert not a.exists() and b.is_dir()
+
+
+def test_pruning_clears_dead_pulls_and_copies_of_older_layouts(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    old_layout = cache / "warm" / "1"  # before copies were named by their digest
+    shutil.copytree(tiny_model_dir, old_layout)
+    (old_layout / ".astro_pulled").write_text("warm:1\n")
+    age(old_layout, 3600)
+    dead, live = cache / "warm" / ".1-abc.x.partial", cache / "warm" / ".1-abc.y.partial"
+    unrelated = cache / "warm" / ".notes"
+    for folder in (dead, live, unrelated):
+        folder.mkdir()
+    os.utime(dead, (time.time() - 2 * 86400,) * 2)
+    os.utime(unrelated, (time.time() - 2 * 86400,) * 2)
+
+    removed = prune_cache(cache, 0, keep=cache / "none")
+    assert removed == [old_layout] and not old_layout.exists()
+    assert not dead.exists()  # a private pull dir untouched for two days
+    assert live.is_dir() and unrelated.is_dir()  # a pull in progress; not ours
+
+
+@pytest.mark.parametrize("value", ["lots", "-1", "nan", "inf", "1e12"])
+def test_a_bad_cache_limit_is_refused_before_any_pull(
+    value: str, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = CountingStore(tmp_path / "registry")
+    store.register("m", model_copy(tiny_model_dir, tmp_path / "m", "x"))
+    monkeypatch.setenv("ASTRO_CHECKPOINT_CACHE_GB", value)
+    with pytest.raises(ValueError, match="ASTRO_CHECKPOINT_CACHE_GB"):
+        resolve_model(ModelSource(name="m", version=1), store, tmp_path / "cache")
+    assert store.pulls == 0
+
+
+def test_the_cache_limit_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ASTRO_CHECKPOINT_CACHE_GB", raising=False)
+    assert cache_limit_from_env() == 100 * 10**9
+    monkeypatch.setenv("ASTRO_CHECKPOINT_CACHE_GB", "2.5")
+    assert cache_limit_from_env() == 2_500_000_000
+    monkeypatch.setenv("ASTRO_CHECKPOINT_CACHE_GB", "0")
+    assert cache_limit_from_env() == 0

@@ -16,7 +16,13 @@ from astro_core.engines.base import (
 )
 from astro_core.engines.config import EngineConfig
 from astro_core.engines.factory import load_engine
-from astro_core.engines.sources import ModelNotFound, ModelSource, ResolvedModel, resolve_model
+from astro_core.engines.sources import (
+    ModelNotFound,
+    ModelSource,
+    ResolvedModel,
+    cache_limit_from_env,
+    resolve_model,
+)
 
 __all__ = [
     "Engine",
@@ -27,6 +33,7 @@ __all__ = [
     "ModelSource",
     "ResolvedModel",
     "SamplingParams",
+    "cache_limit_from_env",
     "load_engine",
     "request_of",
     "resolve_model",

@@ -5,6 +5,10 @@ directory (files are sha256-verified by the store) and served under the version 
 `name:version`. A cached copy is reused only while it is the checkpoint the store describes
 now: `name:version` alone does not say which, since every registry numbers from 1 (each
 `astro demo` folder has its own registry, and a machine's trainers share one cache).
+
+The cache is bounded (`ASTRO_CHECKPOINT_CACHE_GB`, default 100): after each resolve, the
+copies used longest ago are removed until the rest fit, sparing the one just resolved and any
+used within the last few minutes (a process may still be loading it).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +26,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from astro_core.checkpoints import CheckpointInfo, CheckpointStore
 
 _PULLED = ".astro_pulled"  # written after a complete pull, so a half-pulled dir is redone
+CACHE_LIMIT_ENV = "ASTRO_CHECKPOINT_CACHE_GB"
+DEFAULT_CACHE_LIMIT_GB = 100.0
+# A copy used this recently is never evicted: a trainer or generator may still be reading it
+# (a model is read once, at load, within seconds of its resolve).
+EVICTION_GRACE_S = 600.0
+LEFTOVER_GRACE_S = 86400.0  # a private pull dir untouched this long belongs to a dead pull
 
 
 class ModelNotFound(LookupError):
@@ -53,9 +64,13 @@ class ResolvedModel:
 
 
 def resolve_model(
-    source: ModelSource, store: CheckpointStore | None, cache_dir: str | Path
+    source: ModelSource,
+    store: CheckpointStore | None,
+    cache_dir: str | Path,
+    cache_limit_bytes: int | None = None,
 ) -> ResolvedModel:
-    """A local directory for source; pulls a registered checkpoint into cache_dir."""
+    """A local directory for source; pulls a registered checkpoint into cache_dir, which is
+    then pruned to cache_limit_bytes (default: `ASTRO_CHECKPOINT_CACHE_GB`)."""
     if source.path:
         path = Path(source.path).expanduser()
         if not path.is_dir():
@@ -76,9 +91,90 @@ def resolve_model(
     # and a pull lands whole: it fills a private directory that is renamed into place, so
     # a concurrent reader sees either nothing or every file.
     dest = Path(cache_dir) / info.name / f"{info.version}-{identity.split()[-1][:16]}"
+    limit = cache_limit_bytes if cache_limit_bytes is not None else cache_limit_from_env()
     if _pulled_identity(dest) != identity:
         _pull_into_place(store, info, dest, identity)
+    else:
+        os.utime(dest / _PULLED)  # the marker's mtime is the copy's last use
+    prune_cache(Path(cache_dir), limit, keep=dest)
     return ResolvedModel(dest, info.name, info.ref)
+
+
+def cache_limit_from_env() -> int:
+    """`ASTRO_CHECKPOINT_CACHE_GB` in bytes; ValueError naming the variable when it is not a
+    non-negative number."""
+    raw = os.environ.get(CACHE_LIMIT_ENV, "").strip()
+    if not raw:
+        return int(DEFAULT_CACHE_LIMIT_GB * 1e9)
+    try:
+        gigabytes = float(raw)
+    except ValueError:
+        gigabytes = -1.0
+    if not 0 <= gigabytes < 1e9:  # also refuses nan and inf
+        raise ValueError(f"{CACHE_LIMIT_ENV}={raw!r}: give a size in GB, a number >= 0")
+    return int(gigabytes * 1e9)
+
+
+@dataclass(frozen=True)
+class CachedCopy:
+    path: Path
+    last_used: float  # epoch seconds: when it was pulled or last resolved
+    size: int  # bytes
+
+
+def cached_copies(cache_dir: Path) -> list[CachedCopy]:
+    """Every complete copy in the cache (`<name>/<folder>/` holding the pull marker), those
+    of older layouts included."""
+    copies = []
+    for name_dir in _subdirs(cache_dir):
+        for copy in _subdirs(name_dir):
+            marker = copy / _PULLED
+            if marker.is_file():
+                copies.append(CachedCopy(copy, marker.stat().st_mtime, _tree_size(copy)))
+    return copies
+
+
+def prune_cache(
+    cache_dir: Path, limit_bytes: int, keep: Path, grace_s: float = EVICTION_GRACE_S
+) -> list[Path]:
+    """Remove the least recently used copies until the cache fits limit_bytes, never `keep`
+    nor a copy used within grace_s; also clears what dead pulls left. The removed copies."""
+    now = time.time()
+    for name_dir in _subdirs(cache_dir):
+        for leftover in name_dir.glob(".*"):
+            private = leftover.name.endswith((".partial", ".stale")) and leftover.is_dir()
+            if private and now - leftover.stat().st_mtime > LEFTOVER_GRACE_S:
+                shutil.rmtree(leftover, ignore_errors=True)
+    copies = sorted(cached_copies(cache_dir), key=lambda c: c.last_used)
+    total = sum(c.size for c in copies)
+    removed = []
+    for copy in copies:
+        if total <= limit_bytes:
+            break
+        if copy.path == keep or now - copy.last_used < grace_s:
+            continue
+        # Out of sight first (a reader then sees no copy and pulls again), then deleted.
+        stale = _private_dir(copy.path, ".stale")
+        try:
+            os.replace(copy.path, stale / "old")
+        except OSError:  # another process evicted or replaced it first
+            shutil.rmtree(stale, ignore_errors=True)
+            continue
+        shutil.rmtree(stale, ignore_errors=True)
+        total -= copy.size
+        removed.append(copy.path)
+    return removed
+
+
+def _subdirs(path: Path) -> list[Path]:
+    """Visible subdirectories (hidden ones are private to a pull in progress)."""
+    if not path.is_dir():
+        return []
+    return [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
+
+
+def _tree_size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
 
 
 def _pulled_identity(dest: Path) -> str:

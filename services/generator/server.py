@@ -28,6 +28,7 @@ from astro_core.engines import (
     ModelNotFound,
     ModelSource,
     SamplingParams,
+    cache_limit_from_env,
     load_engine,
     resolve_model,
 )
@@ -398,6 +399,10 @@ def add_generator(
         store = connect_registry(runtime.config.client_config(settings.registry_address))
     if settings.follow_alias and not hasattr(store, "watch"):
         raise ConfigError("settings.follow_alias needs settings.registry_address (a registry)")
+    try:  # a bad cache limit fails the start, not some client's LoadModel later
+        cache_limit_from_env()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     service = GeneratorService(runtime, settings, store)
     generator_pb2_grpc.add_GeneratorServicer_to_server(service, runtime.server)
     service.start()

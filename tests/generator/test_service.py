@@ -448,6 +448,18 @@ def test_follow_alias_needs_a_registry_and_a_name(tiny_model_dir: Path) -> None:
             pass
 
 
+def test_a_bad_checkpoint_cache_limit_fails_the_start(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not a client's LoadModel later, with an INVALID_ARGUMENT blaming its request."""
+    from astro_core.config import ConfigError
+
+    monkeypatch.setenv("ASTRO_CHECKPOINT_CACHE_GB", "ten")
+    with pytest.raises(ConfigError, match="ASTRO_CHECKPOINT_CACHE_GB='ten'"):
+        with generator_service({"model": {"path": str(tiny_model_dir)}}):
+            pass
+
+
 def test_abandoned_calls_stop_decoding_and_free_the_engine(tiny_model_dir: Path) -> None:
     """A call whose client gave up (deadline or cancel) leaves the batch at the next step:
     the next small call does not wait for the abandoned one's 6000 tokens."""
