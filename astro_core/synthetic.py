@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,6 +173,39 @@ def warmup_records(
             records.append(_record(f"fact/{x}x{y}", user, f"{x} * {y} = {x * y}."))
     rng.shuffle(records)
     return records
+
+
+_PROBLEM_TEXT = re.compile(r"Find the positive integer x such that x \* (\d{1,6}) = (\d{1,9})\.")
+# A try step as the model writes it, whatever its product, c and verdict say.
+_TRY_STEP = re.compile(r"Try x = (\d{1,6}):[^\n]*?\(need [^\n]*?\): (right|wrong)\.")
+
+
+def parse_problem(text: str) -> ProductProblem | None:
+    """The family problem `text` poses, or None when it poses none (another family, no
+    positive integer root)."""
+    match = _PROBLEM_TEXT.search(text)
+    if match is None:
+        return None
+    b, c = int(match[1]), int(match[2])
+    if b < 1 or c < b or c % b:
+        return None
+    return ProductProblem(c // b, b)
+
+
+def restate_checks(problem: ProductProblem, text: str) -> str:
+    """`text` with each try step restated from its guess: the product, c and the verdict as
+    they are, not as the model wrote them (`Try x = 6: 6 * 7 = 49 (need 49): right.` becomes
+    `Try x = 6: 6 * 7 = 42 (need 49): wrong.`). Procedure cloning's rewrite for this family:
+    the paper has an LLM rewrite search steps; here the family itself knows the arithmetic,
+    so a trace's reflections follow checks that say what the tree found."""
+    return _TRY_STEP.sub(lambda m: problem.try_step(int(m[1])), text)
+
+
+def stated_verdict(text: str) -> bool | None:
+    """Whether the last try step in `text` calls its guess right (as written, true or not);
+    None when the text has no try step."""
+    verdicts = _TRY_STEP.findall(text)
+    return verdicts[-1][1] == "right" if verdicts else None
 
 
 def write_problems(problems: list[ProductProblem], out: str | Path) -> Path:

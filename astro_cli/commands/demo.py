@@ -169,12 +169,27 @@ def _run(directory: Path, recipe: DemoPreset, addresses: dict[str, Any], model_d
 
 def _summary(status: Any) -> None:
     """Accuracy and backtracks per answer of each checkpoint on the held-out problems, and
-    whether it goes back when it should: after a wrong answer more often than a right one."""
+    whether it goes back when it should: after a wrong answer more often than a right one
+    (the truth), and after an attempt its own check calls wrong more often than one it
+    calls right (acting on its check, which can be learned while the check is unreliable)."""
     metrics = {k: v for s in status.stages if s.name == "eval" for k, v in s.metrics.items()}
+
+    def shares(prefix: str, kinds: tuple[str, str]) -> str:
+        return " / ".join(
+            f"{metrics[f'{prefix}.back_after_{kind}']:.0%}"
+            if f"{prefix}.back_after_{kind}" in metrics
+            else "-"
+            for kind in kinds
+        )
+
     _say("[4/4] on the held-out problems (samples per problem as in the eval section):")
     _say(
-        f"      {'checkpoint':<12}{'accuracy':>10}{'backtracks per answer':>24}"
-        f"{'goes back after a wrong / right answer':>42}"
+        f"      {'':<12}{'':>10}{'backtracks':>12}{'goes back after an answer that is':>36}"
+        f"{'... that its check calls':>27}"
+    )
+    _say(
+        f"      {'checkpoint':<12}{'accuracy':>10}{'per answer':>12}{'wrong / right':>36}"
+        f"{'wrong / right':>27}"
     )
     for label in status.spec.eval_checkpoints:
         for key in sorted(
@@ -182,13 +197,11 @@ def _summary(status: Any) -> None:
         ):
             prefix = key.removesuffix(".accuracy")
             backtracks = metrics.get(f"{prefix}.backtracks", 0.0)
-            after = " / ".join(
-                f"{metrics[f'{prefix}.back_after_{kind}']:.0%}"
-                if f"{prefix}.back_after_{kind}" in metrics
-                else "-"
-                for kind in ("wrong", "right")
+            truth = shares(prefix, ("wrong", "right"))
+            called = shares(prefix, ("called_wrong", "called_right"))
+            _say(
+                f"      {label:<12}{metrics[key]:>10.1%}{backtracks:>12.2f}{truth:>36}{called:>27}"
             )
-            _say(f"      {label:<12}{metrics[key]:>10.1%}{backtracks:>24.2f}{after:>42}")
 
 
 def register(app: typer.Typer) -> None:

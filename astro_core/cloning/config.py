@@ -46,9 +46,10 @@ class CloningConfig(BaseModel):
         0.9,
         description="An intermediate step with Q at least this gets a positive reflection.",
     )
-    rewrite: Literal["keep", "llm"] = Field(
+    rewrite: Literal["keep", "llm", "family"] = Field(
         "keep",
-        description="keep: steps verbatim; llm: the generator rewrites each step (few-shot).",
+        description="keep: steps verbatim; llm: the generator rewrites each step (few-shot); "
+        "family: a synthetic family's try steps restate their checks exactly (others kept).",
     )
     rewrite_temperature: float = Field(0.7, ge=0.0, description="Temperature of LLM rewrites.")
     rewrite_max_tokens: int = Field(512, ge=1, description="Token limit of one LLM rewrite.")

@@ -30,7 +30,7 @@ from astro_core.cloning.linearize import (
     sample_linearizations,
     terminal_pools,
 )
-from astro_core.cloning.rewrite import llm_rewrites
+from astro_core.cloning.rewrite import family_rewrites, llm_rewrites
 from astro_core.cloning.self_eval import passing_terminals
 from astro_core.cloning.verbalize import Rewrites, verbalize
 from astro_core.prompts import ChatTemplate, problem_messages
@@ -106,7 +106,9 @@ def clone_tree(
     if style == "direct":
         linearizations = direct_linearizations(tree, linearizations)
     rewrites: Rewrites | None = None
-    if config.rewrite == "llm":
+    if config.rewrite == "family":
+        rewrites = family_rewrites(tree, {n for lin in linearizations for n in lin.node_path})
+    elif config.rewrite == "llm":
         if generator is None:
             raise ValueError("rewrite: llm needs a generator")
         steps = {node for lin in linearizations for node in lin.node_path}

@@ -1,15 +1,20 @@
 """`rewrite: llm`: the generator rewrites steps and says what each backtrack target did.
+`rewrite: family`: a synthetic family's steps restate their checks exactly.
 
 Search steps are terse fragments; the paper has an LLM rewrite them so that the trace reads
 as one fluent chain of thought. Both prompts are few-shot completions, sent in one batched
 call each per tree. An empty completion keeps the original text, so a weak model degrades to
-`rewrite: keep` rather than dropping steps.
+`rewrite: keep` rather than dropping steps. A small model's steps can also state a check
+wrongly (a product that is not the product, "right" after a miss): cloned as they are, the
+traces go back after checks that said "right" and stop after ones that said "wrong", which
+teaches the model to ignore its own check; the `family` rewrite restates each check as it is.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+from astro_core import synthetic
 from astro_core.cloning.config import CloningConfig
 from astro_core.cloning.verbalize import Rewrites
 from astro_core.protocols import Generator
@@ -81,3 +86,19 @@ def llm_rewrites(
             if phrase:
                 descriptions[node_id] = phrase
     return Rewrites(texts=texts, descriptions=descriptions)
+
+
+def family_rewrites(tree: SearchTree, steps: Iterable[str]) -> Rewrites:
+    """The steps `steps` of a synthetic family's tree with every check restated from its
+    guess (`astro_core.synthetic.restate_checks`); nothing for another problem's tree."""
+    problem = synthetic.parse_problem(tree.problem)
+    if problem is None:
+        return Rewrites()
+    index = tree.by_id()
+    texts = {}
+    for step in steps:
+        if step != ROOT_ID:
+            restated = synthetic.restate_checks(problem, index[step].text)
+            if restated != index[step].text:
+                texts[step] = restated
+    return Rewrites(texts=texts)

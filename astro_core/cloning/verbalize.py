@@ -64,8 +64,9 @@ def backtrack_sentence(
 ) -> str:
     if target == ROOT_ID:
         return phrases.restart
+    text = (rewrites.texts.get(target) if rewrites else None) or tree.by_id()[target].text
     description = (rewrites.descriptions.get(target) if rewrites else None) or phrases.reference(
-        excerpt(tree.by_id()[target].text)
+        excerpt(text)
     )
     return phrases.backtrack_to(description)
 

@@ -68,7 +68,10 @@ class DemoPreset(BaseModel):
 
 # The warm model never learned to vote on its own answers, so self-evaluation would reject
 # at random: every correct terminal is kept instead (the verifier already checked it).
-_CLONE = {"preset": "cpu", "self_eval": False}
+# Its try steps often state their check wrongly ("right" after a miss); cloned as written,
+# the traces went back after as many "right"s as "wrong"s and taught the model to ignore its
+# check, so each check is restated as it is (the family's stand-in for the paper's LLM rewrite).
+_CLONE = {"preset": "cpu", "self_eval": False, "rewrite": "family"}
 
 DEMO_PRESETS: dict[str, DemoPreset] = {
     "demo": DemoPreset(

@@ -20,10 +20,13 @@ from astro_core.cloning.dataset import (
 from astro_core.cloning.linearize import is_ancestor, terminal_pools
 from astro_core.cloning.parse import count_backtracks, count_reflections
 from astro_core.cloning.rewrite import DESCRIBE_PROMPT, REWRITE_PROMPT
+from astro_core.cloning.verbalize import split_paragraphs
 from astro_core.config import load_config
 from astro_core.prompts import problem_messages
+from astro_core.synthetic import ProductProblem, parse_problem, restate_checks
+from astro_core.trees import SearchTree
 from tests.cloning.scripted import ScriptedGenerator
-from tests.cloning.trees import apples_tree, hopeless_tree, lucky_tree, random_tree
+from tests.cloning.trees import apples_tree, hopeless_tree, lucky_tree, node, random_tree
 
 TREES = [apples_tree(), hopeless_tree(), lucky_tree()] + [random_tree(s) for s in range(30)]
 
@@ -191,3 +194,90 @@ def test_llm_rewrites_replace_steps_and_describe_backtrack_targets() -> None:
 def test_llm_rewrites_need_a_generator() -> None:
     with pytest.raises(ValueError, match="needs a generator"):
         clone_tree(apples_tree(), CloningConfig(rewrite="llm"))
+
+
+# --- the family rewrite: checks restated as they are -------------------------------------
+
+
+def product_tree() -> SearchTree:
+    """x * 7 = 49, searched by a model whose checks are stated wrongly."""
+    problem = ProductProblem(7, 7)
+    answer = ProductProblem.answer_step
+    return SearchTree(
+        problem_id=problem.id,
+        problem=problem.text(),
+        gold="7",
+        nodes=[
+            node("0", "", visits=12, q=0.0),
+            node("0.0", "Try x = 6: 6 * 7 = 49 (need 49): right.", q=-0.5, visits=4),
+            node("0.0.0", answer(6), terminal=True, answer="6", correct=False),
+            node("0.1", "Try x = 7: 7 * 7 = 48 (need 94): wrong.", q=0.5, visits=4),
+            node("0.1.0", answer(7), q=1.0, terminal=True, answer="7", correct=True),
+            node(
+                "0.2",
+                "Try x = 8: 8 * 7 = 56 (need 56): right.\n\n" + answer(8),
+                kind="rollout",
+                terminal=True,
+                answer="8",
+                correct=False,
+            ),
+        ],
+    )
+
+
+def test_family_rewrite_restates_every_check_from_its_guess() -> None:
+    """Regression: cloned as the model wrote them, traces went back after checks that said
+    "right" and stopped after ones that said "wrong" (docs/demo.md)."""
+    tree = product_tree()
+    config = CloningConfig(rewrite="family", self_eval=False, k=2, traces_per_problem=6)
+    records, outcome = clone_tree(tree, config)
+    assert outcome == "traced" and any(r.backtracks for r in records)
+    problem = ProductProblem(7, 7)
+    for record in records:
+        tries = [p for p in split_paragraphs(record.trace) if p.startswith("Try x = ")]
+        assert tries
+        for step in tries:
+            guess = int(step.split()[3].rstrip(":"))
+            assert step == problem.try_step(guess)
+        # every attempt but the last is a wrong one and its check now says so
+        assert all(t.endswith("wrong.") for t in tries[:-1])
+        assert tries[-1] == "Try x = 7: 7 * 7 = 49 (need 49): right."
+    # the tree itself is untouched, and `keep` clones the checks as written
+    assert tree.by_id()["0.0"].text == "Try x = 6: 6 * 7 = 49 (need 49): right."
+    kept, _ = clone_tree(tree, config.model_copy(update={"rewrite": "keep"}))
+    assert any("7 * 7 = 48 (need 94): wrong." in r.trace for r in kept)
+
+
+def test_family_rewrite_leaves_other_problems_alone() -> None:
+    config = CloningConfig(rewrite="family", self_eval=False, traces_per_problem=6)
+    kept = CloningConfig(self_eval=False, traces_per_problem=6)
+    assert [r.trace for r in clone_tree(apples_tree(), config)[0]] == [
+        r.trace for r in clone_tree(apples_tree(), kept)[0]
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Find the positive integer x such that x * 7 = 49.", ProductProblem(7, 7)),
+        ("Find the positive integer x such that x * 12 = 132.\n\nPlease", ProductProblem(11, 12)),
+        ("Find the positive integer x such that x * 7 = 50.", None),  # no integer root
+        ("Find the positive integer x such that x * 0 = 0.", None),
+        ("Find the positive integer x such that x * 9 = 3.", None),
+        ("Alice has some apples.", None),
+    ],
+)
+def test_parse_problem(text: str, expected: ProductProblem | None) -> None:
+    assert parse_problem(text) == expected
+
+
+def test_restate_checks_keeps_everything_but_the_checks() -> None:
+    problem = ProductProblem(4, 9)
+    text = (
+        "Try x = 5: 5 * 9 = 36 (need 36): right.\n\nSo x = 5. The final answer is \\boxed{5}."
+        "\n\nTry x = 4: 4 * 9 = 63 (need 3 6): wrong.\n\nTry x = 3: no check here."
+    )
+    assert restate_checks(problem, text) == (
+        "Try x = 5: 5 * 9 = 45 (need 36): wrong.\n\nSo x = 5. The final answer is \\boxed{5}."
+        "\n\nTry x = 4: 4 * 9 = 36 (need 36): right.\n\nTry x = 3: no check here."
+    )

@@ -39,7 +39,35 @@ def test_conditions_count_backtracks_after_right_and_wrong_attempts() -> None:
     assert (counts.wrong_attempts, counts.back_after_wrong) == (3, 1)
     assert (counts.right_attempts, counts.back_after_right) == (2, 1)
     assert (counts.first_wrong, counts.recovered) == (2, 1)
-    assert counts.rates() == {"back_after_wrong": 1 / 3, "back_after_right": 0.5, "recovery": 0.5}
+    assert counts.rates() == {
+        "back_after_wrong": 1 / 3,
+        "back_after_right": 0.5,
+        "recovery": 0.5,
+        "back_after_called_wrong": None,  # no attempt states a check
+        "back_after_called_right": None,
+    }
+
+
+def test_conditions_count_moves_back_by_what_the_attempts_own_check_said() -> None:
+    """A model that acts on its check but checks wrongly: back after every "wrong", never
+    after a "right", whatever the truth (x = 4)."""
+    said_wrong = "Try x = 4: 4 * 6 = 25 (need 24): wrong."  # a right guess, called wrong
+    said_right = "Try x = 3: 3 * 6 = 24 (need 24): right."  # a wrong guess, called right
+    counts = BacktrackConditions()
+    counts.add("\n\n".join([said_wrong, answer(4), BACK, said_right, answer(3), OK]), "4", False)
+    counts.add("\n\n".join([said_right, answer(3)]), "4", False)
+    counts.add("\n\n".join([answer(4), BACK, answer(4)]), "4", True)  # no check stated
+    assert (counts.called_wrong, counts.back_after_called_wrong) == (1, 1)
+    assert (counts.called_right, counts.back_after_called_right) == (2, 0)
+    rates = counts.rates()
+    assert (rates["back_after_called_wrong"], rates["back_after_called_right"]) == (1.0, 0.0)
+    # against the truth it looks like the opposite of search
+    assert (rates["back_after_wrong"], rates["back_after_right"]) == (0.0, 2 / 3)
+    # a check belongs to the attempt it precedes, not to one after a move back
+    text = "\n\n".join([said_wrong, BACK, answer(4)])
+    counts = BacktrackConditions()
+    counts.add(text, "4", True)
+    assert (counts.called_wrong, counts.called_right) == (0, 0)
 
 
 def test_conditions_of_a_samples_file_per_benchmark_with_its_answers(tmp_path: Path) -> None:
@@ -62,7 +90,7 @@ def test_conditions_of_a_samples_file_per_benchmark_with_its_answers(tmp_path: P
     assert set(by_benchmark) == {"a", "b"}
     assert by_benchmark["a"].responses == 2
     rates = by_benchmark["a"].rates()
-    assert rates == {"back_after_wrong": 1.0, "back_after_right": 0.0, "recovery": 1.0}
+    assert (rates["back_after_wrong"], rates["back_after_right"], rates["recovery"]) == (1, 0, 1)
     assert by_benchmark["b"].rates()["back_after_right"] == 1.0  # right, then back: b only
     both = conditions_of(samples, answers)
     assert both.responses == 3 and (both.right_attempts, both.back_after_right) == (3, 1)
