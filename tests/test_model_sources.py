@@ -240,3 +240,27 @@ def test_the_cache_limit_comes_from_the_environment(monkeypatch: pytest.MonkeyPa
     assert cache_limit_from_env() == 2_500_000_000
     monkeypatch.setenv("ASTRO_CHECKPOINT_CACHE_GB", "0")
     assert cache_limit_from_env() == 0
+
+
+def test_a_copy_evicted_while_being_resolved_is_pulled_again(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process evicts the copy between the check that it is complete and the touch
+    that marks its use: the resolve pulls it again instead of failing."""
+    from astro_core.engines import sources
+
+    store = CountingStore(tmp_path / "registry")
+    store.register("m", model_copy(tiny_model_dir, tmp_path / "m", "one"))
+    cache = tmp_path / "cache"
+    first = resolve_model(ModelSource(name="m", version=1), store, cache).path
+    real_utime = os.utime
+
+    def evicted_meanwhile(path: Path, *args: object, **kwargs: object) -> None:
+        shutil.rmtree(first)
+        monkeypatch.setattr(sources.os, "utime", real_utime)
+        raise FileNotFoundError(path)
+
+    monkeypatch.setattr(sources.os, "utime", evicted_meanwhile)
+    again = resolve_model(ModelSource(name="m", version=1), store, cache).path
+    assert store.pulls == 2 and again == first
+    assert (again / "note.txt").read_text() == "one"

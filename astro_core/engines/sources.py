@@ -92,10 +92,8 @@ def resolve_model(
     # a concurrent reader sees either nothing or every file.
     dest = Path(cache_dir) / info.name / f"{info.version}-{identity.split()[-1][:16]}"
     limit = cache_limit_bytes if cache_limit_bytes is not None else cache_limit_from_env()
-    if _pulled_identity(dest) != identity:
+    if not _mark_used(dest, identity):
         _pull_into_place(store, info, dest, identity)
-    else:
-        os.utime(dest / _PULLED)  # the marker's mtime is the copy's last use
     prune_cache(Path(cache_dir), limit, keep=dest)
     return ResolvedModel(dest, info.name, info.ref)
 
@@ -175,6 +173,18 @@ def _subdirs(path: Path) -> list[Path]:
 
 def _tree_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+
+
+def _mark_used(dest: Path, identity: str) -> bool:
+    """Touch the marker of a complete cached copy of `identity` (its mtime is the copy's last
+    use, which eviction reads); False when there is none, or another process just evicted it."""
+    if _pulled_identity(dest) != identity:
+        return False
+    try:
+        os.utime(dest / _PULLED)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _pulled_identity(dest: Path) -> str:
