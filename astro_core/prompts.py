@@ -10,7 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
+from jinja2 import Template
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 SOLVE_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -33,9 +35,7 @@ class ChatTemplate:
     def render(
         self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = True
     ) -> str:
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        compiled = env.from_string(self.template)
-        return compiled.render(
+        return _compiled(self.template).render(
             messages=[dict(m) for m in messages],
             add_generation_prompt=add_generation_prompt,
             bos_token=self.bos_token,
@@ -48,3 +48,11 @@ def continuation_prompt(
 ) -> str:
     """The prompt that continues a partial solution: each step followed by the delimiter."""
     return chat_prompt + "".join(step + delimiter for step in steps)
+
+
+@lru_cache(maxsize=64)
+def _compiled(template: str) -> Template:
+    """A chat template compiled once (compiling costs milliseconds; search renders a prompt
+    per problem and evaluation one per problem, with the same few templates)."""
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    return env.from_string(template)

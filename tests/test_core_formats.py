@@ -21,6 +21,34 @@ def test_chat_template_matches_the_tokenizer(tiny_model_dir: Path) -> None:
     assert template.render(messages) == expected
 
 
+def test_a_template_is_compiled_once_and_stays_sandboxed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from jinja2.exceptions import SecurityError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    compiled: list[str] = []
+    original = ImmutableSandboxedEnvironment.from_string
+
+    def counting(
+        self: ImmutableSandboxedEnvironment, source: str, *a: object, **k: object
+    ) -> object:
+        compiled.append(source)
+        return original(self, source, *a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ImmutableSandboxedEnvironment, "from_string", counting)
+    template = ChatTemplate(
+        "{% for m in messages %}[{{ m['content'] }}]{% endfor %}{{ eos_token }}"
+    )
+    first = template.render(problem_messages("a"))
+    second = ChatTemplate(template.template, eos_token="!").render(problem_messages("b"))
+    assert first.startswith("[a") and second.startswith("[b") and second.endswith("!")
+    assert compiled == [template.template]  # one compile for both renders
+    hostile = ChatTemplate("{{ messages.append(1) }}")  # the sandbox still refuses mutation
+    with pytest.raises(SecurityError):
+        hostile.render(problem_messages("x"))
+    with pytest.raises(SecurityError):  # every time: the compiled template is the sandbox's
+        hostile.render(problem_messages("x"))
+
+
 def test_continuation_prompt() -> None:
     assert continuation_prompt("P:", ["a", "b"]) == "P:a\n\nb\n\n"
     assert continuation_prompt("P:", []) == "P:"

@@ -116,12 +116,14 @@ def test_the_tiny_demo_runs_every_stage_through_the_runs_service(
         ((name, bench),) = summary["benchmarks"].items()
         assert bench["problems"] == 3 and bench["samples"] == 6
         # where it goes back: shares of its wrong / right answers that a move back follows
-        for kind in ("wrong", "right"):
+        # (the eval stage's metrics are the summary's counts, which the report shows)
+        for kind in ("wrong", "right", "called_wrong", "called_right"):
             rate = stages["eval"].metrics.get(f"{label}.{name}.back_after_{kind}")
+            assert rate == bench["where_it_goes_back"][f"back_after_{kind}"]
             assert rate is None or 0.0 <= rate <= 1.0
             if label == "base" and bench["mean_backtracks"] == 0:
                 assert not rate  # a model that never goes back goes back after nothing
-    assert Path(artifacts["report.markdown"]).is_file()
+    assert "## Where it goes back" in Path(artifacts["report.markdown"]).read_text()
     assert report == Path(artifacts["report.html"])
     for key, value in artifacts.items():
         for item in value.split(","):

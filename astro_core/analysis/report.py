@@ -189,6 +189,64 @@ def _correlation_section(page: _Page, runs: Sequence[EvalRun], plots: dict[str, 
     page.plot(path, "accuracy vs backtracks per response", "no benchmark to correlate")
 
 
+def _share_of(rate: Any, whole: Any) -> str:
+    """A share with the count it is of ("85% of 40"), or "-" where there is none."""
+    if not isinstance(rate, int | float) or not isinstance(whole, int) or not whole:
+        return "-"
+    return f"{100 * rate:.0f}% of {whole}"
+
+
+def _going_back_section(page: _Page, runs: Sequence[EvalRun]) -> None:
+    page.heading("Where it goes back")
+    rows = [
+        (run, name, scores["where_it_goes_back"])
+        for run in runs
+        for name, scores in run.benchmarks.items()
+        if isinstance(scores.get("where_it_goes_back"), dict)
+    ]
+    if not rows:
+        page.text(
+            "No eval dir counts its attempts (summaries written before this count existed): "
+            "evaluate again into a new dir.",
+            "note",
+        )
+        return
+    page.text(
+        "A response is read as attempts (each step with a boxed answer); a share is of the "
+        "attempts that a backtrack or restart follows. A model that searches goes back after "
+        "wrong attempts and goes on after right ones; equal shares mean a habit copied from "
+        "the traces. Recovery: of the responses whose first attempt is wrong, the share whose "
+        "final answer is right."
+    )
+    checks = any(counts.get("called_wrong") or counts.get("called_right") for *_, counts in rows)
+    headers = ["checkpoint", "benchmark", "back after wrong", "back after right", "recovery"]
+    if checks:
+        headers += ["back after its check said wrong", "back after its check said right"]
+    table = []
+    for run, name, counts in rows:
+        row = [
+            run.label,
+            name,
+            _share_of(counts.get("back_after_wrong"), counts.get("wrong_attempts")),
+            _share_of(counts.get("back_after_right"), counts.get("right_attempts")),
+            _share_of(counts.get("recovery"), counts.get("first_wrong")),
+        ]
+        if checks:
+            row += [
+                _share_of(counts.get("back_after_called_wrong"), counts.get("called_wrong")),
+                _share_of(counts.get("back_after_called_right"), counts.get("called_right")),
+            ]
+        table.append(row)
+    page.table(headers, table)
+    if checks:
+        page.text(
+            "The last two columns count the attempts that state their own check (the "
+            'synthetic family\'s "(need 49): wrong.") by what the check said: a model can '
+            'learn to act on its check (back after "wrong", on after "right") while the '
+            "check itself is unreliable; the two pairs of columns tell those apart."
+        )
+
+
 def _training_section(
     page: _Page, runs: Sequence[EvalRun], logs: Sequence[TrainLog], plots: dict[str, Path]
 ) -> None:
@@ -335,6 +393,7 @@ def build_report(
     if histogram:
         plots["backtracks_histogram"] = histogram
     page.plot(histogram, "histogram of backtracks per response", "no backtrack counts in the evals")
+    _going_back_section(page, runs)
     page.heading("MATH-500 by level")
     level_plot = draw.levels(runs, out / "math500_levels.png")
     if level_plot:

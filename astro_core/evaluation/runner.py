@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from astro_core.analysis.behaviours import count_behaviours
+from astro_core.analysis.behaviours import BacktrackConditions, count_behaviours
 from astro_core.engines.base import (
     EngineBase,
     GenerationRequest,
@@ -39,6 +39,7 @@ from astro_core.evaluation.samples import (
     SUMMARY_FILE,
     SampleLog,
     SampleRecord,
+    iter_samples,
 )
 from astro_core.evaluation.summary import summarize_benchmark
 from astro_core.problems import Problem
@@ -370,6 +371,24 @@ class _Run:
         self.finisher.shutdown(wait=True)
 
 
+def _where_it_goes_back(
+    samples: Path, loaded: Sequence[Benchmark], config: EvalConfig
+) -> dict[str, BacktrackConditions]:
+    """Per benchmark, how often a move back follows a wrong and a right attempt
+    (astro_core.analysis.behaviours), read from the samples file: the log keeps no response
+    text in memory."""
+    gold = {(b.name, p.id): p.answer for b in loaded for p in b.problems}
+    counts = {b.name: BacktrackConditions() for b in loaded}
+    seen: set[tuple[str, str, int]] = set()
+    for record in iter_samples(samples):
+        answer = gold.get((record.benchmark, record.problem_id))
+        if answer is None or record.sample_index >= config.n or record.key in seen:
+            continue
+        seen.add(record.key)
+        counts[record.benchmark].add(record.response, answer, record.correct, config.phrases)
+    return counts
+
+
 def evaluate(
     benchmarks: Sequence[str | Benchmark],
     generator: Generator,
@@ -415,6 +434,7 @@ def evaluate(
         finished = True
     finally:
         run.close(wait=finished)
+    going_back = _where_it_goes_back(out / SAMPLES_FILE, loaded, config)
     summary = {
         "protocol": config.protocol(),
         "model": {**(model or EvaluatedModel()).model_dump(), "version": run.version or ""},
@@ -426,6 +446,7 @@ def evaluate(
                     {p.id: run.samples_of(b.name, p) for p in b.problems},
                     config.ks(),
                 ),
+                "where_it_goes_back": going_back[b.name].to_dict(),
                 "file": str(b.path),
             }
             for b in loaded

@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 
+from astro_core.analysis.behaviours import BacktrackConditions, merge  # noqa: E402
 from astro_core.analysis.experiment import (  # noqa: E402
     ARMS,
     CheckpointScore,
@@ -26,9 +27,7 @@ from astro_core.analysis.experiment import (  # noqa: E402
 from astro_core.analysis.trainlog import read_train_log  # noqa: E402
 from astro_core.evaluation.samples import SAMPLES_FILE, SUMMARY_FILE  # noqa: E402
 from astro_core.experiments.behaviour import (  # noqa: E402
-    BacktrackConditions,
     conditions_of,
-    merge,
     read_answers,
     verdict_contexts,
 )

@@ -19,10 +19,13 @@ from astro_core.analysis.runs import MixedProtocols, ReportInputError
 from astro_core.answers import VerifierPool
 from astro_core.cloning.config import CloningConfig
 from astro_core.cloning.dataset import clone_trees, write_traces
+from astro_core.evaluation import EvalConfig, EvaluatedModel, evaluate
+from astro_core.synthetic import ProductProblem, parse_problem, write_problems
 from astro_core.trees import write_trees
 from tests.analysis import browser
-from tests.analysis.conftest import CHECKPOINTS
+from tests.analysis.conftest import CHECKPOINTS, PAPER
 from tests.cloning.trees import apples_tree, random_tree
+from tests.evaluation.scripted import ScriptedGenerator
 
 PLOTS = {
     "accuracy",
@@ -134,6 +137,94 @@ def test_fewer_than_three_checkpoints_get_no_r(eval_dirs: dict[str, Path], tmp_p
     )
     assert "No response length or reward over steps" in text  # no log, no steps: said, not drawn
     assert "training_curves" not in report.plots
+
+
+def going_back_table(page: str) -> list[list[str]]:
+    """The rows of the report's "Where it goes back" table, as text cells."""
+    section = page.split("<h2>Where it goes back</h2>")[1].split("<h2>")[0]
+    table = section.split("<table>")[1].split("</table>")[0]
+    return [
+        [html.unescape(c) for c in re.findall(r"<t[dh]>(.*?)</t[dh]>", row)]
+        for row in re.findall(r"<tr[^>]*>(.*?)</tr>", table)
+    ]
+
+
+def test_where_it_goes_back(pool: VerifierPool, tmp_path: Path) -> None:
+    """A searcher goes back after its wrong guesses and on after its right one; a habit goes
+    back after every guess; a third model's check calls every guess right (wrongly) and it acts
+    on that: the truth and its own check tell them apart."""
+    problems = [ProductProblem(3, 7), ProductProblem(5, 4), ProductProblem(6, 9)]
+    path = write_problems(problems, tmp_path / "family.jsonl")
+    back = PAPER.negative_reflection(PAPER.backtrack_to("the beginning"))
+
+    def attempt(family: ProductProblem, guess: int, stated: str) -> str:
+        check = f"Try x = {guess}: {guess} * {family.b} = {family.c} (need {family.c}): right."
+        shown = family.try_step(guess) if stated == "true" else check
+        return f"{shown}\n\n{family.answer_step(guess)}"
+
+    scripts = {  # per sample: (guess offset, goes back after it)
+        "searcher": [[(1, True), (0, False)], [(-1, True), (2, True), (0, False)]],
+        "habit": [[(1, True), (0, True), (0, False)], [(0, True), (0, False)]],
+        "own-check": [[(1, False)], [(0, False)]],
+    }
+    dirs = []
+    for label, script in scripts.items():
+
+        def respond(problem: str, i: int, script: list = script, label: str = label) -> str:
+            family = parse_problem(problem)
+            assert family is not None
+            stated = "right" if label == "own-check" else "true"
+            parts = []
+            for offset, goes_back in script[i]:
+                parts.append(attempt(family, family.x + offset, stated))
+                if goes_back:
+                    parts.append(back)
+            return "\n\n".join(parts)
+
+        out = tmp_path / label
+        evaluate(
+            [str(path)],
+            ScriptedGenerator(respond),
+            pool,
+            EvalConfig(n=2, pass_k=[1]),
+            out,
+            model=EvaluatedModel(label=label),
+        )
+        dirs.append(out)
+    report = build_report(dirs, tmp_path / "report")
+    rows = going_back_table(report.html.read_text())
+    assert rows[0] == [
+        "checkpoint",
+        "benchmark",
+        "back after wrong",
+        "back after right",
+        "recovery",
+        "back after its check said wrong",
+        "back after its check said right",
+    ]
+    by_label = {row[0]: row[2:] for row in rows[1:]}
+    # 3 problems: the searcher has 3 wrong attempts per problem, all followed by a move back,
+    # and 2 right ones, none; the habit goes back after 1 of 1 wrong and 2 of 4 right
+    assert by_label["searcher"] == ["100% of 9", "0% of 6", "100% of 6", "100% of 9", "0% of 6"]
+    assert by_label["habit"] == ["100% of 3", "50% of 12", "100% of 3", "100% of 3", "50% of 12"]
+    # its check calls everything right: by the truth it stops after wrong answers, by its
+    # check nothing was ever wrong
+    assert by_label["own-check"] == ["0% of 3", "0% of 3", "0% of 3", "-", "0% of 6"]
+    assert "| back after wrong |" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_eval_dirs_without_the_count_get_a_note(eval_dirs: dict[str, Path], tmp_path: Path) -> None:
+    old = tmp_path / "old"
+    shutil.copytree(eval_dirs["sft"], old)
+    summary = json.loads((old / "summary.json").read_text())
+    for scores in summary["benchmarks"].values():
+        del scores["where_it_goes_back"]
+    (old / "summary.json").write_text(json.dumps(summary))
+    text = html.unescape(build_report([old], tmp_path / "r").html.read_text())
+    assert "No eval dir counts its attempts" in text
+    # MATH answers state no check of their own: the report shows only the truth's columns
+    new = build_report([eval_dirs["sft"]], tmp_path / "n").html.read_text()
+    assert going_back_table(new)[0][-1] == "recovery"
 
 
 def test_input_errors(eval_dirs: dict[str, Path], tmp_path: Path) -> None:

@@ -260,3 +260,53 @@ def test_a_timed_out_verdict_is_tried_again(
     stuck = SlowOnce(pool, always=True)
     summary = evaluate([str(problems_file)], generator, stuck, config, tmp_path / "b")
     assert summary["benchmarks"]["problems"]["verifier_timeouts"] == 4 and stuck.calls == 2
+
+
+def family_response(problem: str, moves: list[tuple[int, bool]]) -> str:
+    """A response to a product-family problem: per (guess, go back after it) a try step, its
+    answer step and, where asked, the move back."""
+    from astro_core.cloning.phrases import Phrases
+    from astro_core.synthetic import parse_problem
+
+    family = parse_problem(problem)
+    assert family is not None
+    steps = []
+    for guess, back in moves:
+        steps += [family.try_step(guess), family.answer_step(guess)]
+        if back:
+            steps.append(Phrases().negative_reflection(Phrases().backtrack_to("the beginning")))
+    return "\n\n".join(steps)
+
+
+def test_the_summary_counts_where_responses_go_back(pool: VerifierPool, tmp_path: Path) -> None:
+    """Sample 0 searches (back after each wrong guess, on after the right one), sample 1 goes
+    back after every guess, sample 2 stops at its first, wrong, guess; the counts follow."""
+    from astro_core.synthetic import ProductProblem, parse_problem, write_problems
+
+    problems = [ProductProblem(3, 7), ProductProblem(5, 4)]
+    path = write_problems(problems, tmp_path / "family.jsonl")
+
+    def respond(problem: str, i: int) -> str:
+        family = parse_problem(problem)
+        assert family is not None
+        x = family.x
+        script = {
+            0: [(x - 1, True), (x + 1, True), (x, False)],
+            1: [(x + 1, True), (x, True), (x, False)],
+            2: [(x + 2, False)],
+        }
+        return family_response(problem, script[i])
+
+    config = EvalConfig(n=3, pass_k=[1], batch_problems=2)
+    summary = evaluate([str(path)], ScriptedGenerator(respond), pool, config, tmp_path / "out")
+    counts = summary["benchmarks"]["family"]["where_it_goes_back"]
+    # per problem: 4 wrong attempts (2 + 1 + 1), 3 followed by a move back; 3 right ones
+    # (1 + 2), 1 followed by one; every check says what its guess makes it, so the counts by
+    # the check are the same; both problems' first attempts are wrong, 2 of 3 recover
+    assert counts["responses"] == 6
+    assert counts["wrong_attempts"] == counts["called_wrong"] == 8
+    assert counts["back_after_wrong"] == counts["back_after_called_wrong"] == pytest.approx(6 / 8)
+    assert counts["right_attempts"] == counts["called_right"] == 6
+    assert counts["back_after_right"] == counts["back_after_called_right"] == pytest.approx(2 / 6)
+    assert (counts["first_wrong"], counts["recovered"]) == (6, 4)
+    assert counts["recovery"] == pytest.approx(4 / 6)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from astro_core.analysis.behaviours import BacktrackConditions, attempts
 from astro_core.cloning.phrases import Phrases
 from astro_core.experiments.behaviour import (
-    BacktrackConditions,
-    attempts,
     conditions_by_benchmark,
     conditions_of,
     verdict_contexts,

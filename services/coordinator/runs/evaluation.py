@@ -121,25 +121,14 @@ def run_eval(ctx: StageContext, svc: StageServices) -> StageResult:
             metrics[f"{checkpoint.label}.{name}.backtracks"] = float(
                 scores.get("mean_backtracks", 0.0)
             )
-        metrics.update(_where_it_goes_back(checkpoint.label, out, sets))
+            # Where it goes back: the shares of wrong and right attempts (by the truth, and
+            # by what the attempt's own check said) that a move back follows; a share with
+            # no attempts behind it is left out.
+            for rate, value in scores.get("where_it_goes_back", {}).items():
+                if rate.startswith("back_after_") and value is not None:
+                    metrics[f"{checkpoint.label}.{name}.{rate}"] = float(value)
     artifacts["dirs"] = ",".join(artifacts[c.label] for c in todo)
     return StageResult(artifacts, metrics)
-
-
-def _where_it_goes_back(label: str, out: Path, sets: dict[str, str]) -> dict[str, float]:
-    """Per benchmark, the share of wrong and of right answers that a backtrack or restart
-    follows (astro_core.experiments.behaviour): does the model go back when it should?
-    A rate with no attempts behind it is left out."""
-    from astro_core.evaluation.samples import SAMPLES_FILE
-    from astro_core.experiments.behaviour import conditions_by_benchmark, read_answers
-
-    answers = read_answers(Path(path) for path in sets.values())
-    metrics: dict[str, float] = {}
-    for name, counts in conditions_by_benchmark(out / SAMPLES_FILE, answers).items():
-        for rate, value in counts.rates().items():
-            if rate.startswith("back_after_") and value is not None:
-                metrics[f"{label}.{name}.{rate}"] = value
-    return metrics
 
 
 def _reporter(ctx: StageContext, before: int, total: int, label: str) -> Callable[[Any], None]:
