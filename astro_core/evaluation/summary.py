@@ -108,6 +108,10 @@ def format_table(summary: dict[str, Any]) -> str:
         row += f" {result['mean_tokens']:>8.0f} {result['mean_backtracks']:>8.2f}"
         lines.append(row)
     for name, result in summary["benchmarks"].items():
+        going_back = _going_back_line(result.get("where_it_goes_back"))
+        if going_back and result["mean_backtracks"] > 0:
+            lines += ["", f"{name} goes back after {going_back}"]
+    for name, result in summary["benchmarks"].items():
         for key in BREAKDOWNS:
             groups = result.get(f"by_{key}")
             if not groups:
@@ -125,3 +129,22 @@ def format_table(summary: dict[str, Any]) -> str:
         f"top-p {protocol['top_p']}, max tokens {protocol['max_tokens']}, seed {protocol['seed']}"
     )
     return "\n".join(lines)
+
+
+def _going_back_line(counts: Any) -> str:
+    """Where a benchmark's responses go back, as one phrase ("" when nothing was counted)."""
+    if not isinstance(counts, dict):
+        return ""
+
+    def share(rate: str, whole: str, what: str) -> str | None:
+        if counts.get(rate) is None or not counts.get(whole):
+            return None
+        return f"{100 * counts[rate]:.0f}% of {counts[whole]} {what}"
+
+    parts = [
+        share("back_after_wrong", "wrong_attempts", "wrong attempts"),
+        share("back_after_right", "right_attempts", "right ones"),
+        share("back_after_called_wrong", "called_wrong", "its check called wrong"),
+        share("back_after_called_right", "called_right", "it called right"),
+    ]
+    return ", ".join(part for part in parts if part)

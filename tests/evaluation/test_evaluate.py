@@ -310,3 +310,8 @@ def test_the_summary_counts_where_responses_go_back(pool: VerifierPool, tmp_path
     assert counts["back_after_right"] == counts["back_after_called_right"] == pytest.approx(2 / 6)
     assert (counts["first_wrong"], counts["recovered"]) == (6, 4)
     assert counts["recovery"] == pytest.approx(4 / 6)
+    # the printed table says it in one line
+    assert (
+        "family goes back after 75% of 8 wrong attempts, 33% of 6 right ones, 75% of 8 its "
+        "check called wrong, 33% of 6 it called right"
+    ) in format_table(summary)
