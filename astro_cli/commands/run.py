@@ -216,8 +216,8 @@ def headline(stage: str, metrics: dict[str, float]) -> str:
     kind = stage.removesuffix("_direct")
     if kind == "eval":
         parts = [
-            f"{key.removesuffix('.accuracy')} {value:.1%}"
-            for key, value in metrics.items()
+            f"{key.removesuffix('.accuracy')} {metrics[key]:.1%}"
+            for key in sorted(metrics, key=_checkpoint_order)
             if key.endswith(".accuracy")
         ]
     else:
@@ -230,6 +230,18 @@ def headline(stage: str, metrics: dict[str, float]) -> str:
         if not parts:
             parts = [f"{k} {v:g}" for k, v in list(metrics.items())[:6]]
     return ", ".join(parts) or "done"
+
+
+_ARM_ORDER = ("base", "sft", "grpo", "direct_sft", "direct_grpo")
+
+
+def _checkpoint_order(key: str) -> tuple[int, int, str]:
+    """Eval metrics (`<label>.<set>.<figure>`) in the pipeline's order: base, SFT, RL (its
+    checkpoints by step), then the Direct arms; a metrics map arrives in no order."""
+    label = key.split(".", 1)[0]
+    arm, _, step = label.partition("-step")
+    rank = _ARM_ORDER.index(arm) if arm in _ARM_ORDER else len(_ARM_ORDER)
+    return rank, int(step) if step.isdigit() else -1, key
 
 
 # ---- status, list, watch, cancel --------------------------------------------------------

@@ -151,3 +151,24 @@ def test_a_relative_model_path_is_taken_from_the_spec_s_folder(
     status = coordinator.client.get(rid)
     assert status.spec.base_model.path == str(model_dir)
     assert wait_for(coordinator.client, rid).state == "succeeded"
+
+
+def test_eval_figures_read_in_the_pipeline_s_order() -> None:
+    """A stage's metrics arrive as a map in no order; the eval line reads base, SFT, the RL
+    checkpoints by step, then the Direct arms, whatever order they came in."""
+    from astro_cli.commands.run import headline
+
+    metrics = {
+        "direct_sft.heldout.accuracy": 0.25,
+        "grpo-step16.heldout.accuracy": 0.5,
+        "grpo-step8.heldout.accuracy": 0.375,
+        "sft.heldout.backtracks": 1.5,  # not an accuracy: not on the line
+        "base.heldout.accuracy": 0.125,
+        "sft.heldout.accuracy": 0.25,
+    }
+    expected = (
+        "base.heldout 12.5%, sft.heldout 25.0%, grpo-step8.heldout 37.5%, "
+        "grpo-step16.heldout 50.0%, direct_sft.heldout 25.0%"
+    )
+    assert headline("eval", metrics) == expected
+    assert headline("eval", dict(reversed(list(metrics.items())))) == expected
