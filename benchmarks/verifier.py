@@ -24,6 +24,7 @@ import argparse
 import json
 import logging
 import re
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -125,6 +126,11 @@ def peer_default(gold: str, pred: str) -> bool:
 
 
 def category_items() -> list[tuple[str, str, bool]]:
+    # The tables live in the test suite; `python benchmarks/verifier.py` puts benchmarks/,
+    # not the repository, on sys.path.
+    repo = str(Path(__file__).resolve().parents[1])
+    if repo not in sys.path:
+        sys.path.insert(0, repo)
     from tests.verifier.test_categories import TABLES
 
     return [

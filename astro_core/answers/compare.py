@@ -30,7 +30,7 @@ from sympy.core.function import AppliedUndef
 from sympy.matrices import MatrixBase
 
 from astro_core.answers.fast import FLOAT_PLACES, decimal_tolerance
-from astro_core.answers.parse import Answer
+from astro_core.answers.parse import Answer, is_assignment_list, written_items
 
 _TOLERANCE_MP = mpmath.mpf("1e-9")
 _POINTS = 4
@@ -75,11 +75,19 @@ def answers_equal(
     rules = Rules(relation_for_set, float_places)
     if values_equal(gold.value, pred.value, rules):
         return True
+    if is_assignment_list(gold.value) and is_assignment_list(pred.value):
+        return False  # names and values together: `x=3, y=4` is not `x=4, y=3`
     if gold.assigned is not None and not _is_equation(pred.value):
         if values_equal(gold.assigned, pred.assigned or pred.value, rules):
             return True
     if pred.assigned is not None and not _is_equation(gold.value):
         if values_equal(gold.value, pred.assigned, rules):
+            return True
+    if pred.percent and not gold.percent and not percent_problem:
+        # "25%" is the number 1/4: a percent answer also counts for the value it writes
+        # (gold 1/4 or 0.25). A percent gold keeps its number (gold 28%, answer 0.28: no).
+        literal = _percent_value(pred.value)
+        if literal is not None and values_equal(gold.value, literal, rules):
             return True
     if percent_problem and isinstance(gold.value, sympy.Expr):
         if isinstance(pred.value, sympy.Expr):
@@ -116,6 +124,15 @@ def _is_letter_only(answer: Answer) -> bool:
 
 def _is_equation(value: Any) -> bool:
     return isinstance(value, sympy.Eq | sympy.And)
+
+
+def _percent_value(value: Any) -> Any:
+    """The value `n%` writes, n/100, keeping a decimal a decimal (`12.5%` -> 0.125)."""
+    if isinstance(value, sympy.Float):
+        return sympy.Float(str(_decimal(value).scaleb(-2)), 30)
+    if isinstance(value, sympy.Expr) and not value.free_symbols:
+        return value / 100
+    return None
 
 
 def values_equal(a: Any, b: Any, rules: Rules = _DEFAULT_RULES) -> bool:
@@ -156,6 +173,8 @@ def values_equal(a: Any, b: Any, rules: Rules = _DEFAULT_RULES) -> bool:
     if isinstance(a, sympy.Union) and isinstance(b, sympy.Union):
         return _unordered_equal(list(a.args), list(b.args), rules)
     if _is_sequence(a) and _is_sequence(b):
+        if isinstance(a, sympy.FiniteSet):  # a gold list or set has no order: `1, 2` = (2, 1)
+            return _unordered_equal(_items(a), _items(b), rules)
         return _ordered_equal(_items(a), _items(b), rules)
     if isinstance(a, sympy.FiniteSet) and len(a.args) == 1:
         return values_equal(a.args[0], b, rules)
@@ -175,9 +194,10 @@ def _is_sequence(value: Any) -> bool:
 
 
 def _items(value: Any) -> list[Any]:
+    """A sequence's items in order; a bare list `3, 2, 1` in the order it was written."""
     if isinstance(value, sympy.Interval):
         return [value.start, value.end]
-    return list(value.args)
+    return written_items(value)
 
 
 def _as_set(value: Any) -> Any:

@@ -146,12 +146,33 @@ def last_boxed(text: str) -> str | None:
     return ", ".join(content.strip() for _, _, content in group)
 
 
+# Math spans joined into one answer: "$x=1$ or $x=-2$", "$1$, $2$, and $3$" (at most 6).
+_SPAN_JOINER = re.compile(r"\s*(?:,?\s*(?:and|or)|,)\s*", re.IGNORECASE)
+_MAX_JOINED_SPANS = 6
+
+
+def _last_spans(text: str, pattern: re.Pattern[str]) -> tuple[int, str] | None:
+    """(end, content) of the last non-empty math span; spans right before it that only
+    ",", "and" or "or" separate are joined to it: "$x=1$ or $x=-2$" -> "x=1, x=-2"."""
+    spans = [
+        (m.start(), m.end(), next(g for g in m.groups() if g is not None).strip())
+        for m in pattern.finditer(text)
+    ]
+    spans = [span for span in spans if span[2]]
+    if not spans:
+        return None
+    group = [spans[-1]]
+    for span in reversed(spans[:-1]):
+        if len(group) == _MAX_JOINED_SPANS or not _SPAN_JOINER.fullmatch(
+            text[span[1] : group[0][0]]
+        ):
+            break
+        group.insert(0, span)
+    return group[-1][1], ", ".join(content for _, _, content in group)
+
+
 def _last_math_or_number(text: str) -> str | None:
-    best: tuple[int, str] | None = None
-    for match in _MATH_SPAN.finditer(text):
-        content = next(g for g in match.groups() if g is not None)
-        if content.strip():
-            best = (match.end(), content.strip())
+    best = _last_spans(text, _MATH_SPAN)
     for match in _NUMBER.finditer(text):
         if best is None or match.end() > best[0]:
             best = (match.end(), match.group(0))
@@ -159,9 +180,8 @@ def _last_math_or_number(text: str) -> str | None:
 
 
 def _last_latex(text: str) -> str | None:
-    spans = [next(g for g in m.groups() if g is not None) for m in _LATEX_SPAN.finditer(text)]
-    spans = [s.strip() for s in spans if s.strip()]
-    return spans[-1] if spans else None
+    found = _last_spans(text, _LATEX_SPAN)
+    return found[1] if found else None
 
 
 def _last_number(text: str) -> str | None:

@@ -12,6 +12,7 @@ Decided here:
 - two plain numbers (integers with leading zeros or thousands separators, decimals,
   `a/b`, `\\frac{a}{b}`): exact rational equality, and the decimal rule of
   `decimal_tolerance` (the one place that rule lives; `compare` uses it too).
+A percent answer for a gold without one is also its value: `25\\%` = `1/4` = `0.25`.
 Not decided here: percent problems whose numbers differ (the x100 rule lives in `compare`).
 """
 
@@ -127,8 +128,8 @@ def quick_verdict(
 
     `gold` and `pred` are extracted answers (as `parse.parse_answer` takes them).
     """
-    gold_clean, _ = clean_answer(gold[:MAX_ANSWER_CHARS])
-    pred_clean, _ = clean_answer(pred[:MAX_ANSWER_CHARS])
+    gold_clean, gold_percent = clean_answer(gold[:MAX_ANSWER_CHARS])
+    pred_clean, pred_percent = clean_answer(pred[:MAX_ANSWER_CHARS])
     gold_text, pred_text = normalise_text(gold_clean), normalise_text(pred_clean)
     if gold_text and gold_text == pred_text:
         return True
@@ -143,4 +144,14 @@ def quick_verdict(
         return None
     if numbers_equal(gold_number, pred_number, float_places):
         return True
-    return None if percent_problem else False
+    if percent_problem:
+        return None
+    if pred_percent and not gold_percent:  # "25%" is also the number 1/4 it writes
+        return numbers_equal(gold_number, percent_value(pred_number), float_places)
+    return False
+
+
+def percent_value(number: Number) -> Number:
+    """The value `n%` writes: n/100 (a decimal stays a decimal, `12.5%` -> 0.125)."""
+    decimal = number.decimal.scaleb(-2) if number.decimal is not None else None
+    return Number(number.value / 100, decimal)

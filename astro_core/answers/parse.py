@@ -74,7 +74,8 @@ def _unwrap_text_commands(s: str) -> str:
 
 def choice_letter(s: str) -> str | None:
     """`(B)`, `\\textbf{(B)}`, `B`, `(B) 27`, `B) 27` -> "B"."""
-    plain = _unwrap_text_commands(s).replace("$", "").replace("\\", " ").strip()
+    plain = re.sub(r"\\(?:left|right)(?![a-zA-Z])", "", _unwrap_text_commands(s))
+    plain = plain.replace("$", "").replace("\\", " ").strip()
     match = _LETTER.match(plain)
     if match and (len(plain) <= 3 or plain.startswith("(") or plain[1:2] == ")"):
         return match.group(1)
@@ -168,15 +169,70 @@ def is_name(expr: Any) -> bool:
     return False
 
 
+def written_items(value: Any) -> list[Any]:
+    """The items of a tuple or finite set in the order they were written.
+
+    sympy sorts a FiniteSet's args; the parser's FiniteSet keeps the written order
+    (`_unsorted_args`), which is what a bare list `15, -29` or `x=15, y=-29` means as a
+    sequence. A set built elsewhere has only its sorted args."""
+    if isinstance(value, sympy.FiniteSet):
+        written = getattr(value, "_unsorted_args", None)
+        if isinstance(written, list) and len(set(written)) == len(value.args):
+            return list(written)  # repeats kept: `1, 1, 2` is three items
+    return list(value.args)
+
+
 def drop_assignments(value: Any) -> Any:
-    """`Eq(x, 3)` with a name on the left -> 3, inside tuples and sets too."""
+    """`Eq(x, 3)` with a name on the left -> 3, inside tuples and sets too. Assignments to
+    different names are the tuple of their values, in the order written (`x=15, y=-29` ->
+    (15, -29)); to one name, the set of its values (`x=-2, x=3` -> {-2, 3})."""
     if isinstance(value, sympy.Eq) and is_name(value.lhs):
         return value.rhs
     if isinstance(value, sympy.Tuple | sympy.FiniteSet) and value.args:
-        items = [drop_assignments(a) for a in value.args]
-        if any(i is not a for i, a in zip(items, value.args, strict=True)):
+        written = written_items(value)
+        items = [drop_assignments(a) for a in written]
+        if is_assignment_list(value) and len({a.lhs for a in written}) == len(written):
+            return sympy.Tuple(*items)
+        if any(i is not a for i, a in zip(items, written, strict=True)):
             return type(value)(*items)
     return value
+
+
+def is_assignment_list(value: Any) -> bool:
+    """`x=3, y=4`: a list of two or more equations, each with a name on the left."""
+    return (
+        isinstance(value, sympy.Tuple | sympy.FiniteSet)
+        and len(value.args) >= 2
+        and all(isinstance(a, sympy.Eq) and is_name(a.lhs) for a in value.args)
+    )
+
+
+def _split_tuple_assignment(value: Any) -> Any:
+    """`(x, y) = (3, 4)` -> the list `x = 3, y = 4` (written order), so it compares like
+    that list; anything else unchanged."""
+    if not isinstance(value, sympy.Eq):
+        return value
+    names, values = _sequence_items(value.lhs), _sequence_items(value.rhs)
+    if (
+        names is None
+        or values is None
+        or len(names) != len(values)
+        or len(names) < 2
+        or not all(isinstance(n, sympy.Symbol | AppliedUndef) for n in names)
+        or len(set(names)) != len(names)
+    ):
+        return value
+    from latex2sympy2_extended.sets import FiniteSet as WrittenSet  # keeps the written order
+
+    return WrittenSet(*(sympy.Eq(n, v, evaluate=False) for n, v in zip(names, values, strict=True)))
+
+
+def _sequence_items(value: Any) -> list[Any] | None:
+    if isinstance(value, sympy.Tuple):
+        return list(value.args)
+    if isinstance(value, sympy.Interval) and value.left_open and value.right_open:
+        return [value.start, value.end]  # (3, 4) read as an open interval
+    return None
 
 
 def install_two_stage_parsing() -> None:
@@ -246,7 +302,24 @@ def _imaginary_unit(value: Any) -> Any:
     if not isinstance(value, sympy.Basic | MatrixBase):
         return value
     units = [s for s in value.free_symbols if getattr(s, "name", None) == "i"]
-    return value.subs({unit: sympy.I for unit in units}) if units else value
+    return _substituted(value, {unit: sympy.I for unit in units}) if units else value
+
+
+def _substituted(value: Any, mapping: dict[Any, Any]) -> Any:
+    """`value.subs(mapping)`, but relations are rebuilt unevaluated: the parser's symbols are
+    real, so `y = 6 - 5i` would otherwise evaluate to False. Lists keep their written order,
+    and an open interval with a complex end is the pair it was written as."""
+    if isinstance(value, sympy.Rel):
+        lhs, rhs = (_substituted(side, mapping) for side in (value.lhs, value.rhs))
+        return type(value)(lhs, rhs, evaluate=False)
+    if isinstance(value, sympy.Tuple | sympy.FiniteSet) and value.has(sympy.Rel):
+        return type(value)(*(_substituted(item, mapping) for item in written_items(value)))
+    if isinstance(value, sympy.Interval) and value.left_open and value.right_open:
+        # `(1+i, 2)` is a pair, not an interval: complex ends make it a tuple
+        ends = [end.subs(mapping) for end in (value.start, value.end)]
+        if any(end.has(sympy.I) for end in ends):
+            return sympy.Tuple(*ends)
+    return value.subs(mapping)
 
 
 def _logging_quiet() -> None:
@@ -274,12 +347,37 @@ def parse_answer(raw: str) -> Answer:
         # A chain of three or more terms is a computation ending at its result.
         return Answer(raw, text, value, last, percent, letter)
     value = _safe_value(cleaned)
+    if value is None:
+        value = _plus_minus_value(cleaned)
+    value = _split_tuple_assignment(value)
     if value is None and len(terms) == 2:  # "\frac{1}{2} \$ = \frac{10}{9}": keep the result
         return Answer(raw, text, None, _safe_value(terms[1]), percent, letter)
     assigned = drop_assignments(value)
     if isinstance(value, sympy.Eq) and not value.free_symbols:
         assigned = value.rhs  # "1/2 + 1/3 = 5/6": a computation ending at its result
     return Answer(raw, text, value, assigned if assigned is not value else None, percent, letter)
+
+
+_PLUS_MINUS = re.compile(r"\\(?:pm|mp)(?![a-zA-Z])")
+
+
+def _plus_minus_value(latex: str) -> Any:
+    """One `\\pm` (or `\\mp`) the parser cannot read where it stands
+    (`\\frac{1\\pm\\sqrt{5}}{2}`): the set of the two values it writes. `x = a \\pm b` gives
+    `x = {a+b, a-b}`, as the parser reads a top-level `x = \\pm 2`. None otherwise."""
+    signs = _PLUS_MINUS.findall(latex)
+    if len(signs) != 1:
+        return None
+    plus = _PLUS_MINUS.sub("+" if signs[0] == "\\pm" else "-", latex)
+    minus = _PLUS_MINUS.sub("-" if signs[0] == "\\pm" else "+", latex)
+    first, second = _safe_value(plus), _safe_value(minus)
+    if isinstance(first, sympy.Eq) and isinstance(second, sympy.Eq) and first.lhs == second.lhs:
+        if _both_exprs(first.rhs, second.rhs):
+            return sympy.Eq(first.lhs, sympy.FiniteSet(first.rhs, second.rhs), evaluate=False)
+        return None
+    if _both_exprs(first, second):
+        return sympy.FiniteSet(first, second)
+    return None
 
 
 def _both_exprs(a: Any, b: Any) -> bool:

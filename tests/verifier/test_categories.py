@@ -142,6 +142,12 @@ IMAGINARY_UNIT: list[Case] = [
     ("3+4i", "4+3i", False),
     (r"\frac{1}{2}+\frac{1}{2}i", r"\frac{1-i}{2}", False),
     ("-1+i", "1-i", False),
+    ("6 - 5i", "y = 6 - 5i", True),  # an assignment with a complex value stays an equation
+    ("6 - 5i", "z = 6 + 5i", False),
+    ("(1+i, 2)", "x = 1+i, y = 2", True),
+    ("(1+i, 2)", "(1+i, 2)", True),  # a pair with a complex entry, not an interval
+    ("(1+i, 2)", "(2, 1+i)", False),
+    ("(1+i, 2)", "(1-i, 2)", False),
 ]
 
 BARE_TEXT_AND_LETTERS: list[Case] = [
@@ -157,6 +163,8 @@ BARE_TEXT_AND_LETTERS: list[Case] = [
     (r"\text{no solution}", "no solution", True),
     ("A", "A) 5", True),
     ("E", "(E) none of these", True),
+    ("B", r"\left(B\right)", True),
+    ("B", r"\left(C\right)", False),
     ("A", "B) 5", False),
     (r"\text{Monday}", "Tuesday", False),
     (r"\text{(C)}", "D", False),
@@ -172,6 +180,16 @@ PERCENT: list[Case] = [
     (r"12.5\%", r"\frac{25}{2}\%", True),
     (r"25\%", "0.25", False),  # no x100 outside a percent problem
     (r"25\%", r"26\%", False),
+    # a percent answer is also the value it writes: 25% is 1/4
+    (r"\frac{1}{4}", r"25\%", True),
+    ("0.125", r"12.5\%", True),
+    (r"\frac{2}{5}", r"40 \text{ percent}", True),
+    (r"\frac{1}{3}", r"33\frac{1}{3}\%", True),
+    (r"\frac{1}{3}", r"33.333333\%", True),  # six places: a numeric evaluation
+    (r"\frac{1}{3}", r"33.33\%", False),  # a decimal answer is exact
+    (r"\frac{1}{4}", r"4\%", False),
+    (r"\frac{2}{5}", r"41\%", False),
+    ("0.4", r"4\%", False),
 ]
 
 UNITS_AND_TEXT: list[Case] = [
@@ -226,6 +244,22 @@ SETS_AND_TUPLES: list[Case] = [
     ("1, 2, 3", "1, 2", False),
     ("(2, -3)", "(-3, 2)", False),
     (r"\{1,2,3\}", r"\{1,2,4\}", False),
+    # a list of assignments keeps its written order; its names must match another list's
+    ("(15,-29)", "x=15, y=-29", True),
+    ("(15,-29)", "x=-29, y=15", False),
+    ("(8,-2)", "(a, b) = (8, -2)", True),
+    ("(8,-2)", "(a, b) = (-2, 8)", False),
+    ("x=3, y=4", "y=4, x=3", True),
+    ("x=3, y=4", "(x, y) = (3, 4)", True),
+    ("x=3, y=4", "x=4, y=3", False),
+    ("x=3, y=4", "(x, y) = (4, 3)", False),
+    ("a=2, b=-3", "a=-3, b=2", False),
+    # a bare list is read in its written order against a tuple gold; a gold list has none
+    ("(6,31,-1)", "6, 31, -1", True),
+    ("(6,31,-1)", "-1, 31, 6", False),
+    ("(1,2,3)", "3, 2, 1", False),
+    ("1, 2, 3", "(3, 2, 1)", True),
+    ("3, 5, 7", r"\{7, 5, 3\}", True),
 ]
 
 DEGREES: list[Case] = [
@@ -277,6 +311,15 @@ PLUS_MINUS: list[Case] = [
     (r"x = \pm 2", r"\pm 2", True),
     (r"\pm 3", "3", False),
     (r"1 \pm \sqrt{2}", r"1+\sqrt{2}", False),
+    # a \pm inside a fraction: the set of both values
+    (r"\frac{1\pm\sqrt{5}}{2}", r"\frac{1+\sqrt5}{2}, \frac{1-\sqrt5}{2}", True),
+    (r"\frac{1\pm\sqrt{5}}{2}", r"\frac{1-\sqrt{5}}{2}, \frac{1+\sqrt{5}}{2}", True),
+    (r"\frac{-3+\sqrt{17}}{4}, \frac{-3-\sqrt{17}}{4}", r"\frac{-3\pm\sqrt{17}}{4}", True),
+    (r"x=\frac{-3\pm\sqrt{17}}{4}", r"\frac{-3\pm\sqrt{17}}{4}", True),
+    (r"\frac{-3\pm\sqrt{17}}{4}", r"x = \frac{-3\mp\sqrt{17}}{4}", True),
+    (r"\frac{1\pm\sqrt{5}}{2}", r"\frac{1+\sqrt5}{2}", False),
+    (r"\frac{-3\pm\sqrt{17}}{4}", r"\frac{3\pm\sqrt{17}}{4}", False),
+    (r"\frac{1\pm\sqrt{5}}{2}", r"\frac{1\pm\sqrt{3}}{2}", False),
 ]
 
 EQUATIONS: list[Case] = [
@@ -388,6 +431,26 @@ def test_bare_response(gold: str, answer: str, equal: bool) -> None:
 )
 def test_repeating_value(text: tuple[str, str, str, str], value: Fraction) -> None:
     assert repeating_value(*text) == value
+
+
+JOINED_SPANS: list[tuple[str, str, bool]] = [
+    # no box and no "answer is": math spans that only ",", "and" or "or" separate are one
+    # answer (as math-verify reads them)
+    ("-2, 1", "The roots are $x=-2$ or $x=1$.", True),
+    ("-2, 1", "The roots are $1$, $-2$.", True),
+    ("-2, 1", "The roots are $x=-2$ and $x=3$.", False),
+    ("(3, 4)", "We get $x = 3$ and $y = 4$.", True),
+    ("(3, 4)", "We get $x = 4$ and $y = 4$.", False),
+    (r"\pm 2", "So $x = 2$ or $x = -2$.", True),
+    ("2", "So $x = 2$ or $x = -2$.", False),
+    ("2", "$x^2 = 4$, so $x = 2$.", True),  # words between: the last span only
+]
+
+
+@pytest.mark.parametrize(("gold", "response", "equal"), JOINED_SPANS)
+def test_joined_math_spans(gold: str, response: str, equal: bool) -> None:
+    verdict = check(VerifyItem(response, gold))
+    assert verdict.correct is equal, verdict
 
 
 def test_notation_rewrites_only_what_it_knows() -> None:

@@ -67,6 +67,12 @@ DECIDED = [
     # percent and degree marks are dropped; no x100 outside percent problems
     (r"10\%", "10", True),
     (r"10\%", "0.1", False),
+    # a percent answer for a gold without one is also its value
+    (r"\frac{1}{4}", r"25\%", True),
+    ("0.125", r"12.5\%", True),
+    ("1/3", r"33.333333\%", True),
+    ("1/3", r"33.33\%", False),
+    ("0.4", r"4\%", False),
     (r"90^\circ", "90", True),
 ]
 
