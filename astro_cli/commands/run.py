@@ -61,6 +61,8 @@ def read_spec(path: Path) -> Any:
         spec = load_run_spec(path)
     except (ConfigError, RunSpecError) as exc:
         fail(f"--config: {exc}")
+    except RecursionError:  # the YAML parser recurses once per level of nesting
+        fail(f"--config: {path} nests lists or mappings too deeply")
     model = spec.base_model.path
     if model and not Path(model).expanduser().is_absolute():
         local = (path.parent / model).resolve()
@@ -326,10 +328,13 @@ def cancel(
     ] = 60.0,
 ) -> None:
     """Cancel a run: its running stage stops (search, trainer process or Job); artifacts stay."""
+    import math
     import time
 
     import grpc
 
+    if not (math.isfinite(wait) and wait >= 0):
+        fail("--wait: must be a number of seconds >= 0")
     address, client = _client(coordinator)
     with client:
         try:

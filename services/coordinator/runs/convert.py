@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 from pydantic import ValidationError
@@ -10,10 +11,24 @@ from astro_core.pipeline.spec import RunSpec, RunSpecError, fields_message, pars
 from services.coordinator.runs.store import Event, RunRecord
 from services.protos.astro.v1 import common_pb2, run_pb2
 
+# Levels of lists and mappings config_yaml may nest: a real config has about four (section,
+# field, mapping, list); a deeper one exhausts Python's stack in the YAML parser or in any
+# later walk of it.
+MAX_CONFIG_DEPTH = 32
+
 
 def spec_from_proto(message: run_pb2.RunSpec) -> RunSpec:
     """The RunSpec a message holds; RunSpecError naming the field (as the message spells it)."""
-    config = parse_config_yaml(message.config_yaml)
+    try:
+        config = parse_config_yaml(message.config_yaml)
+    except RecursionError:  # PyYAML composes nested nodes recursively
+        raise RunSpecError(
+            f"config_yaml: nests lists or mappings more than {MAX_CONFIG_DEPTH} levels deep"
+        ) from None
+    check_depth(config)
+    if any(unicodedata.category(c) == "Cc" for c in message.name):
+        # the CLI prints names to terminals (`astro run list`): no escape sequences, no NUL
+        raise RunSpecError("name: holds control characters")
     model = message.base_model
     data: dict[str, Any] = {
         "name": message.name,
@@ -37,6 +52,22 @@ def spec_from_proto(message: run_pb2.RunSpec) -> RunSpec:
         return RunSpec.model_validate(data)
     except ValidationError as exc:
         raise RunSpecError(fields_message(exc, "config_yaml")) from exc
+
+
+def check_depth(data: Any, limit: int = MAX_CONFIG_DEPTH) -> None:
+    """Refuse config nesting lists and mappings more than `limit` levels deep (iteratively,
+    as deep data would overflow a recursive walk)."""
+    stack = [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if not isinstance(node, dict | list):
+            continue
+        if depth > limit:
+            raise RunSpecError(
+                f"config_yaml: nests lists or mappings more than {limit} levels deep"
+            )
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children)
 
 
 def spec_to_proto(spec: RunSpec) -> run_pb2.RunSpec:

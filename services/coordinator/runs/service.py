@@ -11,13 +11,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
+import math
 import re
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
+from google.protobuf.unknown_fields import UnknownFieldSet
 
 from astro_core.pipeline.spec import RunSpecError
 from astro_core.pipeline.validate import RunWorld, ValidatedRun, WorldUnavailable, validate_spec
@@ -32,8 +36,9 @@ from services.coordinator.runs.store import (
 from services.coordinator.runs.world import RunRoots, claim_and_write, release, spec_digest
 from services.protos.astro.v1 import common_pb2, run_pb2, run_pb2_grpc
 
-RUN_ID = re.compile(r"^[0-9a-f]{16}$")
-EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+RUN_ID = re.compile(r"[0-9a-f]{16}")  # fullmatch: `$` would let a trailing newline in
+EVENT_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")  # [0-9]: \d takes any script's digits
+MAX_STREAM_ID_PART = 2**64 - 1  # Redis stream ids are two unsigned 64-bit numbers
 MAX_REQUEST_ID = 256
 DEFAULT_PAGE = 20
 MAX_PAGE = 100
@@ -56,11 +61,13 @@ class RunsServicer(run_pb2_grpc.RunsServicer):  # type: ignore[misc]
         self.default_search_preset = default_search_preset
         self.wake = wake or (lambda rid: None)
         self.max_unfinished = max_unfinished
+        # StartRuns in progress by client_request_id: (lock, callers holding or awaiting it)
+        self._starting: dict[str, tuple[asyncio.Lock, list[int]]] = {}
 
     async def _known(self, rid: str, context: grpc.aio.ServicerContext) -> None:
         if not rid:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "run_id: is empty")
-        if not RUN_ID.match(rid):
+        if not RUN_ID.fullmatch(rid):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"run_id: {rid[:64]!r} is not a run id"
             )
@@ -68,11 +75,16 @@ class RunsServicer(run_pb2_grpc.RunsServicer):  # type: ignore[misc]
             await context.abort(grpc.StatusCode.NOT_FOUND, f"run_id: no run {rid!r}")
 
     async def _status(self, rid: str, context: grpc.aio.ServicerContext) -> run_pb2.RunStatus:
-        record = await asyncio.to_thread(self.store.get, rid)
-        if record is None:
+        status = await asyncio.to_thread(self._read_status, rid)
+        if status is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"run_id: no run {rid!r}")
-        assert record is not None
-        return status_to_proto(record)
+        assert status is not None
+        return status
+
+    def _read_status(self, rid: str) -> run_pb2.RunStatus | None:
+        """The run's status message, built off the event loop (its config is YAML again)."""
+        record = self.store.get(rid)
+        return status_to_proto(record) if record is not None else None
 
     # ---- StartRun ------------------------------------------------------------------------
 
@@ -87,22 +99,32 @@ class RunsServicer(run_pb2_grpc.RunsServicer):  # type: ignore[misc]
             )
         if not request.HasField("spec"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "spec: is required")
-        try:
-            spec = spec_from_proto(request.spec)
-            digest = spec_digest(spec.model_dump_json())
-            existing = await asyncio.to_thread(self._idempotent, request_id, digest)
-            if existing:
-                return await self._status(existing, context)
-            if await asyncio.to_thread(self.store.unfinished) >= self.max_unfinished:
-                await context.abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"{self.max_unfinished} runs are queued or running (setting "
-                    "max_unfinished_runs); start this one when some have ended",
-                )
-            run = await asyncio.to_thread(
-                validate_spec, spec, self.world, self.default_search_preset
+        unknown = unknown_field(request)
+        if unknown:  # a newer client's field: running without it would not be what was asked
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{unknown} (the client is newer than this coordinator)",
             )
-            rid = await asyncio.to_thread(self._create, run, request_id, digest)
+        try:
+            # Off the event loop: parsing config_yaml (up to 256 KiB of YAML) takes a while,
+            # and every other call of this server would wait for it.
+            spec = await asyncio.to_thread(spec_from_proto, request.spec)
+            digest = spec_digest(spec.model_dump_json())
+            # A retry of a start still in progress here waits for it, and is answered its run.
+            async with self._one_start(request_id):
+                existing = await asyncio.to_thread(self._idempotent, request_id, digest)
+                if existing:
+                    return await self._status(existing, context)
+                if await asyncio.to_thread(self.store.unfinished) >= self.max_unfinished:
+                    await context.abort(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"{self.max_unfinished} runs are queued or running (setting "
+                        "max_unfinished_runs); start this one when some have ended",
+                    )
+                run = await asyncio.to_thread(
+                    validate_spec, spec, self.world, self.default_search_preset
+                )
+                rid = await asyncio.to_thread(self._create, run, request_id, digest)
         except RunSpecError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except FileExistsError as exc:  # the request id's run, with another spec
@@ -110,6 +132,22 @@ class RunsServicer(run_pb2_grpc.RunsServicer):  # type: ignore[misc]
         except WorldUnavailable as exc:  # e.g. the registry cannot be asked about the model
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"base_model: {exc}")
         return await self._status(rid, context)
+
+    @contextlib.asynccontextmanager
+    async def _one_start(self, request_id: str) -> AsyncIterator[None]:
+        """One StartRun at a time per client_request_id in this replica."""
+        if not request_id:
+            yield
+            return
+        lock, users = self._starting.setdefault(request_id, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._starting[request_id]
 
     def _idempotent(self, request_id: str, digest: str) -> str:
         """The run a client_request_id already started ("" if none); FileExistsError when
@@ -129,7 +167,15 @@ class RunsServicer(run_pb2_grpc.RunsServicer):  # type: ignore[misc]
     def _create(self, run: ValidatedRun, request_id: str, digest: str) -> str:
         rid = uuid.uuid4().hex[:16]
         out = self.roots.resolve(run.spec.output_uri, rid)
-        created, inputs, input_digests = claim_and_write(self.roots, out, rid, run)
+        try:
+            created, inputs, input_digests = claim_and_write(self.roots, out, rid, run)
+        except RunSpecError:
+            # The folder may be taken by this very request, started on another replica
+            # since we looked: then its run is the answer.
+            existing = self._idempotent(request_id, digest)
+            if existing:
+                return existing
+            raise
         stages = [
             StageRecord(
                 name=s.name,
@@ -184,12 +230,12 @@ class RunsServicer(run_pb2_grpc.RunsServicer):  # type: ignore[misc]
                 await context.abort(
                     grpc.StatusCode.INVALID_ARGUMENT, "page_token: not a token ListRuns gave"
                 )
-        found = await asyncio.to_thread(self.store.page, size + 1, before)
-        runs = []
-        for rid, _created in found[:size]:
-            record = await asyncio.to_thread(self.store.get, rid)
-            if record is not None:
-                runs.append(status_to_proto(record))
+        return await asyncio.to_thread(self._page, size, before)
+
+    def _page(self, size: int, before: tuple[float, str] | None) -> run_pb2.ListRunsResponse:
+        """One page, built off the event loop (a status message per run)."""
+        found = self.store.page(size + 1, before)
+        runs = [s for rid, _created in found[:size] if (s := self._read_status(rid)) is not None]
         token = encode_token(*found[size - 1]) if len(found) > size else ""
         return run_pb2.ListRunsResponse(runs=runs, next_page_token=token)
 
@@ -198,11 +244,19 @@ class RunsServicer(run_pb2_grpc.RunsServicer):  # type: ignore[misc]
     ) -> AsyncIterator[common_pb2.Progress]:
         rid, after = request.run_id, request.after_event_id
         await self._known(rid, context)
-        if after and not EVENT_ID.match(after):
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"after_event_id: {after[:64]!r} is not an event id (Progress.event_id)",
-            )
+        if after:
+            parts = EVENT_ID.fullmatch(after)
+            if not parts or any(int(p) > MAX_STREAM_ID_PART for p in parts.groups()):
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"after_event_id: {after[:64]!r} is not an event id (Progress.event_id)",
+                )
+            try:
+                await asyncio.to_thread(self.store.check_after, rid, after)
+            except EventsTrimmed as exc:
+                await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(exc))
+            except ValueError as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         last = after or "0-0"
         while True:
             try:
@@ -230,6 +284,23 @@ class RunsServicer(run_pb2_grpc.RunsServicer):  # type: ignore[misc]
         return await self._status(request.run_id, context)
 
 
+def unknown_field(message: Message, path: str = "") -> str:
+    """Where `message` (or a message in it) holds a field this server's astro.v1 does not
+    have, as `spec.base_model: unknown field number 12`; "" when nowhere."""
+    numbers = sorted({f.field_number for f in UnknownFieldSet(message)})
+    if numbers:
+        return f"{path or 'request'}: unknown field number {numbers[0]}"
+    for field, value in message.ListFields():
+        if field.message_type is None or field.message_type.GetOptions().map_entry:
+            continue
+        for index, item in enumerate(value if field.is_repeated else [value]):
+            at = (f"{path}." if path else "") + field.name
+            found = unknown_field(item, f"{at}[{index}]" if field.is_repeated else at)
+            if found:
+                return found
+    return ""
+
+
 def encode_token(rid: str, created: float) -> str:
     raw = json.dumps({"c": created, "r": rid}).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -248,6 +319,12 @@ def decode_token(token: str) -> tuple[float, str] | None:
     created, rid = data.get("c"), data.get("r")
     if not isinstance(created, int | float) or isinstance(created, bool):
         return None
-    if not isinstance(rid, str) or not RUN_ID.match(rid):
+    try:
+        score = float(created)
+    except OverflowError:
         return None
-    return float(created), rid
+    if not math.isfinite(score):  # JSON's NaN / Infinity: Redis refuses NaN as a score
+        return None
+    if not isinstance(rid, str) or not RUN_ID.fullmatch(rid):
+        return None
+    return score, rid

@@ -310,6 +310,21 @@ class RunStore:
                 events.append(_event_from_json(str(entry_id), fields.get("event", "{}")))
         return events
 
+    def check_after(self, rid: str, after: str) -> None:
+        """Refuse a watch resumption point that is not one of this run's events: ValueError
+        for an id the run's log never held (another run's, one from the future),
+        EventsTrimmed for one dropped from the capped log. "" and "0-0" mean the start."""
+        if not after or after == "0-0":
+            return
+        key = run_key(rid, "events")
+        self._check_not_trimmed(rid, key, after)
+        found: Any = self.client.xrange(key, after, after, count=1)
+        if not found:
+            raise ValueError(
+                f"after_event_id: {after} is not an event of run {rid} (give the "
+                "Progress.event_id of an event this run's WatchRun sent)"
+            )
+
     def _check_not_trimmed(self, rid: str, key: str, after: str) -> None:
         total = int(self.client.hget(run_key(rid), "events_total") or 0)  # type: ignore[arg-type]
         if total <= int(self.client.xlen(key)):  # type: ignore[arg-type]

@@ -117,6 +117,7 @@ class RunRoots:
     def claim(self, out: Path, rid: str) -> bool:
         """Make `out` this run's folder: created if needed, refused unless new or empty.
         Returns whether the folder was created now (so a failed start removes only that)."""
+        self._not_inside_a_run(out)
         created = not out.exists()
         try:
             out.mkdir(parents=True, exist_ok=True)
@@ -139,6 +140,18 @@ class RunRoots:
                 shutil.rmtree(out, ignore_errors=True)
             raise RunSpecError(f"output_uri: cannot write {out}: {exc.strerror}") from exc
         return created
+
+    def _not_inside_a_run(self, out: Path) -> None:
+        """Refuse a folder inside another run's folder: that run's stages write their own
+        folders there (`<run>/<stage>`), and would mix with, or remove, this run's files."""
+        for parent in out.parents:
+            if parent in self.roots or not any(parent.is_relative_to(r) for r in self.roots):
+                return
+            marker = parent / MARKER
+            if marker.is_file():
+                raise RunSpecError(
+                    f"output_uri: {out} is inside the folder of run {_marker_run(marker)}"
+                )
 
 
 def claim_and_write(
