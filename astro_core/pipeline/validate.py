@@ -123,6 +123,9 @@ def validate_spec(
     model = spec.base_model
     if not (model.path or model.name):
         raise RunSpecError("base_model: give a path or a registered name")
+    if model.path and (model.name or model.version or model.alias):
+        # one would be silently ignored: the run would start from a model the user did not mean
+        raise RunSpecError("base_model: give a path or a registered name, not both")
     try:
         world.check_model(model)
     except (ValueError, LookupError, OSError, RuntimeError) as exc:

@@ -51,6 +51,14 @@ def cases(model_dir: Path, data_dir: Path) -> list[tuple[dict[str, Any], str]]:
         ({"stages": ["clone"]}, "stages: clone reads the search trees; add search"),
         ({"base_model": common_pb2.ModelRef()}, "base_model: give a path or a registered name"),
         (
+            {"base_model": common_pb2.ModelRef(path=str(model_dir), name="tiny")},
+            "base_model: give a path or a registered name, not both",
+        ),
+        (
+            {"base_model": common_pb2.ModelRef(path=str(model_dir), alias="best")},
+            "base_model: give a path or a registered name, not both",
+        ),
+        (
             {"base_model": common_pb2.ModelRef(path=str(model_dir / "missing"))},
             "base_model: model directory",
         ),
