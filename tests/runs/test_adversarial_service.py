@@ -102,7 +102,7 @@ def test_parsing_a_big_spec_does_not_stall_other_calls(
     parse = runs_service.spec_from_proto
 
     def slow_parse(spec: run_pb2.RunSpec) -> Any:  # as 256 KiB of YAML on a slow machine
-        time.sleep(2.0)
+        time.sleep(3.0)
         return parse(spec)
 
     monkeypatch.setattr(runs_service, "spec_from_proto", slow_parse)
@@ -112,7 +112,7 @@ def test_parsing_a_big_spec_does_not_stall_other_calls(
         lambda: _unknown_run(api_only),
     )
     assert started, "the slow StartRun failed"
-    assert took < 1.0, f"GetRun waited {took:.1f} s for another call's spec parsing"
+    assert took < 1.5, f"GetRun waited {took:.1f} s for another call's spec parsing"
 
 
 def test_listing_runs_does_not_stall_other_calls(
@@ -122,7 +122,7 @@ def test_listing_runs_does_not_stall_other_calls(
     build = runs_service.status_to_proto
 
     def slow_build(record: Any) -> Any:  # as a page of 100 runs with big configs
-        time.sleep(2.0)
+        time.sleep(3.0)
         return build(record)
 
     monkeypatch.setattr(runs_service, "status_to_proto", slow_build)
@@ -132,7 +132,7 @@ def test_listing_runs_does_not_stall_other_calls(
         lambda: _unknown_run(api_only),
     )
     assert listed == [rid]
-    assert took < 1.0, f"GetRun waited {took:.1f} s for ListRuns to build its page"
+    assert took < 1.5, f"GetRun waited {took:.1f} s for ListRuns to build its page"
 
 
 def test_watch_from_an_event_the_run_never_had_is_refused(
