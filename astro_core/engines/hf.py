@@ -319,7 +319,7 @@ class HFEngine(EngineBase):
     def sample(self, logits: torch.Tensor, rows: list[Row]) -> None:
         """Pick each row's next token; record it and its raw log-probability on the row."""
         logits = logits.float()
-        drawn = [k for k, row in enumerate(rows) if row.params.temperature > 0]
+        drawn = [k for k, row in enumerate(rows) if row.params.temperature >= MIN_TEMPERATURE]
         # greedy rows take the argmax (skipped when every row samples)
         tokens = logits.argmax(-1) if len(drawn) < len(rows) else torch.empty(0)
         if drawn:
@@ -384,6 +384,11 @@ class HFEngine(EngineBase):
         return True
 
 
+# Sampling is in float32: logits divided by a positive temperature below this overflow (a NaN
+# softmax); the limit of a vanishing temperature is greedy, so such rows take the argmax.
+MIN_TEMPERATURE = 1e-30
+
+
 def _rng(row: Row) -> random.Random:
     assert row.rng is not None, "a decoding row has its stream"
     return row.rng
@@ -406,7 +411,9 @@ def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor, top_p: list[float]) -> to
         weights, draws = (probs, u) if every else (probs[index], u[index])
         order = None
         if nucleus:
+            # a positive top_p under float32's smallest normal would round to an empty nucleus
             mass = torch.tensor([top_p[k] for k in rows], device=probs.device)
+            mass = mass.clamp(min=torch.finfo(mass.dtype).tiny)
             weights, order = weights.sort(dim=-1, descending=True)
             weights = weights.masked_fill(weights.cumsum(-1) - weights >= mass[:, None], 0)
         cdf = weights.cumsum(-1)

@@ -99,8 +99,8 @@ class VLLMEngine(EngineBase):
         return self._vllm.SamplingParams(
             n=1,
             max_tokens=min(request.budget(prompt), self.max_model_len - prompt_len),
-            temperature=p.temperature,
-            top_p=p.top_p,
+            temperature=p.temperature,  # vLLM decodes tiny temperatures greedily itself
+            top_p=max(p.top_p, 1e-30),  # a tinier one rounds to 0 in its float32 sampler
             stop=list(p.stop) or None,
             seed=derive_seed(p.seed, prompt, sample) if p.seed is not None else None,
             logprobs=0 if p.logprobs else None,

@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import grpc
 from pydantic import BaseModel, Field, ValidationError, model_validator
+from safetensors import SafetensorError
 
 from astro_core.checkpoints import CheckpointError, CheckpointStore
 from astro_core.config import ConfigError, format_validation_error
@@ -184,10 +185,10 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
             max_queue=settings.max_queue,
         )
         self.limits = settings.call_limits()
-        self.load_error = ""  # why the first model failed to load, for callers
+        self.load_error = ""  # why no model is loaded (the first load or a rollback failed)
         self._load_lock = asyncio.Lock()
         self._loaded: EngineConfig | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self.follower: AliasFollower | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -274,13 +275,40 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
                 return current  # that registered version is served already
             try:
                 engine = await self.batcher.swap(lambda: load_engine(config), drain=drain)
-            except Exception:
+            except Exception as exc:
                 if drain and previous is not None:  # the old model was freed: bring it back
-                    await self.batcher.swap(lambda: load_engine(previous), drain=True)
+                    await self._restore(previous, exc)
                 raise
             self._loaded = config
             self.load_error = ""
+            await self.runtime.set_serving(SERVICE, True)  # also after a failed first load
             return engine
+
+    async def _restore(self, previous: EngineConfig, failure: Exception) -> None:
+        """Reload the model a failed drain swap freed. If that fails too, no model is left:
+        calls are refused with both reasons (not left waiting for an engine that is not
+        coming) and health says NOT_SERVING until a load succeeds."""
+        try:
+            await self.batcher.swap(lambda: load_engine(previous), drain=True)
+        except Exception as again:
+            self._loaded = None
+            self.load_error = (
+                f"{type(failure).__name__}: {failure}; reloading the previous model "
+                f"{previous.model_path} failed too: {type(again).__name__}: {again}"
+            )
+            log.error("no model is loaded: %s", self.load_error)
+            await self.runtime.set_serving(SERVICE, False)
+
+    async def load_detached(self, source: ModelSource) -> Engine:
+        """`load` in a task of its own that the caller's cancellation does not reach: a
+        drain swap stopped between freeing the old model and serving the new one would
+        leave no model (every later call waiting for one), and an overlap swap would drop
+        the model it loaded without closing it. The swap finishes; the caller may leave."""
+        task = asyncio.create_task(self.load(source), name="generator-load")
+        self._tasks.add(task)
+        task.add_done_callback(_forget_load)
+        task.add_done_callback(self._tasks.discard)
+        return await asyncio.shield(task)
 
     async def _engine(self, context: grpc.aio.ServicerContext) -> Engine:
         if self.batcher.engine is None and self.load_error and not self._load_lock.locked():
@@ -358,12 +386,12 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
             )
         try:
             source = model_source(ref)
-            engine = await self.load(source)
+            engine = await self.load_detached(source)
         except ModelNotFound as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         except ValidationError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, format_validation_error(exc))
-        except (ValueError, OSError) as exc:
+        except (ValueError, OSError, SafetensorError) as exc:  # a corrupt directory too
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"cannot load {source.describe()}: {exc}"
             )
@@ -380,6 +408,12 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
         self, request: generator_pb2.GetModelRequest, context: grpc.aio.ServicerContext
     ) -> generator_pb2.ModelInfo:
         return model_info(await self._engine(context))
+
+
+def _forget_load(task: asyncio.Task[Engine]) -> None:
+    """A detached load's failure was answered to its caller, or the caller had left."""
+    if not task.cancelled() and task.exception() is not None:
+        log.info("a model load failed: %r", task.exception())
 
 
 def connect_registry(config: ClientConfig) -> CheckpointStore:
