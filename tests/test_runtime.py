@@ -366,6 +366,55 @@ def test_an_unexpected_exception_is_internal_with_a_message() -> None:
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
+def register_counting(runtime: ServiceRuntime) -> Sequence[str]:
+    """Test service with a client-streaming method of VerifyRequest messages:
+    /test.Counting/Count answers how many it read (as the `response` of a VerifyRequest)."""
+
+    async def count(requests, context: grpc.aio.ServicerContext) -> verifier_pb2.VerifyRequest:
+        seen = 0
+        async for _ in requests:
+            seen += 1
+        return verifier_pb2.VerifyRequest(response=str(seen))
+
+    handler = grpc.stream_unary_rpc_method_handler(
+        count,
+        request_deserializer=verifier_pb2.VerifyRequest.FromString,
+        response_serializer=verifier_pb2.VerifyRequest.SerializeToString,
+    )
+    assert runtime.server is not None
+    runtime.server.add_generic_rpc_handlers(
+        [grpc.method_handlers_generic_handler("test.Counting", {"Count": handler})]
+    )
+    return ["test.Counting"]
+
+
+# Bytes that are not a VerifyRequest: a truncated field, and invalid UTF-8 in a string field.
+UNDECODABLE = [b"\x0a\x05ab", b"\x0a\x01\xff"]
+
+
+@pytest.mark.parametrize("data", UNDECODABLE)
+def test_request_bytes_that_are_not_the_message_are_invalid_argument(data: bytes) -> None:
+    with ServiceThread("echo", register_echo) as svc:
+        channel = sync_channel(svc.client_config(retry_attempts=1))
+        with pytest.raises(grpc.RpcError) as err:
+            channel.unary_unary("/astro.v1.Verifier/Verify")(data, timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not a valid /astro.v1.Verifier/Verify message" in (err.value.details() or "")
+        channel.close()
+        assert verify(svc.client_config()).correct  # and it goes on serving
+    with ServiceThread("counting", register_counting) as svc:
+        channel = sync_channel(svc.client_config(retry_attempts=1))
+        count = channel.stream_unary("/test.Counting/Count")
+        good = verifier_pb2.VerifyRequest(gold="1").SerializeToString()
+        reply = verifier_pb2.VerifyRequest.FromString(count(iter([good, good]), timeout=10))
+        assert reply.response == "2"
+        with pytest.raises(grpc.RpcError) as err:  # one bad message in a stream
+            count(iter([good, data, good]), timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not a valid /test.Counting/Count message" in (err.value.details() or "")
+        channel.close()
+
+
 @pytest.mark.parametrize("char", ["x", "名"])
 def test_a_long_status_message_is_clipped_not_lost(char: str) -> None:
     """A message quoting 100 kB of input is over a client's metadata limit (16 KiB): unclipped,

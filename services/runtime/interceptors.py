@@ -1,6 +1,7 @@
 """Server interceptors shared by every service: bearer-token auth, Prometheus metrics, and
-INTERNAL (with a message) for exceptions a handler did not turn into a status, and status
-messages clipped to a length every client accepts."""
+INTERNAL (with a message) for exceptions a handler did not turn into a status, status
+messages clipped to a length every client accepts, and INVALID_ARGUMENT for request bytes
+that are not the method's message."""
 
 from __future__ import annotations
 
@@ -270,6 +271,25 @@ class InternalErrorInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         kind = _handler_kind(handler)
         behavior = getattr(handler, kind)
+        if handler.request_deserializer is not None:
+            handler = handler._replace(request_deserializer=_tolerant(handler.request_deserializer))
+        streamed_requests = kind.startswith("stream_")
+
+        async def decoded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            """The request, or for a request stream one that aborts at an undecodable
+            message: grpc itself answers bytes it cannot decode with UNKNOWN."""
+            if not streamed_requests:
+                if isinstance(request, _Undecodable):
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason(method))
+                return request
+
+            async def checked() -> AsyncIterator[Any]:
+                async for item in request:
+                    if isinstance(item, _Undecodable):
+                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, item.reason(method))
+                    yield item
+
+            return checked()
 
         async def report(exc: Exception, context: grpc.aio.ServicerContext) -> None:
             if isinstance(exc, grpc.aio.AbortError) or _code_name(context, "OK") != "OK":
@@ -284,6 +304,7 @@ class InternalErrorInterceptor(grpc.aio.ServerInterceptor):
                 request: Any, context: grpc.aio.ServicerContext
             ) -> AsyncIterator[Any]:
                 try:
+                    request = await decoded(request, context)
                     async for item in behavior(request, _ClippingContext(context)):
                         yield item
                 except Exception as exc:
@@ -293,6 +314,7 @@ class InternalErrorInterceptor(grpc.aio.ServerInterceptor):
 
         async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
+                request = await decoded(request, context)
                 result = behavior(request, _ClippingContext(context))
                 if inspect.isawaitable(result):
                     result = await result
@@ -301,3 +323,23 @@ class InternalErrorInterceptor(grpc.aio.ServerInterceptor):
                 await report(exc, context)
 
         return _replace_behavior(handler, kind, guarded)
+
+
+class _Undecodable:
+    """What a request's bytes became when they are not the method's message."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def reason(self, method: str) -> str:
+        return clip_details(f"the request is not a valid {method} message: {self.error}")
+
+
+def _tolerant(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def decode(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as exc:  # protobuf's DecodeError, invalid UTF-8 in a string field
+            return _Undecodable(exc)
+
+    return decode
