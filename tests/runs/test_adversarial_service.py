@@ -16,18 +16,9 @@ import grpc
 import pytest
 
 from services.coordinator.runs import service as runs_service
-from services.protos.astro.v1 import common_pb2, run_pb2
+from services.protos.astro.v1 import run_pb2
 from tests.runs.conftest import Coordinator
-
-
-def message(model_dir: Path, **fields: Any) -> run_pb2.RunSpec:
-    base: dict[str, Any] = {
-        "stages": ["search", "clone"],
-        "base_model": common_pb2.ModelRef(path=str(model_dir)),
-        "problems_path": "synth:product?n=2",
-    }
-    base.update(fields)
-    return run_pb2.RunSpec(**base)
+from tests.runs.test_start_errors import message
 
 
 def refused(
