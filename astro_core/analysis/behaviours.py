@@ -106,15 +106,15 @@ class BacktrackConditions:
 
     responses: int = 0
     wrong_attempts: int = 0
-    back_after_wrong: int = 0
+    wrong_then_back: int = 0  # wrong attempts a move back follows
     right_attempts: int = 0
-    back_after_right: int = 0
+    right_then_back: int = 0
     first_wrong: int = 0
     recovered: int = 0  # first attempt wrong, final answer right
     called_wrong: int = 0  # attempts whose own check said "wrong"
-    back_after_called_wrong: int = 0
+    called_wrong_then_back: int = 0
     called_right: int = 0
-    back_after_called_right: int = 0
+    called_right_then_back: int = 0
 
     def add(
         self, response: str, gold: str, final_right: bool, phrases: Phrases | None = None
@@ -124,16 +124,16 @@ class BacktrackConditions:
         for attempt in found:
             if attempt.right:
                 self.right_attempts += 1
-                self.back_after_right += attempt.back
+                self.right_then_back += attempt.back
             else:
                 self.wrong_attempts += 1
-                self.back_after_wrong += attempt.back
+                self.wrong_then_back += attempt.back
             if attempt.called_right is True:
                 self.called_right += 1
-                self.back_after_called_right += attempt.back
+                self.called_right_then_back += attempt.back
             elif attempt.called_right is False:
                 self.called_wrong += 1
-                self.back_after_called_wrong += attempt.back
+                self.called_wrong_then_back += attempt.back
         if found and not found[0].right:
             self.first_wrong += 1
             self.recovered += final_right
@@ -143,14 +143,16 @@ class BacktrackConditions:
             return part / whole if whole else None
 
         return {
-            "back_after_wrong": share(self.back_after_wrong, self.wrong_attempts),
-            "back_after_right": share(self.back_after_right, self.right_attempts),
+            "back_after_wrong": share(self.wrong_then_back, self.wrong_attempts),
+            "back_after_right": share(self.right_then_back, self.right_attempts),
             "recovery": share(self.recovered, self.first_wrong),
-            "back_after_called_wrong": share(self.back_after_called_wrong, self.called_wrong),
-            "back_after_called_right": share(self.back_after_called_right, self.called_right),
+            "back_after_called_wrong": share(self.called_wrong_then_back, self.called_wrong),
+            "back_after_called_right": share(self.called_right_then_back, self.called_right),
         }
 
     def to_dict(self) -> dict[str, Any]:
+        """The counts and the rates (`back_after_*`: the share of those attempts that a move
+        back follows; None where there are none)."""
         return {**asdict(self), **self.rates()}
 
 

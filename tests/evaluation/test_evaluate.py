@@ -305,6 +305,8 @@ def test_the_summary_counts_where_responses_go_back(pool: VerifierPool, tmp_path
     # the check are the same; both problems' first attempts are wrong, 2 of 3 recover
     assert counts["responses"] == 6
     assert counts["wrong_attempts"] == counts["called_wrong"] == 8
+    assert counts["wrong_then_back"] == counts["called_wrong_then_back"] == 6
+    assert counts["right_then_back"] == counts["called_right_then_back"] == 2
     assert counts["back_after_wrong"] == counts["back_after_called_wrong"] == pytest.approx(6 / 8)
     assert counts["right_attempts"] == counts["called_right"] == 6
     assert counts["back_after_right"] == counts["back_after_called_right"] == pytest.approx(2 / 6)

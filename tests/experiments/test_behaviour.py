@@ -35,8 +35,8 @@ def test_conditions_count_backtracks_after_right_and_wrong_attempts() -> None:
     counts.add("\n\n".join([answer(3), BACK, answer(4)]), "4", final_right=True)  # recovers
     counts.add("\n\n".join([answer(4), BACK, answer(5)]), "4", final_right=False)  # at random
     counts.add(answer(3), "4", final_right=False)
-    assert (counts.wrong_attempts, counts.back_after_wrong) == (3, 1)
-    assert (counts.right_attempts, counts.back_after_right) == (2, 1)
+    assert (counts.wrong_attempts, counts.wrong_then_back) == (3, 1)
+    assert (counts.right_attempts, counts.right_then_back) == (2, 1)
     assert (counts.first_wrong, counts.recovered) == (2, 1)
     assert counts.rates() == {
         "back_after_wrong": 1 / 3,
@@ -56,8 +56,8 @@ def test_conditions_count_moves_back_by_what_the_attempts_own_check_said() -> No
     counts.add("\n\n".join([said_wrong, answer(4), BACK, said_right, answer(3), OK]), "4", False)
     counts.add("\n\n".join([said_right, answer(3)]), "4", False)
     counts.add("\n\n".join([answer(4), BACK, answer(4)]), "4", True)  # no check stated
-    assert (counts.called_wrong, counts.back_after_called_wrong) == (1, 1)
-    assert (counts.called_right, counts.back_after_called_right) == (2, 0)
+    assert (counts.called_wrong, counts.called_wrong_then_back) == (1, 1)
+    assert (counts.called_right, counts.called_right_then_back) == (2, 0)
     rates = counts.rates()
     assert (rates["back_after_called_wrong"], rates["back_after_called_right"]) == (1.0, 0.0)
     # against the truth it looks like the opposite of search
@@ -92,7 +92,7 @@ def test_conditions_of_a_samples_file_per_benchmark_with_its_answers(tmp_path: P
     assert (rates["back_after_wrong"], rates["back_after_right"], rates["recovery"]) == (1, 0, 1)
     assert by_benchmark["b"].rates()["back_after_right"] == 1.0  # right, then back: b only
     both = conditions_of(samples, answers)
-    assert both.responses == 3 and (both.right_attempts, both.back_after_right) == (3, 1)
+    assert both.responses == 3 and (both.right_attempts, both.right_then_back) == (3, 1)
 
 
 def test_verdict_contexts_read_the_attempt_before_each_reflection(tmp_path: Path) -> None:
