@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from astro_core.cloning.parse import GOING_BACK, split_trace
@@ -154,6 +154,15 @@ class BacktrackConditions:
         """The counts and the rates (`back_after_*`: the share of those attempts that a move
         back follows; None where there are none)."""
         return {**asdict(self), **self.rates()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BacktrackConditions | None:
+        """The counts `to_dict` wrote (its rates are derived again); None when one is missing
+        or not a count, as in summaries written before the counts were kept."""
+        counts = {f.name: data.get(f.name) for f in fields(cls)}
+        if not all(type(v) is int and v >= 0 for v in counts.values()):
+            return None
+        return cls(**counts)  # type: ignore[arg-type]
 
 
 def merge(counts: Iterable[BacktrackConditions]) -> BacktrackConditions:

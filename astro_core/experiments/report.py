@@ -92,13 +92,33 @@ def behaviour(seeds: Sequence[SeedRun], scores: Sequence[CheckpointScore]) -> di
     grouped: dict[str, list[BacktrackConditions]] = {}
     for run in seeds:
         inputs = Path(run.outcome.output_dir) / "inputs" / "eval"
-        answers = read_answers(sorted(inputs.glob("*.jsonl")))
         for folder in run.eval_dirs:
             name = wanted.get(folder.name)
-            if name is not None and (folder / SAMPLES_FILE).is_file():
-                grouped.setdefault(name, []).append(conditions_of(folder / SAMPLES_FILE, answers))
+            if name is None:
+                continue
+            counts = _summary_conditions(folder)
+            if counts is None and (folder / SAMPLES_FILE).is_file():  # an older summary
+                counts = conditions_of(folder / SAMPLES_FILE, read_answers(inputs.glob("*.jsonl")))
+            if counts is not None:
+                grouped.setdefault(name, []).append(counts)
     order = ["base base", "astro sft", "astro rl (last)", "direct sft", "direct rl (last)"]
     return {name: merge(grouped[name]).to_dict() for name in order if name in grouped}
+
+
+def _summary_conditions(eval_dir: Path) -> BacktrackConditions | None:
+    """The counts the evaluation kept in its summary, over its benchmarks; None when the
+    summary is missing or was written before they were kept."""
+    path = eval_dir / SUMMARY_FILE
+    if not path.is_file():
+        return None
+    benchmarks = json.loads(path.read_text(encoding="utf-8")).get("benchmarks") or {}
+    counts = [
+        BacktrackConditions.from_dict(scores.get("where_it_goes_back") or {})
+        for scores in benchmarks.values()
+    ]
+    if not counts or any(c is None for c in counts):
+        return None
+    return merge(c for c in counts if c is not None)
 
 
 def write_report(result: ExperimentResult, out: Path) -> dict[str, Path]:

@@ -111,3 +111,44 @@ def test_verdict_contexts_read_the_attempt_before_each_reflection(tmp_path: Path
         "back P==c arithmetic wrong": 1,
         "ok P==c arithmetic ok": 1,
     }
+
+
+def test_the_experiment_report_takes_the_counts_its_summaries_kept(tmp_path: Path) -> None:
+    """`behaviour` merges each eval's `where_it_goes_back` counts over benchmarks and seeds;
+    an eval whose summary predates them is recounted from its samples and the run's gold."""
+    from astro_core.analysis.experiment import CheckpointScore
+    from astro_core.experiments.driver import RunOutcome, SeedRun
+    from astro_core.experiments.report import behaviour
+
+    kept = BacktrackConditions(responses=4, wrong_attempts=3, wrong_then_back=2, right_attempts=1)
+    runs, scores = [], []
+    for seed in (0, 1):
+        out = tmp_path / f"seed{seed}"
+        (out / "inputs" / "eval").mkdir(parents=True)
+        (out / "inputs" / "eval" / "a.jsonl").write_text(json.dumps({"id": "p1", "answer": "4"}))
+        folder = out / "eval" / "sft"
+        folder.mkdir(parents=True)
+        # the samples disagree with the kept counts: only seed 1 (an old summary) reads them
+        response = "\n\n".join([answer(4), BACK, answer(4)])
+        (folder / "samples.jsonl").write_text(
+            json.dumps(
+                {"benchmark": "a", "problem_id": "p1", "response": response, "correct": True}
+            )
+            + "\n"  # fmt: skip
+        )
+        where = kept.to_dict() if seed == 0 else {"back_after_wrong": 0.5}
+        summary = {"benchmarks": {"a": {"where_it_goes_back": where}, "b": {}}}
+        if seed == 0:
+            summary["benchmarks"]["b"] = {"where_it_goes_back": kept.to_dict()}
+        (folder / "summary.json").write_text(json.dumps(summary))
+        outcome = RunOutcome("r", "SUCCEEDED", output_dir=str(out),
+                             artifacts={"eval.dirs": str(folder)})  # fmt: skip
+        runs.append(SeedRun(seed, "m", {}, outcome, 1.0))
+        scores.append(CheckpointScore(seed, "astro", "sft", None, "a", 0.5, 1.0, 9.0, "sft"))
+    merged = behaviour(runs, scores)["astro sft"]
+    assert merged["responses"] == 2 * kept.responses + 1  # seed 0's two benchmarks + seed 1
+    assert merged["wrong_attempts"] == 2 * kept.wrong_attempts
+    assert (merged["right_attempts"], merged["right_then_back"]) == (2 * 1 + 2, 1)
+    assert BacktrackConditions.from_dict({"back_after_wrong": 0.5}) is None
+    assert BacktrackConditions.from_dict({**kept.to_dict(), "responses": -1}) is None
+    assert BacktrackConditions.from_dict(kept.to_dict()) == kept
