@@ -95,7 +95,8 @@ class Pipeline:
                     data_dir=str(self.out / "platform"),
                     common={"port": 0, "metrics_port": 0},
                     overrides={
-                        "generator": {"settings": {"model": model}},
+                        # Each seed's warm-started model lies in the experiment's folder.
+                        "generator": {"settings": {"model": model, "model_roots": [str(self.out)]}},
                         "coordinator": {"settings": {"poll_seconds": 0.2, "stage_retries": 0}},
                     },
                 ),

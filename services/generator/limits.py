@@ -4,7 +4,10 @@ Checked before a call is queued: a call over a bound is refused whole and never 
 engine, so the calls decoding beside it are not disturbed. Shape bounds (n, max_tokens,
 prompts, stop strings) are INVALID_ARGUMENT: the call can never be served as asked. The
 token total (prompt + generated, summed over every sequence) is RESOURCE_EXHAUSTED: the
-call asks for more work than one call may. Each message names the setting.
+call asks for more work than one call may. So is a response larger than one gRPC message
+(max_message_bytes), after the work: a sound bound before it would refuse calls that fit (a
+token of a large vocabulary may decode to 100+ bytes, most decode to a few, and most
+completions stop before max_tokens). Each message names the setting.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from astro_core.engines import GenerationRequest, InvalidRequest
 
 
 class CallTooLarge(Exception):
-    """The call asks for more tokens than one call may (RESOURCE_EXHAUSTED)."""
+    """The call asks for more tokens than one call may, or its response is larger than one
+    message may be (RESOURCE_EXHAUSTED)."""
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,7 @@ class CallLimits:
     max_stop_strings: int
     max_stop_chars: int
     max_call_tokens: int
+    max_response_bytes: int  # the server's max_message_bytes
 
     def check_shape(self, request: GenerationRequest) -> None:
         """Raise InvalidRequest naming the first bound the request's fields exceed."""
@@ -72,3 +77,13 @@ class CallLimits:
                 "split it into smaller calls"
             )
         return total
+
+    def check_response(self, size: int, completions: int) -> None:
+        """Raise CallTooLarge when a response of `size` bytes cannot be sent in one message
+        (gRPC would fail it with a message naming neither the call nor the setting)."""
+        if size > self.max_response_bytes:
+            raise CallTooLarge(
+                f"the response of {completions} completions is {size} bytes, over the message "
+                f"limit max_message_bytes={self.max_response_bytes}; split the call into "
+                "smaller ones or lower max_tokens"
+            )

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import grpc
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from safetensors import SafetensorError
 
 from astro_core.checkpoints import CheckpointError, CheckpointStore
@@ -38,6 +38,7 @@ from astro_core.protocols import Completion
 from services.generator.batcher import Batcher, BatcherClosed, QueueFull
 from services.generator.follow import AliasFollower
 from services.generator.limits import CallLimits, CallTooLarge
+from services.generator.roots import ModelPathRefused, ModelRoots
 from services.protos.astro.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 from services.runtime.config import ClientConfig, parse_settings
 from services.runtime.server import ServiceRuntime
@@ -63,6 +64,13 @@ class GeneratorSettings(BaseModel):
     )
     cache_dir: str = Field(
         "", description="Where registered checkpoints are pulled; default <data_dir>/models."
+    )
+    model_roots: list[str] | None = Field(
+        None,
+        description="Folders whose model directories LoadModel may load by path (compared "
+        "after resolving symlinks and `..`; a relative path is taken from the first). Null: "
+        "the service's data directory and cache_dir; []: registered checkpoints only. The "
+        "model this config names (model.path, engine.model_path) is always allowed.",
     )
     follow_alias: str = Field(
         "",
@@ -94,8 +102,8 @@ class GeneratorSettings(BaseModel):
         4_194_304,
         ge=1,
         description="Most tokens one call may need: (prompt tokens + max_tokens, capped by "
-        "the context) x n, summed over prompts; more is RESOURCE_EXHAUSTED. The default "
-        "keeps a response under the default 64 MiB message limit.",
+        "the context) x n, summed over prompts; more is RESOURCE_EXHAUSTED, as is a "
+        "response larger than the message limit (max_message_bytes).",
     )
     swap: Literal["auto", "overlap", "drain"] = Field(
         "auto",
@@ -103,7 +111,7 @@ class GeneratorSettings(BaseModel):
         "frees it first (vllm default: one model in GPU memory).",
     )
 
-    def call_limits(self) -> CallLimits:
+    def call_limits(self, max_message_bytes: int) -> CallLimits:
         return CallLimits(
             max_n=self.max_n,
             max_new_tokens=self.max_new_tokens,
@@ -111,7 +119,15 @@ class GeneratorSettings(BaseModel):
             max_stop_strings=self.max_stop_strings,
             max_stop_chars=self.max_stop_chars,
             max_call_tokens=self.max_call_tokens,
+            max_response_bytes=max_message_bytes,
         )
+
+    @field_validator("model_roots")
+    @classmethod
+    def _roots_named(cls, roots: list[str] | None) -> list[str] | None:
+        if roots is not None and any(not root.strip() for root in roots):
+            raise ValueError("an empty folder name (it would mean the working directory)")
+        return roots
 
     @model_validator(mode="after")
     def _following_needs_a_name(self) -> GeneratorSettings:
@@ -179,12 +195,17 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
         self.tiny_model_dir = (
             root / "models" / "tiny-llama" if runtime.config.data_dir else default_tiny_model_dir()
         )
+        roots = settings.model_roots
+        if roots is None:
+            roots = [str(root), str(self.cache_dir)]
+        own = (settings.model.path, settings.engine.model_path, str(self.tiny_model_dir))
+        self.model_roots = ModelRoots.of(roots, own)
         self.batcher = Batcher(
             max_batch_size=settings.max_batch_size,
             max_wait_ms=settings.max_wait_ms,
             max_queue=settings.max_queue,
         )
-        self.limits = settings.call_limits()
+        self.limits = settings.call_limits(runtime.config.max_message_bytes)
         self.load_error = ""  # why no model is loaded (the first load or a rollback failed)
         self._load_lock = asyncio.Lock()
         self._loaded: EngineConfig | None = None
@@ -372,9 +393,14 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         except Exception as exc:
             await context.abort(grpc.StatusCode.INTERNAL, f"generation failed: {exc!r}")
-        return generator_pb2.GenerateResponse(
+        response = generator_pb2.GenerateResponse(
             completions=[completion_message(s) for s in samples], model_version=version
         )
+        try:
+            self.limits.check_response(response.ByteSize(), len(samples))
+        except CallTooLarge as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        return response
 
     async def LoadModel(
         self, request: generator_pb2.LoadModelRequest, context: grpc.aio.ServicerContext
@@ -385,21 +411,27 @@ class GeneratorService(generator_pb2_grpc.GeneratorServicer):
                 grpc.StatusCode.INVALID_ARGUMENT, "model: give a path or a registered name"
             )
         try:
-            source = model_source(ref)
+            given = model_source(ref)
+            source = given
+            if given.path:  # a directory on this machine: only one under the model roots
+                real = await asyncio.to_thread(self.model_roots.resolve, given.path)
+                source = given.model_copy(update={"path": real})  # what was checked is loaded
             engine = await self.load_detached(source)
+        except ModelPathRefused as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except ModelNotFound as exc:
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
         except ValidationError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, format_validation_error(exc))
         except (ValueError, OSError, SafetensorError) as exc:  # a corrupt directory too
             await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"cannot load {source.describe()}: {exc}"
+                grpc.StatusCode.INVALID_ARGUMENT, f"cannot load {given.describe()}: {exc}"
             )
         except (RuntimeError, CheckpointError) as exc:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         except Exception as exc:
             await context.abort(
-                grpc.StatusCode.INTERNAL, f"cannot load {source.describe()}: {exc!r}"
+                grpc.StatusCode.INTERNAL, f"cannot load {given.describe()}: {exc!r}"
             )
         log.info("model swapped", extra={"version": engine.model_version})
         return model_info(engine)

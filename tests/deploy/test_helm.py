@@ -248,6 +248,24 @@ def test_gpu_values_run_vllm_with_its_arguments() -> None:
     assert pod["tolerations"][0]["key"] == "nvidia.com/gpu" and pod["nodeSelector"]
 
 
+def test_generator_loads_paths_from_its_model_cache_only() -> None:
+    """LoadModel by path: only the model cache volume (/data, where the Hugging Face model is
+    downloaded and checkpoints pulled), unless the values name the roots."""
+    from services.generator.server import GeneratorSettings
+
+    for name in ("default", "gpu"):
+        docs = scenario(name)
+        settings = parse_settings(GeneratorSettings, settings_of(docs, "generator"))
+        assert settings.model_roots == ["/data"]
+        assert settings.cache_dir.startswith("/data/")
+        assert not settings.model.path or settings.model.path.startswith("/data/")
+        mounts = {m["mountPath"]: m["name"] for m in container(docs, "generator")["volumeMounts"]}
+        assert mounts["/data"] == "model-cache"
+    for roots in ([], ["/models", "/data"]):
+        docs = render({"generator": {"settings": {"model_roots": roots}}})
+        assert settings_of(docs, "generator")["model_roots"] == roots
+
+
 def test_gpu_resource_name_runtime_class_and_hf_token_secret() -> None:
     docs = render(
         {

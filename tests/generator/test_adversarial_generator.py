@@ -23,12 +23,25 @@ from services.generator.server import SERVICE, GeneratorService
 from services.protos.astro.v1 import common_pb2, generator_pb2
 from services.runtime.client import sync_channel
 from services.testing import ServiceThread
-from tests.generator.test_service import generator_service, params, stub_of
+from tests.generator.test_service import LONG_PROMPT, generator_service, params, stub_of
 
 
 @pytest.fixture(scope="module")
-def served(tiny_model_dir: Path) -> Iterator[tuple[ServiceThread, GeneratorService]]:
-    with generator_service({"model": {"path": str(tiny_model_dir)}, "max_wait_ms": 0}) as svc:
+def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The folder `served` may LoadModel from by path (its setting model_roots)."""
+    return tmp_path_factory.mktemp("model-root")
+
+
+@pytest.fixture(scope="module")
+def served(
+    tiny_model_dir: Path, model_root: Path
+) -> Iterator[tuple[ServiceThread, GeneratorService]]:
+    settings = {
+        "model": {"path": str(tiny_model_dir)},
+        "model_roots": [str(model_root)],
+        "max_wait_ms": 0,
+    }
+    with generator_service(settings) as svc:
         svc[0].run(svc[1].batcher.wait_for_engine(60))
         yield svc
 
@@ -112,13 +125,13 @@ def truncated_copy(model_dir: Path, dest: Path) -> Path:
 
 
 def test_corrupt_weights_are_invalid_argument(
-    served: Any, tiny_model_dir: Path, tmp_path: Path
+    served: Any, tiny_model_dir: Path, model_root: Path
 ) -> None:
     """A client's corrupt model directory is its error, like a missing one: not INTERNAL."""
     svc, _ = served
     stub = stub_of(svc)
     version = stub.GetModel(generator_pb2.GetModelRequest(), timeout=30).version
-    corrupt = truncated_copy(tiny_model_dir, tmp_path / "corrupt")
+    corrupt = truncated_copy(tiny_model_dir, model_root / "corrupt")
     ref = common_pb2.ModelRef(path=str(corrupt))
     with pytest.raises(grpc.RpcError) as err:
         stub.LoadModel(generator_pb2.LoadModelRequest(model=ref), timeout=60)
@@ -157,7 +170,12 @@ def test_load_model_caller_giving_up_mid_swap_leaves_a_model_served(
     between freeing the old model and serving the new one used to leave no model at all:
     every later Generate and GetModel waited for one until its deadline."""
     gate = GatedLoads(monkeypatch, other_model_dir.resolve())
-    settings = {"model": {"path": str(tiny_model_dir)}, "swap": swap, "max_wait_ms": 0}
+    settings = {
+        "model": {"path": str(tiny_model_dir)},
+        "model_roots": [str(other_model_dir)],
+        "swap": swap,
+        "max_wait_ms": 0,
+    }
     with generator_service(settings) as (svc, service):
         stub = stub_of(svc)
         old = stub.GetModel(generator_pb2.GetModelRequest(), timeout=60).version
@@ -197,7 +215,12 @@ def test_drain_swap_whose_rollback_fails_refuses_calls_and_reports_not_serving(
     first = tmp_path / "first"
     shutil.copytree(tiny_model_dir, first)
     corrupt = truncated_copy(tiny_model_dir, tmp_path / "corrupt")
-    settings = {"model": {"path": str(first)}, "swap": "drain", "max_wait_ms": 0}
+    settings = {
+        "model": {"path": str(first)},
+        "model_roots": [str(tmp_path), str(tiny_model_dir)],
+        "swap": "drain",
+        "max_wait_ms": 0,
+    }
     with generator_service(settings) as (svc, service):
         stub = stub_of(svc)
         stub.GetModel(generator_pb2.GetModelRequest(), timeout=60)
@@ -230,7 +253,8 @@ def test_load_model_after_a_failed_first_load_reports_serving(
 ) -> None:
     """Health said NOT_SERVING forever after a failed first load, even once LoadModel had
     loaded a model and calls were served: a readiness probe never let traffic in."""
-    with generator_service({"model": {"path": str(tmp_path / "missing")}}) as (svc, service):
+    settings = {"model": {"path": str(tmp_path / "missing")}, "model_roots": [str(tiny_model_dir)]}
+    with generator_service(settings) as (svc, service):
         deadline = time.monotonic() + 30
         while not service.load_error and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -240,3 +264,34 @@ def test_load_model_after_a_failed_first_load_reports_serving(
         ref = common_pb2.ModelRef(path=str(tiny_model_dir))
         stub.LoadModel(generator_pb2.LoadModelRequest(model=ref), timeout=60)
         assert health_of(svc) == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_response_too_large_to_send_names_its_size_and_the_setting(
+    tiny_model_dir: Path,
+) -> None:
+    """A response over the message limit failed in gRPC's words ("Sent message larger than
+    max (19482 vs. 16384)"), naming neither the setting nor what to do; now the call is
+    RESOURCE_EXHAUSTED naming its size, max_message_bytes and the way out, and calls that fit
+    are served. (Not refused up front: a sound bound there would refuse calls that fit.)"""
+    settings = {"model": {"path": str(tiny_model_dir)}, "max_wait_ms": 0}
+    with generator_service(settings, max_message_bytes=16384) as (svc, _):
+        stub = stub_of(svc)
+        # greedy from LONG_PROMPT runs to max_tokens: ~20 KB of text, ids and logprobs
+        big = generator_pb2.GenerateRequest(
+            prompts=[LONG_PROMPT],
+            params=params(n=8, max_tokens=200, temperature=0, logprobs=True),
+        )
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Generate(big, timeout=60)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.value.details()
+        details = err.value.details()
+        assert "max_message_bytes=16384" in details, details
+        assert "8 completions" in details and "split the call" in details
+        size = int(details.split(" is ")[1].split(" bytes")[0])
+        assert size > 16384
+        fits = generator_pb2.GenerateRequest(
+            prompts=[LONG_PROMPT, "hi"],
+            params=params(n=2, max_tokens=40, temperature=0, logprobs=True),
+        )
+        reply = stub.Generate(fits, timeout=60)
+        assert len(reply.completions) == 4 and reply.ByteSize() <= 16384

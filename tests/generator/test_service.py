@@ -164,8 +164,13 @@ def test_load_model_errors_leave_the_model_serving(served: Any, tmp_path: Path) 
     stub = stub_of(svc)
     version = stub.GetModel(generator_pb2.GetModelRequest()).version
     cases = [
-        (common_pb2.ModelRef(path=str(tmp_path / "nope")), grpc.StatusCode.NOT_FOUND, "nope"),
-        (common_pb2.ModelRef(path=str(tmp_path)), grpc.StatusCode.INVALID_ARGUMENT, "config.json"),
+        # outside the model roots (the data dir): refused the same whether it exists or not
+        (
+            common_pb2.ModelRef(path=str(tmp_path / "nope")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "nope",
+        ),
+        (common_pb2.ModelRef(path=str(tmp_path)), grpc.StatusCode.INVALID_ARGUMENT, "model_roots"),
         (common_pb2.ModelRef(), grpc.StatusCode.INVALID_ARGUMENT, "give a path or"),
         (
             common_pb2.ModelRef(name="tiny", alias="sft"),
@@ -270,7 +275,8 @@ def test_default_tiny_model_loads_in_the_background(tmp_path: Path) -> None:
 def test_failed_first_load_reports_why_until_load_model(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:
-    with generator_service({"model": {"path": str(tmp_path / "missing")}}) as (svc, service):
+    settings = {"model": {"path": str(tmp_path / "missing")}, "model_roots": [str(tiny_model_dir)]}
+    with generator_service(settings) as (svc, service):
         stub = stub_of(svc)
         deadline = time.monotonic() + 30
         while not service.load_error and time.monotonic() < deadline:
