@@ -50,23 +50,33 @@ def is_client_side(url: str) -> bool:
 
 MAX_PATH_PARTS = 32
 MAX_PART_BYTES = 255  # what common filesystems allow for one name
+# A whole path: a checkpoint's metadata lists every path, and must fit one gRPC message.
+MAX_PATH_BYTES = 1024
 
 
 def check_relpath(rel: str) -> str:
     """A file path inside a checkpoint: relative, "/"-separated, no "." or ".." parts, no
-    control characters, at most MAX_PATH_PARTS parts of at most MAX_PART_BYTES each."""
+    control characters, no "::", at most MAX_PATH_PARTS parts of at most MAX_PART_BYTES
+    each and MAX_PATH_BYTES in all."""
     parts = rel.split("/")
     if not rel or "\\" in rel or any(part in ("", ".", "..") for part in parts):
         raise ValueError(
-            f"file path {rel!r} is invalid: it must be relative, '/'-separated, "
+            f"file path {rel[:80]!r} is invalid: it must be relative, '/'-separated, "
             "without empty, '.' or '..' parts"
         )
     if any(ord(char) < 32 or char == "\x7f" for char in rel):
-        raise ValueError(f"file path {rel!r} is invalid: it holds a control character")
-    if len(parts) > MAX_PATH_PARTS or any(len(part.encode()) > MAX_PART_BYTES for part in parts):
+        raise ValueError(f"file path {rel[:80]!r} is invalid: it holds a control character")
+    if "::" in rel:
+        # fsspec reads `a::b` as a chain of URLs: such a file could never be read back.
+        raise ValueError(f"file path {rel[:80]!r} is invalid: it holds '::'")
+    if (
+        len(parts) > MAX_PATH_PARTS
+        or any(len(part.encode()) > MAX_PART_BYTES for part in parts)
+        or len(rel.encode()) > MAX_PATH_BYTES
+    ):
         raise ValueError(
             f"file path {rel[:80]!r}... is invalid: at most {MAX_PATH_PARTS} parts of at "
-            f"most {MAX_PART_BYTES} bytes each"
+            f"most {MAX_PART_BYTES} bytes each, {MAX_PATH_BYTES} bytes in all"
         )
     return rel
 
@@ -107,13 +117,18 @@ def read_chunks(url: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
             yield chunk
 
 
-def iter_tree_chunks(url: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[str, bytes, str]]:
+def iter_tree_chunks(
+    url: str, chunk_bytes: int = CHUNK_BYTES, stop: Callable[[], bool] | None = None
+) -> Iterator[tuple[str, bytes, str]]:
     """(path, data, sha256) for every file in chunks; sha256 is set on a file's last chunk
-    only. An empty file is one empty chunk."""
+    only. An empty file is one empty chunk. `stop` is asked before each chunk: once true,
+    CopyStopped is raised."""
     for rel in list_files(url):
         digest = hashlib.sha256()
         pending: bytes | None = None
         for chunk in read_chunks(join_url(url, rel), chunk_bytes):
+            if stop is not None and stop():
+                raise CopyStopped(f"reading {url} was stopped")
             if pending is not None:
                 yield rel, pending, ""
             digest.update(chunk)
@@ -121,9 +136,10 @@ def iter_tree_chunks(url: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple
         yield rel, pending or b"", digest.hexdigest()
 
 
-def hash_tree(url: str) -> dict[str, str]:
-    """sha256 hex digest of every file under `url`, keyed by relative path."""
-    return {rel: sha for rel, _, sha in iter_tree_chunks(url) if sha}
+def hash_tree(url: str, stop: Callable[[], bool] | None = None) -> dict[str, str]:
+    """sha256 hex digest of every file under `url`, keyed by relative path (`stop`: as for
+    iter_tree_chunks)."""
+    return {rel: sha for rel, _, sha in iter_tree_chunks(url, stop=stop) if sha}
 
 
 def write_atomic(url: str, data: bytes) -> None:
@@ -147,6 +163,10 @@ def read_json(url: str) -> Any:
         return None
     with fs.open(path, "rb") as f:
         return json.loads(f.read())
+
+
+class CopyStopped(CheckpointError):
+    """A copy (or hashing) was asked to stop (its requester gave up); nothing of it was kept."""
 
 
 class StagedTree:
@@ -306,10 +326,6 @@ def _fsync_dir(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-class CopyStopped(CheckpointError):
-    """A copy was asked to stop (its requester gave up); nothing of it was kept."""
 
 
 def copy_tree(

@@ -45,6 +45,11 @@ from astro_core.checkpoints.artifacts import (
 )
 
 METADATA_FILE = "registry.json"
+# Per registration. Every alias is an event written in the same (atomic, so blocking) Redis
+# script, and the metrics travel with every listing and event of the version.
+MAX_ALIASES = 32
+MAX_METRICS = 256
+MAX_METRIC_NAME_CHARS = 128
 _PROCESS_LOCKS: dict[str, threading.Lock] = {}
 _PROCESS_LOCKS_GUARD = threading.Lock()
 
@@ -64,9 +69,21 @@ def check_request(
         raise ValueError(f"parent_version must be >= 0, got {parent_version}")
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
-    for key, value in (metrics or {}).items():
+    metrics = metrics or {}
+    if len(metrics) > MAX_METRICS:
+        raise ValueError(f"{len(metrics)} metrics, over the {MAX_METRICS} one version may have")
+    for key, value in metrics.items():
+        if not 0 < len(key) <= MAX_METRIC_NAME_CHARS or any(
+            ord(char) < 32 or char == "\x7f" for char in key
+        ):
+            raise ValueError(
+                f"metric name {key[:80]!r} is invalid: use 1-{MAX_METRIC_NAME_CHARS} "
+                "characters, no control characters"
+            )
         if not math.isfinite(value):
             raise ValueError(f"metric {key!r} must be a finite number, got {value}")
+    if len(aliases) > MAX_ALIASES:
+        raise ValueError(f"{len(aliases)} aliases, over the {MAX_ALIASES} one registration may set")
     extra = [check_settable_alias(a) for a in dict.fromkeys(aliases)]
     return name, check_stage(stage), extra
 

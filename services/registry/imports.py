@@ -58,9 +58,14 @@ def _split(url: str) -> tuple[str | None, str]:
 
 
 class ImportRoots:
-    """The import roots of a registry; `resolve(uri)` admits a source or raises SourceRefused."""
+    """The import roots of a registry; `resolve(uri)` admits a source or raises SourceRefused.
 
-    def __init__(self, roots: Sequence[str]) -> None:
+    `own` is the registry's artifact root. A source in it (or holding it) is refused even
+    when an import root contains it: registered in place, its files would be removed with
+    the version that owns them, and the whole root would expose every checkpoint at once.
+    """
+
+    def __init__(self, roots: Sequence[str], own: str | None = None) -> None:
         split = [_split(root) for root in roots]
         self.local = [os.path.realpath(path) for proto, path in split if proto in LOCAL_PROTOCOLS]
         self.remote = [
@@ -68,6 +73,20 @@ class ImportRoots:
             for protocol, path in split
             if protocol not in LOCAL_PROTOCOLS
         ]
+        self.own: tuple[str | None, str] | None = None
+        if own:
+            protocol, path = _split(own)
+            local = protocol in LOCAL_PROTOCOLS
+            self.own = (None, os.path.realpath(path)) if local else (protocol, _normalised(path))
+
+    def _check_not_own(self, protocol: str | None, path: str, uri: str) -> None:
+        if self.own is None or self.own[0] != protocol:
+            return
+        if _is_within(path, self.own[1]) or _is_within(self.own[1], path):
+            raise SourceRefused(
+                f"artifact_uri {uri!r} overlaps the registry's own artifact root: to copy a "
+                "registered version, pull it and register the copy"
+            )
 
     def _refusal(self, uri: str) -> SourceRefused:
         if not self.local and not self.remote:
@@ -81,12 +100,15 @@ class ImportRoots:
 
     def resolve(self, uri: str) -> str:
         """The source to read: for a local path its real path (symlinks resolved)."""
+        if any(ord(char) < 32 for char in uri):
+            raise self._refusal(uri)  # no path holds a NUL (os.path says "embedded null byte")
         protocol, path = _split(uri)
         if protocol in LOCAL_PROTOCOLS:
             return self._resolve_local(uri, path)
         normalised = _normalised(path)
         for root_protocol, root in self.remote:
             if protocol == root_protocol and _is_within(normalised, root):
+                self._check_not_own(protocol, normalised, uri)
                 return f"{protocol}://{normalised}"
         raise self._refusal(uri)
 
@@ -94,10 +116,14 @@ class ImportRoots:
         real = os.path.realpath(path)
         if not self._admits(real) or not os.path.isdir(real):
             raise self._refusal(uri)
+        self._check_not_own(None, real, uri)
         for rel in list_files(real):
-            # A link inside the directory must not lead out of the roots either.
-            if not self._admits(os.path.realpath(os.path.join(real, rel))):
+            # A link inside the directory must not lead out of the roots (or into the
+            # registry's own files) either.
+            target = os.path.realpath(os.path.join(real, rel))
+            if not self._admits(target):
                 raise SourceRefused(f"{uri}: {rel} leads outside the registry's import roots")
+            self._check_not_own(None, target, f"{uri}: {rel}")
         return real
 
     def _admits(self, real: str) -> bool:

@@ -119,7 +119,14 @@ return {'ok', version, record, ''}
 # Stream ids are two unsigned 64-bit numbers ("ms-seq"); ASCII digits only ("１" is a digit
 # to str.isdigit, not to Redis).
 _EVENT_ID = re.compile(r"([0-9]{1,20})(?:-([0-9]{1,20}))?")
-_PAGE_TOKEN = re.compile(r"[0-9]{1,20}")
+# NAME:STAGE:SCORE, the filters of the listing it continues (names and stages hold no ':'):
+# the scores of one listing mean nothing in another (versions of one name, or a global
+# sequence), so a token from elsewhere is refused rather than silently paging wrong.
+_PAGE_TOKEN = re.compile(r"([A-Za-z0-9._-]*):([a-z]*):([0-9]{1,20})")
+# Versions one page looks at, at most: under a stage filter that matches few, a page is
+# short (even empty, with a token to go on) instead of scanning the whole index at once.
+MAX_SCANNED = 10_000
+_SCAN_BATCH = 200  # versions read at a time under a stage filter
 _UINT64_MAX = 2**64 - 1
 
 
@@ -149,6 +156,12 @@ def check_event_id(event_id: str) -> str:
     if not match or any(int(part) > _UINT64_MAX for part in match.groups() if part):
         raise ValueError(f"after_event_id {event_id!r} is not an event id (e.g. '1700000000000-0')")
     return event_id
+
+
+def event_key(event_id: str) -> tuple[int, int]:
+    """A valid event id as (ms, seq), for ordering; "5" is "5-0", as XREAD reads it."""
+    ms, _, seq = event_id.partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _split(csv: str) -> tuple[str, ...]:
@@ -204,18 +217,27 @@ class RedisMetadata:
         return self._entry(name, reply, str(version))
 
     async def list_page(
-        self, name: str, stage: str, page_size: int, page_token: str
+        self, name: str, stage: str, page_size: int, page_token: str, max_bytes: int
     ) -> tuple[list[Entry], str]:
-        """A page, newest first, and the token of the next page ("" after the last)."""
-        if page_token and not _PAGE_TOKEN.fullmatch(page_token):
-            raise ValueError(f"page_token {page_token!r} did not come from ListCheckpoints")
+        """A page, newest first, and the token of the next page ("" after the last). A page
+        ends early once its records take max_bytes (it always holds one), or after
+        MAX_SCANNED versions were looked at."""
+        upper = "+inf"
+        if page_token:
+            match = _PAGE_TOKEN.fullmatch(page_token)
+            if not match or match.group(1, 2) != (name, stage):
+                raise ValueError(
+                    f"page_token {page_token!r} did not come from ListCheckpoints with this "
+                    f"name ({name!r}) and stage ({stage!r})"
+                )
+            upper = f"({match.group(3)}"
         key = f"{self.prefix}versions:{name}" if name else f"{self.prefix}index"
-        upper = f"({page_token}" if page_token else "+inf"
+        batch_size = max(page_size, _SCAN_BATCH) if stage else page_size
         found: list[tuple[str, int, dict[str, Any]]] = []
-        last_score = ""
-        while len(found) < page_size:
+        last_score, size, scanned, more = "", 0, 0, False
+        while not more:
             batch: list[Any] = await self.client.zrevrangebyscore(
-                key, upper, "-inf", start=0, num=page_size, withscores=True
+                key, upper, "-inf", start=0, num=batch_size, withscores=True
             )
             refs = [(name, int(m)) if name else _parse_member(m) for m, _ in batch]
             pipe = self.client.pipeline(transaction=False)
@@ -223,15 +245,20 @@ class RedisMetadata:
                 pipe.hget(f"{self.prefix}ckpt:{model}:{version}", "record")
             raws: list[Any] = await pipe.execute()
             for (model, version), raw, (_, score) in zip(refs, raws, batch, strict=True):
+                if raw is not None:  # else deleted since the index was read
+                    record = json.loads(raw)
+                    if not stage or record["stage"] == stage:
+                        if found and size + len(raw) > max_bytes:
+                            more = True  # this one starts the next page
+                            break
+                        found.append((model, version, record))
+                        size += len(raw)
                 last_score = str(int(score))
-                if raw is None:
-                    continue  # deleted since the index was read
-                record = json.loads(raw)
-                if not stage or record["stage"] == stage:
-                    found.append((model, version, record))
-                    if len(found) == page_size:
-                        break
-            if len(batch) < page_size:
+                scanned += 1
+                if len(found) == page_size or scanned == MAX_SCANNED:
+                    more = True
+                    break
+            if len(batch) < batch_size:
                 break  # the index is exhausted
             upper = f"({last_score}"
         aliases = await self._aliases_by_name({model for model, _, _ in found})
@@ -239,7 +266,7 @@ class RedisMetadata:
             Entry(model, version, record, aliases[model].get(version, ()))
             for model, version, record in found
         ]
-        return entries, last_score if len(found) == page_size else ""
+        return entries, f"{name}:{stage}:{last_score}" if more else ""
 
     async def _aliases_by_name(self, names: set[str]) -> dict[str, dict[int, tuple[str, ...]]]:
         pipe = self.client.pipeline(transaction=False)
@@ -254,6 +281,10 @@ class RedisMetadata:
                 by_version.setdefault(int(version), []).append(alias)
             out[model] = {v: tuple(a) for v, a in by_version.items()}
         return out
+
+    async def check_available(self) -> None:
+        """Raise redis.ConnectionError (or TimeoutError) unless Redis answers."""
+        await self.client.ping()
 
     async def last_event_id(self) -> str:
         newest: Any = await self.client.xrevrange(self.events_key, "+", "-", count=1)

@@ -10,13 +10,14 @@ resume after a restart from the last event id it got.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import re
 import threading
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import redis
@@ -40,6 +41,7 @@ from astro_core.checkpoints.artifacts import (
     copy_tree,
     hash_tree,
     join_url,
+    list_files,
     url_to_fs,
 )
 from astro_core.checkpoints.local import check_request, check_settable_alias, new_record
@@ -52,17 +54,23 @@ from services.registry.imports import (
     check_protocol_known,
 )
 from services.registry.messages import event_message, info_from_entry, to_message
-from services.registry.metadata import RedisMetadata, check_event_id
+from services.registry.metadata import RedisMetadata, check_event_id, event_key
 from services.runtime.config import parse_settings
 from services.runtime.redis_service import attach_redis
 from services.runtime.server import ServiceRuntime
 
+T = TypeVar("T")
 log = logging.getLogger("astro.registry")
 # Initial metadata of WatchCheckpoints: the event id the stream starts after. Once the client
 # has it, the subscription is live: nothing committed later is missed.
 WATCH_START_HEADER = "x-astro-after-event-id"
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+# Bytes of records a ListCheckpoints page holds at most (besides its first): a page of big
+# records would not fit the largest gRPC message, and listing would fail for everyone.
+MAX_PAGE_BYTES = 16 << 20
+# Of every Redis command; XREAD's block (watch_poll_ms) must end well before it.
+REDIS_TIMEOUT_SECONDS = 5.0
 
 
 class RegistrySettings(BaseModel):
@@ -80,7 +88,12 @@ class RegistrySettings(BaseModel):
     chunk_bytes: int = Field(
         1 << 20, gt=0, le=16 << 20, description="File bytes per DownloadCheckpoint message."
     )
-    watch_poll_ms: int = Field(1000, gt=0, description="Longest single wait for new events.")
+    watch_poll_ms: int = Field(
+        1000,
+        gt=0,
+        le=4000,
+        description="Longest single wait for new events (under the 5 s Redis read timeout).",
+    )
     sweep_temporary_hours: float = Field(
         24.0,
         ge=0,
@@ -94,6 +107,12 @@ class RegistrySettings(BaseModel):
     )
     max_upload_bytes: int = Field(
         1 << 40, gt=0, description="Largest checkpoint one UploadCheckpoint may send (bytes)."
+    )
+    max_files: int = Field(
+        10_000,
+        gt=0,
+        le=50_000,
+        description="Most files one checkpoint may hold (its metadata lists every one).",
     )
 
     @field_validator("key_prefix")
@@ -129,7 +148,12 @@ class RegistrySettings(BaseModel):
                     raise ConfigError(f"settings.{key}: {exc}") from None
 
 
+class TooMany(ValueError):
+    """A request over one of the registry's limits (RESOURCE_EXHAUSTED)."""
+
+
 _STATUS: list[tuple[type[Exception], grpc.StatusCode]] = [
+    (TooMany, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (CheckpointNotFound, grpc.StatusCode.NOT_FOUND),
     (CheckpointInUse, grpc.StatusCode.FAILED_PRECONDITION),
     (IntegrityError, grpc.StatusCode.DATA_LOSS),
@@ -189,7 +213,11 @@ class RegistryServicer(registry_pb2_grpc.CheckpointRegistryServicer):
         self.meta = meta
         self.artifacts = artifacts
         self.settings = settings
-        self.import_roots = ImportRoots(settings.import_roots)
+        self.import_roots = ImportRoots(settings.import_roots, own=artifacts.url)
+
+    def _check_file_count(self, count: int, where: str) -> None:
+        if count > self.settings.max_files:
+            raise TooMany(f"{where} holds more than max_files ({self.settings.max_files}) files")
 
     async def _commit(
         self,
@@ -218,13 +246,18 @@ class RegistryServicer(registry_pb2_grpc.CheckpointRegistryServicer):
         self, request: registry_pb2.RegisterCheckpointRequest, context: grpc.aio.ServicerContext
     ) -> common_pb2.Checkpoint:
         async with _reported(context):
+            self._check_file_count(len(request.sha256), "the sha256 map")
             checked = _check_header(request)
             if not request.artifact_uri:
                 raise ValueError("artifact_uri is required (or send the files: UploadCheckpoint)")
             uri = await asyncio.to_thread(self.import_roots.resolve, request.artifact_uri)
+            files = await asyncio.to_thread(list_files, uri)
+            self._check_file_count(len(files), f"artifact_uri {request.artifact_uri!r}")
+            # Before reading any file: with Redis gone, the copy could never be registered.
+            await self.meta.check_available()
             declared = dict(request.sha256) or None
             if request.in_place:
-                sha256 = await asyncio.to_thread(hash_tree, uri)
+                sha256 = await self._hash(uri)
                 if declared is not None:
                     compare_digests(declared, sha256, uri)
                 return await self._commit(request, checked, uri, sha256, owned=False)
@@ -237,16 +270,23 @@ class RegistryServicer(registry_pb2_grpc.CheckpointRegistryServicer):
         """copy_tree in a thread. If the caller gives up (cancel, deadline) the copy stops at
         its next chunk and nothing of it is kept."""
         stop = threading.Event()
-        copying = asyncio.ensure_future(
-            asyncio.to_thread(
-                copy_tree, uri, location, declared, uri, self.settings.chunk_bytes, stop.is_set
-            )
+        copying = _in_own_thread(
+            copy_tree, uri, location, declared, uri, self.settings.chunk_bytes, stop.is_set
         )
         try:
             return await asyncio.shield(copying)
         except asyncio.CancelledError:
             stop.set()
             copying.add_done_callback(lambda done: self._discard(done, location))
+            raise
+
+    async def _hash(self, uri: str) -> dict[str, str]:
+        """hash_tree in a thread; if the caller gives up it stops at its next chunk."""
+        stop = threading.Event()
+        try:
+            return await _in_own_thread(hash_tree, uri, stop.is_set)
+        except asyncio.CancelledError:
+            stop.set()
             raise
 
     def _discard(self, copy: asyncio.Future[Any], location: str) -> None:
@@ -270,18 +310,27 @@ class RegistryServicer(registry_pb2_grpc.CheckpointRegistryServicer):
                         if part != "header":
                             raise ValueError("the first message of an upload must be the header")
                         header = message.header
+                        self._check_file_count(len(header.sha256), "the header's sha256 map")
                         checked = _check_header(header)
                         if header.artifact_uri or header.in_place:
                             raise ValueError(
                                 "an upload sends files: leave artifact_uri and "
                                 "in_place unset (or use RegisterCheckpoint)"
                             )
+                        # Before taking any file: with Redis gone, it could never be registered.
+                        await self.meta.check_available()
                         location = self.artifacts.new_location(checked[0])
                         staged = await asyncio.to_thread(StagedTree, location)
                         continue
                     if part != "chunk" or staged is None:
                         raise ValueError("only the first message of an upload may be a header")
                     chunk = message.chunk
+                    if chunk.path != staged.file_in_progress:
+                        if staged.file_in_progress:  # every file's last chunk has its sha256
+                            raise ValueError(
+                                f"file {staged.file_in_progress} ended without its sha256"
+                            )
+                        self._check_file_count(len(staged.sha256) + 1, "the upload")
                     if staged.bytes_written + len(chunk.data) > self.settings.max_upload_bytes:
                         await context.abort(
                             grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -342,6 +391,7 @@ class RegistryServicer(registry_pb2_grpc.CheckpointRegistryServicer):
                 request.stage,
                 request.page_size or DEFAULT_PAGE_SIZE,
                 request.page_token,
+                MAX_PAGE_BYTES,
             )
             return registry_pb2.ListCheckpointsResponse(
                 checkpoints=[to_message(info_from_entry(e)) for e in entries],
@@ -406,13 +456,39 @@ class RegistryServicer(registry_pb2_grpc.CheckpointRegistryServicer):
         async with _reported(context):
             if request.name:
                 check_name(request.name)
-            after = check_event_id(request.after_event_id) or await self.meta.last_event_id()
+            after = check_event_id(request.after_event_id)
+            newest = await self.meta.last_event_id()
+            if after and event_key(after) > event_key(newest):
+                # XREAD would wait for it in silence, skipping every event until then.
+                raise ValueError(
+                    f"after_event_id {after!r} is after the newest event ({newest!r}): "
+                    "not an id this registry gave"
+                )
+            after = after or newest
         await context.send_initial_metadata(((WATCH_START_HEADER, after),))
-        while True:
-            for event in await self.meta.read_events(after, self.settings.watch_poll_ms):
-                after = event.event_id
-                if not request.name or event.entry.name == request.name:
-                    yield event_message(event)
+        # Redis failing mid-watch is UNAVAILABLE, which the client's Watch resumes from.
+        async with _reported(context):
+            while True:
+                for event in await self.meta.read_events(after, self.settings.watch_poll_ms):
+                    after = event.event_id
+                    if not request.name or event.entry.name == request.name:
+                        yield event_message(event)
+
+
+def _in_own_thread(work: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    """work(*args) in a thread of its own. A copy or hash of many GB must not hold one of the
+    event loop's shared executor threads, which every upload and download chunk waits for."""
+    done: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+    def run() -> None:
+        if done.set_running_or_notify_cancel():
+            try:
+                done.set_result(work(*args))
+            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting call
+                done.set_exception(exc)
+
+    threading.Thread(target=run, name="registry-copy", daemon=True).start()
+    return asyncio.wrap_future(done)
 
 
 async def _file_chunks(url: str, chunk_bytes: int) -> AsyncIterator[tuple[bytes, bool]]:
@@ -436,7 +512,9 @@ async def register(runtime: ServiceRuntime) -> Sequence[str]:
     settings = parse_settings(RegistrySettings, runtime.config.settings)
     settings.check_backends()
     handle = await attach_redis(runtime)
-    client = aioredis.Redis.from_url(handle.url, decode_responses=True)
+    client = aioredis.Redis.from_url(
+        handle.url, decode_responses=True, socket_timeout=REDIS_TIMEOUT_SECONDS
+    )
     runtime.on_shutdown(client.aclose)
     root = settings.artifact_root or str(
         Path(runtime.config.data_dir or data_dir()) / "checkpoints"

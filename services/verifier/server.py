@@ -2,10 +2,14 @@
 
 Settings (ServiceConfig.settings, `VerifierSettings`): the pool's `VerifierConfig` fields
 (`workers`, `timeout_seconds`, `fallback`, ...) plus the request limits
-`max_request_response_chars`, `max_batch_items` and `max_batch_seconds`.
+`max_request_response_chars`, `max_batch_items`, `max_batch_seconds` and
+`max_concurrent_requests`.
 
 A request whose client gave up (cancelled, or past its deadline) stops: its queued items are
 dropped and a worker busy with one of them is replaced (`VerifierPool.check_batch(cancel=)`).
+Each request in progress waits for its verdicts in a thread of the service's own (not the
+event loop's shared executor, whose few threads would make the next requests wait for whole
+batches to finish instead of taking turns in the pool).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import math
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import grpc
@@ -43,6 +49,13 @@ class VerifierSettings(VerifierConfig):
         allow_inf_nan=False,
         description="Most worst-case work one request may ask for, in worker-seconds: its "
         "items x timeout_seconds. A larger request is RESOURCE_EXHAUSTED (split it).",
+    )
+    max_concurrent_requests: int = Field(
+        256,
+        gt=0,
+        le=4096,
+        description="Most requests in progress at once (each waits in a thread); one more is "
+        "RESOURCE_EXHAUSTED.",
     )
 
     @model_validator(mode="after")
@@ -127,6 +140,13 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
         self.max_response = settings.max_request_response_chars
         self.max_items = settings.max_batch_items
         self.max_seconds = settings.max_batch_seconds
+        self.max_requests = settings.max_concurrent_requests
+        self.in_flight = 0  # requests in _run (only the event loop changes it)
+        self._threads = ThreadPoolExecutor(self.max_requests, thread_name_prefix="verify-request")
+
+    def close(self) -> None:
+        """After the pool closed (which ends every request it held)."""
+        self._threads.shutdown(wait=True)
 
     def _item(self, request: verifier_pb2.VerifyRequest, index: int | None) -> VerifyItem:
         where = "" if index is None else f"items[{index}]: "
@@ -146,6 +166,11 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
         return VerifyItem(request.response, request.gold, request.problem)
 
     def _check_budget(self, count: int) -> None:
+        if self.in_flight >= self.max_requests:
+            raise OverBudget(
+                f"{self.in_flight} requests in progress, the most max_concurrent_requests "
+                "allows; retry later"
+            )
         seconds = count * self.pool.config.timeout_seconds
         if seconds > self.max_seconds:
             raise OverBudget(
@@ -158,12 +183,16 @@ class VerifierServicer(verifier_pb2_grpc.VerifierServicer):
     ) -> list[verifier_pb2.VerifyResult]:
         started = time.perf_counter()
         cancel = threading.Event()
+        check = partial(self.pool.check_batch, items, cancel=cancel)
+        self.in_flight += 1
         try:
-            verdicts = await asyncio.to_thread(self.pool.check_batch, items, cancel=cancel)
+            verdicts = await asyncio.get_running_loop().run_in_executor(self._threads, check)
         except asyncio.CancelledError:  # the client cancelled or its deadline passed
             cancel.set()
             self.metrics.cancelled.inc()
             raise
+        finally:
+            self.in_flight -= 1
         self.metrics.record(method, time.perf_counter() - started, verdicts)
         return [
             verifier_pb2.VerifyResult(
@@ -211,7 +240,8 @@ def register(runtime: ServiceRuntime) -> Sequence[str]:
     assert runtime.server is not None
     settings = parse_settings(VerifierSettings, runtime.config.settings)
     pool = VerifierPool(settings)  # a VerifierConfig; workers ignore the service's limits
-    runtime.on_shutdown(pool.close)
     servicer = VerifierServicer(pool, VerifierMetrics(runtime.metrics.registry), settings)
+    runtime.on_shutdown(servicer.close)  # runs after pool.close (callbacks run in reverse)
+    runtime.on_shutdown(pool.close)
     verifier_pb2_grpc.add_VerifierServicer_to_server(servicer, runtime.server)
     return [verifier_pb2.DESCRIPTOR.services_by_name["Verifier"].full_name]

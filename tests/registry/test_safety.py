@@ -3,6 +3,7 @@ each as INVALID_ARGUMENT (or the status that fits) with a message, never UNKNOWN
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import math
 import re
@@ -24,6 +25,8 @@ from services.runtime.config import parse_settings
 from services.runtime.redis_store import RedisHandle
 from services.testing import ServiceThread
 from tests.registry.conftest import RegistryEnv, artifact_dirs, make_tree
+
+ONE = hashlib.sha256(b"1").hexdigest()
 
 
 @pytest.fixture
@@ -208,8 +211,8 @@ def test_malformed_input_is_invalid_argument_not_unknown(
         ([chunk(path="a" * 300, data=b"1")], "at most"),
         ([chunk(path="/".join(["d"] * 2000), data=b"1")], "at most"),  # was RecursionError
         ([chunk(path="a\x00b", data=b"1")], "control character"),
-        ([chunk(path="a", data=b"1"), chunk(path="a/b", data=b"1")], "inside the file 'a'"),
-        ([chunk(path="a/b", data=b"1"), chunk(path="a", data=b"1")], "also the directory"),
+        ([chunk(path="a", data=b"1", sha256=ONE), chunk(path="a/b", data=b"1")], "inside the file"),
+        ([chunk(path="a/b", data=b"1", sha256=ONE), chunk(path="a", data=b"1")], "also the dir"),
         ([], "at least one file"),
     ]
     for chunks, words in uploads:
@@ -219,9 +222,10 @@ def test_malformed_input_is_invalid_argument_not_unknown(
             stub.UploadCheckpoint(iter(messages))
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, chunks
         assert words in caught.value.details(), caught.value.details()
-    # The largest valid ones are accepted.
+    # The smallest valid ones are accepted (a token names its listing's name and stage).
     assert (
-        stub.ListCheckpoints(registry_pb2.ListCheckpointsRequest(page_token="0")).checkpoints == []
+        stub.ListCheckpoints(registry_pb2.ListCheckpointsRequest(page_token="::0")).checkpoints
+        == []
     )
     channel.close()
     client = RegistryClient(registry.client_config())
