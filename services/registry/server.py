@@ -114,6 +114,13 @@ class RegistrySettings(BaseModel):
         le=50_000,
         description="Most files one checkpoint may hold (its metadata lists every one).",
     )
+    upload_idle_seconds: float = Field(
+        300.0,
+        gt=0,
+        le=86_400,
+        description="An upload that sends no message for this long is DEADLINE_EXCEEDED and "
+        "its staged files removed (else a stalled client holds them while it stays connected).",
+    )
 
     @field_validator("key_prefix")
     @classmethod
@@ -178,6 +185,26 @@ async def _reported(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
         if isinstance(exc, redis.RedisError):
             message = f"the registry's metadata store is unavailable: {exc}"
         await context.abort(code, message)
+
+
+async def _paced(
+    messages: AsyncIterator[registry_pb2.UploadCheckpointRequest],
+    idle_seconds: float,
+    context: grpc.aio.ServicerContext,
+) -> AsyncIterator[registry_pb2.UploadCheckpointRequest]:
+    """The stream's messages, the call aborted when the next one takes over idle_seconds."""
+    iterator = aiter(messages)
+    while True:
+        try:
+            message = await asyncio.wait_for(anext(iterator), idle_seconds)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"the upload sent nothing for {idle_seconds:g} s (setting upload_idle_seconds)",
+            )
+        yield message
 
 
 def check_sha256(digest: str, where: str) -> str:
@@ -304,7 +331,8 @@ class RegistryServicer(registry_pb2_grpc.CheckpointRegistryServicer):
             async with _reported(context):
                 header: registry_pb2.RegisterCheckpointRequest | None = None
                 checked: tuple[str, str, list[str]] = ("", "", [])
-                async for message in request_iterator:
+                idle = self.settings.upload_idle_seconds
+                async for message in _paced(request_iterator, idle, context):
                     part = message.WhichOneof("part")
                     if header is None:
                         if part != "header":

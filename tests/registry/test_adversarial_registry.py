@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 import os
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -171,6 +172,34 @@ def test_an_upload_that_lies_about_its_files_is_refused_and_leaves_nothing(
         assert stub.UploadCheckpoint(upload(Header(name="m"), *files[:3])).version == 1
     finally:
         service.stop()
+
+
+def test_an_upload_that_stalls_is_ended_and_leaves_nothing(registry_env: RegistryEnv) -> None:
+    """Regression: a client that sent a header and a chunk and then nothing, with no
+    deadline, held its staged files for as long as it stayed connected (hours, with
+    keepalive). Now the upload ends after upload_idle_seconds without a message, and its
+    files are removed; a later upload that keeps sending is served."""
+    service = started(registry_env, upload_idle_seconds=0.5)
+    release = threading.Event()
+    try:
+        stub = stub_of(service)
+
+        def stalling() -> Iterator[Any]:
+            yield Upload(header=Header(name="m"))
+            yield Upload(chunk=Chunk(path="a.bin", data=b"first part"))
+            release.wait(30)  # the client is still there, sending nothing
+
+        started_at = time.monotonic()
+        details = refused(stub.UploadCheckpoint, stalling(), code=grpc.StatusCode.DEADLINE_EXCEEDED)
+        assert details == "the upload sent nothing for 0.5 s (setting upload_idle_seconds)"
+        assert time.monotonic() - started_at < 10
+        assert settled_dirs(Path(registry_env.artifact_root)) == []
+        assert stub.UploadCheckpoint(upload(Header(name="m"), ("a.bin", b"1"))).version == 1
+    finally:
+        release.set()
+        service.stop()
+    with pytest.raises(ConfigError, match="upload_idle_seconds"):
+        parse_settings(RegistrySettings, {"upload_idle_seconds": 0})
 
 
 def test_page_tokens_from_another_listing_are_refused(
