@@ -11,9 +11,10 @@ the active requests in turn (round robin, so a small request is not stuck behind
 sends it to its worker in one message and waits at most `timeout_seconds` for each item's
 verdict (the worker sends each one as soon as it is decided). If a verdict does not come,
 the worker is killed and replaced, that item comes back `correct=False, reason="timeout"`,
-and the rest of the chunk goes to the fresh worker. A request whose caller gave up
-(`cancel` set) is dropped: its queued chunks are never sent, and a worker busy with one of
-its chunks is killed and replaced at once. No signal.alarm, so any thread may call the
+and the rest of the chunk waits its turn again behind the other requests' chunks (a request
+of stuck items would otherwise hold a worker for one time limit per item). A request whose
+caller gave up (`cancel` set) is dropped: its queued chunks are never sent, and a worker busy
+with one of its chunks is killed and replaced at once. No signal.alarm, so any thread may call the
 pool; many threads may call it at once.
 """
 
@@ -308,6 +309,7 @@ class VerifierPool:
             if taken is None:
                 return
             request, offset, items = taken
+            verdicts: list[Verdict] = []
             try:
                 verdicts = self._check_chunk(index, items, request)
                 request.results[offset : offset + len(verdicts)] = verdicts
@@ -316,12 +318,19 @@ class VerifierPool:
                 request.halted = True
             with self._lock:
                 request.running -= 1
-                if request.running == 0 and (not request.chunks or request.stopped()):
+                rest = items[len(verdicts) :]
+                if rest and not request.stopped():  # after a timeout: back in line
+                    request.chunks.appendleft((offset + len(verdicts), rest))
+                    if request not in self._queue:
+                        self._queue.append(request)
+                    self._lock.notify()
+                elif request.running == 0 and (not request.chunks or request.stopped()):
                     self._finish(request)
 
     def _check_chunk(self, index: int, items: list[VerifyItem], request: _Request) -> list[Verdict]:
-        """One round trip per chunk, one time limit per item; after a timeout or a dead
-        worker the rest of the chunk goes to a fresh worker. Stops early on cancel.
+        """One round trip per chunk, one time limit per item. The verdicts of the chunk's
+        first items: all of them, or up to a timeout (the caller queues the rest again) or
+        a cancel. After a dead worker the rest of the chunk goes to a fresh worker.
 
         A worker that dies on an item gets one more try with a fresh worker (it may have
         died before it took the item: killed while idle); dying again is the item's verdict.
@@ -342,7 +351,7 @@ class VerifierPool:
                         self._replace(index)
                         self._count("timeouts")
                         verdicts.append(Verdict(False, "", "timeout"))
-                        break
+                        return verdicts
                     verdict: Verdict = worker.conn.recv()
                     if verdict.reason.startswith("error"):
                         self._count("errors")

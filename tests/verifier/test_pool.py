@@ -211,6 +211,21 @@ def test_small_requests_are_not_stuck_behind_a_big_one() -> None:
         assert big_done.wait(30)
 
 
+def test_a_chunk_of_stuck_items_gives_way_after_each_timeout() -> None:
+    """Regression: a chunk of stuck items held its worker for one time limit per item (a
+    chunk of 6 here: 6 timeouts) before a small request got its turn; now the rest of a
+    chunk queues again after a timeout, so the small one waits for one at most. Counted in
+    timeouts, not seconds: the machine's load does not change the count."""
+    with VerifierPool(VerifierConfig(workers=1, timeout_seconds=0.5)) as pool:
+        big = threading.Thread(target=pool.check_batch, args=([STUCK] * 24,), daemon=True)
+        big.start()  # 1 worker, 24 items: chunks of 6
+        time.sleep(0.2)
+        assert pool.check(VerifyItem(r"\boxed{1}", "1")).correct
+        assert pool.timeouts <= 2, pool.timeouts
+        big.join(60)
+        assert not big.is_alive() and pool.timeouts == 24
+
+
 def test_non_finite_rewards_are_refused(pool: VerifierPool) -> None:
     item = VerifyItem(r"\boxed{1}", "1")
     for rewards in (RewardMapping(float("nan"), 0.0), RewardMapping(1.0, float("-inf"))):
