@@ -2,7 +2,13 @@
 
 from astro_core.search.config import PRESETS, SearchConfig, load_search_config
 from astro_core.search.mcts import MCTS, TreeSearch
-from astro_core.search.store import MemoryTreeStore, StoredNode, TreeHeader, TreeStore
+from astro_core.search.store import (
+    MemoryTreeStore,
+    StoredNode,
+    TreeConflict,
+    TreeHeader,
+    TreeStore,
+)
 
 __all__ = [
     "MCTS",
@@ -10,6 +16,7 @@ __all__ = [
     "MemoryTreeStore",
     "SearchConfig",
     "StoredNode",
+    "TreeConflict",
     "TreeHeader",
     "TreeSearch",
     "TreeStore",

@@ -11,7 +11,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from astro_core.config import ConfigError, deep_merge, format_validation_error, read_yaml_mapping
 from astro_core.prompts import STEP_DELIMITER
@@ -47,18 +54,33 @@ class SearchConfig(BaseModel):
     seed: int | None = Field(
         0, ge=0, le=2**62, description="Base sampling seed (null: nondeterministic)."
     )
+    # A stop string: generators refuse longer ones (the generator's max_stop_chars, 256).
     step_delimiter: str = Field(
-        STEP_DELIMITER, min_length=1, description="Text that ends a step (a blank line)."
+        STEP_DELIMITER,
+        min_length=1,
+        max_length=256,
+        description="Text that ends a step (a blank line).",
     )
+    # Bounded so that losses of a round's selections stay finite: an infinite N makes PUCT
+    # inf * 0 = NaN at c_puct 0, and no child can be chosen.
     virtual_loss: float = Field(
         1.0,
         ge=0,
+        le=1_000_000,
         allow_inf_nan=False,
         description="Losses a pending selection adds to each node on its path.",
     )
     parallel_selections: int = Field(
         1, ge=1, le=64, description="Selections per tree per round, each at a distinct leaf."
     )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans(cls, value: Any) -> Any:
+        # `k: true` in YAML would otherwise be k=1 (a bool is an int to pydantic).
+        if isinstance(value, bool):
+            raise ValueError("a boolean is not a valid value here")
+        return value
 
     @model_validator(mode="after")
     def _step_fits_solution(self) -> SearchConfig:

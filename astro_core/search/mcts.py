@@ -44,12 +44,45 @@ from astro_core.trees import ROOT_ID, SearchTree, TreeNode
 SEARCH_REWARDS = RewardMapping(correct=1.0, incorrect=0.0)
 
 
+class GeneratorReplyError(ValueError):
+    """A generator reply that breaks the Generator Protocol; retrying it cannot help."""
+
+
 def sibling_priors(logprobs: Sequence[float]) -> list[float]:
-    """Softmax of the siblings' step log-probabilities: P(a|s) normalised over siblings."""
+    """Softmax of the siblings' step log-probabilities: P(a|s) normalised over siblings.
+
+    -inf (a step the model gives no probability) gets prior 0, and all -inf gives uniform
+    priors; NaN or +inf is no log-probability at all and is refused (it would make every
+    PUCT score NaN, and no child could be selected)."""
+    if any(math.isnan(lp) or lp == math.inf for lp in logprobs):
+        raise GeneratorReplyError(f"generator returned a step log-probability of {logprobs}")
     top = max(logprobs)
+    if top == -math.inf:
+        return [1.0 / len(logprobs)] * len(logprobs)
     weights = [math.exp(lp - top) for lp in logprobs]
     total = sum(weights)
     return [w / total for w in weights]
+
+
+def check_reply(completions: Sequence[Completion], prompts: int, n: int) -> None:
+    """Refuse a reply that is not n completions per prompt, in prompt order (the Generator
+    Protocol): the search reads them by position, and would silently give one prompt's
+    steps to another, or value a node with fewer than M rollouts."""
+    if len(completions) != prompts * n:
+        raise GeneratorReplyError(
+            f"generator returned {len(completions)} completions for {prompts} prompts x n={n}"
+        )
+    for position, completion in enumerate(completions):
+        if completion.prompt_index != position // n:
+            raise GeneratorReplyError(
+                f"generator returned completion {position} for prompt "
+                f"{completion.prompt_index}, expected {position // n}"
+            )
+        if not isinstance(completion.text, str) or completion.num_tokens < 0:
+            raise GeneratorReplyError(
+                f"generator returned completion {position} with text "
+                f"{type(completion.text).__name__} and {completion.num_tokens} tokens"
+            )
 
 
 def puct(q: float, prior: float, parent_visits: float, visits: float, c_puct: float) -> float:
@@ -278,8 +311,10 @@ class MCTS:
             nodes = new_nodes.get(tree.key, [])
             if not nodes and not paths.get(tree.key):
                 continue
+            # root_visits: the store refuses the round (TreeConflict) if another worker
+            # committed to the tree since this one read it (it took the tree over).
             for node_id, (visits, q) in self.store.commit(
-                tree.key, nodes, paths.get(tree.key, [])
+                tree.key, nodes, paths.get(tree.key, []), root_visits=tree.root.visits
             ).items():
                 tree.nodes[node_id].visits = visits
                 tree.nodes[node_id].q = q
@@ -301,6 +336,7 @@ class MCTS:
         )
         self.counters.generate_seconds += time.perf_counter() - started
         self.counters.generator_calls += 1
+        check_reply(completions, len(prompts), kw["n"])
         for tree in {id(t): t for t in trees}.values():
             tree.generator_calls += 1
         return completions

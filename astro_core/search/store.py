@@ -16,7 +16,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
-from astro_core.trees import TreeNode
+from astro_core.trees import ROOT_ID, TreeNode
+
+
+class TreeConflict(RuntimeError):
+    """A round committed on a stale view of its tree: another worker committed to the tree
+    since this one read it (it took the tree over while this one stalled). Nothing of the
+    round was written; the tree is the other worker's now."""
 
 
 @dataclass
@@ -70,10 +76,17 @@ class TreeStore(Protocol):
         ...
 
     def commit(
-        self, key: str, nodes: Sequence[StoredNode], paths: Sequence[Sequence[str]]
+        self,
+        key: str,
+        nodes: Sequence[StoredNode],
+        paths: Sequence[Sequence[str]],
+        root_visits: int | None = None,
     ) -> dict[str, tuple[int, float]]:
         """Atomically, one round: `add_nodes(nodes)`, then `backup` of each path in order.
-        Returns the final (visits, q) of every node on the paths."""
+        Returns the final (visits, q) of every node on the paths. With `root_visits` (the
+        root's visits the round was planned on) it writes nothing and raises TreeConflict
+        unless the stored root has exactly those visits: every commit backs up through the
+        root, so any other worker's commit since changed them."""
         ...
 
     def load_nodes(self, key: str) -> list[StoredNode]:
@@ -115,9 +128,18 @@ class MemoryTreeStore:
             return self._backup(key, path)
 
     def commit(
-        self, key: str, nodes: Sequence[StoredNode], paths: Sequence[Sequence[str]]
+        self,
+        key: str,
+        nodes: Sequence[StoredNode],
+        paths: Sequence[Sequence[str]],
+        root_visits: int | None = None,
     ) -> dict[str, tuple[int, float]]:
         with self._lock:
+            stored = self._nodes[key][ROOT_ID].node.visits
+            if root_visits is not None and stored != root_visits:
+                raise TreeConflict(
+                    f"tree {key}: the root has {stored} visits, the round expected {root_visits}"
+                )
             self._add(key, nodes)
             result: dict[str, tuple[int, float]] = {}
             for path in paths:

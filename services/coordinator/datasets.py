@@ -46,12 +46,12 @@ class DatasetAccess:
             path = self.roots[0] / path
         try:
             resolved = path.resolve()
-        except (OSError, RuntimeError) as exc:  # a symlink loop
+            if not any(resolved.is_relative_to(root) for root in self.roots):
+                raise unknown
+            if not resolved.exists():
+                raise unknown
+        except (OSError, RuntimeError) as exc:  # a symlink loop, a name too long
             raise unknown from exc
-        if not any(resolved.is_relative_to(root) for root in self.roots):
-            raise unknown
-        if not resolved.exists():
-            raise unknown
         return resolved
 
     def read(self, given: str) -> str:

@@ -5,8 +5,10 @@ Keys (all under `astro:search:`):
     job:{sid}            hash    state, problems_total, config (JSON), preset, model (JSON),
                                  client_request_id, created_unix, finished_unix, message
     job:{sid}:problems   list    the problems as JSON, in order; task i is problems[i]
+    job:{sid}:ids        hash    problem id -> its index (GetTree finds a tree in one read)
     job:{sid}:done       set     indices of finished problems (added once, atomically)
-    job:{sid}:counters   hash    problems_done, solved, generator_calls, setup_failures
+    job:{sid}:counters   hash    problems_done, solved, generator_calls, setup_failures,
+                                 nodes (of all its trees, counted by the tree store)
     job:{sid}:finished_by hash   index -> the replica (stream consumer) that finished it
     idem:{request id}    string  the search id a client request id started
     tasks                stream  one entry {sid, index} per problem; consumer group
@@ -69,6 +71,11 @@ def tree_key(sid: str, index: int) -> str:
     return f"{sid}:{index}"
 
 
+def counter_of_tree(key: str) -> str:
+    """The counters hash of the search a tree key (tree_key) belongs to."""
+    return job_key(key.rsplit(":", 1)[0], "counters")
+
+
 def problem_to_json(problem: Problem) -> str:
     return json.dumps(
         {"id": problem.id, "problem": problem.problem, "answer": problem.answer,
@@ -106,7 +113,7 @@ class JobStore:
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
-        self.trees = RedisTreeStore(client)
+        self.trees = RedisTreeStore(client, node_counter=counter_of_tree)
         self._finish = client.register_script(_FINISH)
         self._end = client.register_script(_END)
         self.queue = WorkQueue(client, TASKS, GROUP)
@@ -127,32 +134,47 @@ class JobStore:
         """Record a job and queue one task per problem. Returns (search id, created now);
         a repeated client_request_id returns the first search's id and queues nothing."""
         sid = uuid.uuid4().hex[:16]
-        if client_request_id:
-            idem = f"{PREFIX}idem:{client_request_id}"
-            if not self.client.set(idem, sid, nx=True):
-                return str(self.client.get(idem)), False
+        idem = f"{PREFIX}idem:{client_request_id}" if client_request_id else ""
         self.ensure_group()
-        pipe = self.client.pipeline(transaction=True)
-        pipe.hset(
-            job_key(sid),
-            mapping={
-                "search_id": sid,
-                "state": "running",
-                "problems_total": len(problems),
-                "config": config.model_dump_json(),
-                "preset": preset,
-                "model": json.dumps(model),
-                "client_request_id": client_request_id,
-                "created_unix": repr(time.time()),
-                "finished_unix": "",
-                "message": "",
-            },
-        )
-        pipe.rpush(job_key(sid, "problems"), *[problem_to_json(p) for p in problems])
-        pipe.hset(job_key(sid, "counters"), mapping={"problems_done": 0, "solved": 0})
-        for index in range(len(problems)):
-            pipe.xadd(TASKS, {"sid": sid, "index": index})
-        pipe.execute()
+        with self.client.pipeline(transaction=True) as pipe:
+            if idem:
+                # The key and the job are written in one transaction: a failed start leaves
+                # no key naming a search that was never recorded (a retry then got NOT_FOUND).
+                pipe.watch(idem)
+                first = pipe.get(idem)
+                if first is not None:
+                    return str(first), False
+                pipe.multi()
+                pipe.set(idem, sid)
+            pipe.hset(
+                job_key(sid),
+                mapping={
+                    "search_id": sid,
+                    "state": "running",
+                    "problems_total": len(problems),
+                    "config": config.model_dump_json(),
+                    "preset": preset,
+                    "model": json.dumps(model),
+                    "client_request_id": client_request_id,
+                    "created_unix": repr(time.time()),
+                    "finished_unix": "",
+                    "message": "",
+                },
+            )
+            pipe.rpush(job_key(sid, "problems"), *[problem_to_json(p) for p in problems])
+            ids: dict[str, int] = {}
+            for index, problem in enumerate(problems):
+                ids.setdefault(problem.id, index)  # a repeated id (a run's dataset): the first
+            pipe.hset(job_key(sid, "ids"), mapping=ids)  # type: ignore[arg-type]
+            pipe.hset(
+                job_key(sid, "counters"), mapping={"problems_done": 0, "solved": 0, "nodes": 0}
+            )
+            for index in range(len(problems)):
+                pipe.xadd(TASKS, {"sid": sid, "index": index})
+            try:
+                pipe.execute()
+            except redis.WatchError:  # the same request, at the same time: its search
+                return str(self.client.get(idem)), False
         return sid, True
 
     def exists(self, sid: str) -> bool:
@@ -176,6 +198,17 @@ class JobStore:
     def problems(self, sid: str) -> list[Problem]:
         raw: list[str] = self.client.lrange(job_key(sid, "problems"), 0, -1)  # type: ignore[assignment]
         return [problem_from_json(r) for r in raw]
+
+    def index_of(self, sid: str, problem_id: str) -> int | None:
+        """The index of the search's problem `problem_id`, or None."""
+        raw = self.client.hget(job_key(sid, "ids"), problem_id)
+        if raw is not None:
+            return int(str(raw))
+        if self.client.exists(job_key(sid, "ids")):
+            return None
+        # a search recorded before the index existed
+        problems = self.problems(sid)
+        return next((i for i, p in enumerate(problems) if p.id == problem_id), None)
 
     def problem(self, sid: str, index: int) -> Problem:
         raw = self.client.lindex(job_key(sid, "problems"), index)
@@ -233,10 +266,13 @@ class JobStore:
         record = self.record(sid)
         counters: dict[str, str] = self.client.hgetall(job_key(sid, "counters"))  # type: ignore[assignment]
         total = int(record["problems_total"])
-        pipe = self.client.pipeline(transaction=False)
-        for index in range(total):
-            pipe.hlen(f"{PREFIX}tree:{tree_key(sid, index)}:node")
-        nodes = sum(int(n) for n in pipe.execute()) if total else 0
+        if "nodes" in counters:
+            nodes = int(counters["nodes"])
+        else:  # a search recorded before the count existed: one read per tree
+            pipe = self.client.pipeline(transaction=False)
+            for index in range(total):
+                pipe.hlen(f"{PREFIX}tree:{tree_key(sid, index)}:node")
+            nodes = sum(int(n) for n in pipe.execute()) if total else 0
         done = int(counters.get("problems_done", 0))
         solved = int(counters.get("solved", 0))
         created = float(record["created_unix"])

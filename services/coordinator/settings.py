@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from services.jobs.backend import TrainerBackendSettings
 
@@ -92,3 +92,14 @@ class CoordinatorSettings(BaseModel):
         default_factory=TrainerBackendSettings,
         description="Where trainer jobs run: local child processes or Kubernetes Jobs.",
     )
+
+    @model_validator(mode="after")
+    def _heartbeat_within_reclaim(self) -> CoordinatorSettings:
+        # A replica refreshes its tasks every heartbeat; if that is not well within the
+        # reclaim time, live replicas take each other's tasks (and runs) back and forth.
+        if self.heartbeat_seconds * 2 > self.reclaim_idle_seconds:
+            raise ValueError(
+                f"heartbeat_seconds ({self.heartbeat_seconds}) must be at most half of "
+                f"reclaim_idle_seconds ({self.reclaim_idle_seconds})"
+            )
+        return self

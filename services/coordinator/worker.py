@@ -9,7 +9,9 @@ tasks it holds from looking idle while a long round runs.
 Failures end searches instead of looping: an error that retrying cannot fix (an unknown
 model, a refused credential, a bad request) fails the search at once with its message; a
 transient one (the generator unreachable, a timeout) is retried a bounded number of times,
-then fails the search. Either way the other searches of the replica go on.
+then fails the search. Either way the other searches of the replica go on. A round that
+lost its trees to another replica (TreeConflict: this one stalled past the reclaim time) or
+lost Redis is dropped without counting against the search.
 """
 
 from __future__ import annotations
@@ -25,10 +27,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+import redis
 
 from astro_core.prompts import ChatTemplate
 from astro_core.protocols import Generator, Verifier
 from astro_core.search.mcts import MCTS, TreeSearch
+from astro_core.search.store import TreeConflict
 from services.coordinator.jobs import JobStore, Task, tree_key
 from services.coordinator.settings import CoordinatorSettings
 from services.runtime.config import ClientConfig
@@ -163,6 +167,15 @@ class SearchWorker:
             before = driver.counters.generator_calls
             try:
                 driver.step([i.tree for i in items])
+            except (TreeConflict, redis.ConnectionError, redis.TimeoutError) as exc:
+                # Not the search's fault: another replica took its trees over while this one
+                # stalled, or this replica lost Redis. The trees are forgotten (reloaded
+                # when their tasks are next claimed) and the search is not failed for it.
+                log.warning(
+                    "search round dropped", extra={"search_id": sid, "error": describe(exc)}
+                )
+                self._drop(sid, items)
+                continue
             except Exception as exc:
                 self._round_failed(sid, items, exc)
                 continue
@@ -271,9 +284,7 @@ class SearchWorker:
         at once; transient ones do after MAX_FAILURES rounds in a row."""
         reason = describe(exc)
         log.error("search round failed", extra={"search_id": sid, "error": reason})
-        for item in items:
-            self._forget(item.task.entry_id)
-        self.drivers.pop(sid, None)
+        self._drop(sid, items)
         self.failures[sid] = self.failures.get(sid, 0) + 1
         if not is_retryable(exc):
             message = f"search round failed: {reason}"
@@ -284,6 +295,13 @@ class SearchWorker:
         self.jobs.end(sid, "failed", message)
         self.jobs.ack([i.task.entry_id for i in items])
         self.failures.pop(sid)
+
+    def _drop(self, sid: str, items: list[_Active]) -> None:
+        """Forget a search's trees and driver (their memory may be ahead of Redis, or behind
+        it); their tasks go idle and are reclaimed from the stored trees."""
+        for item in items:
+            self._forget(item.task.entry_id)
+        self.drivers.pop(sid, None)
 
     def _forget(self, entry_id: str) -> None:
         with self._lock:

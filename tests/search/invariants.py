@@ -63,6 +63,14 @@ def check_tree(
         expected = backed_up_q([(k.q, k.visits) for k in kids], node.rollout_value)
         assert math.isclose(node.q, expected, abs_tol=1e-9), (node.id, node.q, expected)
         assert node.visits >= (1 if node.id != "0" else cfg.iterations)
+        # Visits add up: a step starts at 1 (its valuation), its expansion backs it up once,
+        # and every later backup through it also backs up one of its children (which started
+        # at 1 each). The root starts at 0; an unexpanded non-terminal was never selected.
+        if kids:
+            expansion = 1 if node.id == "0" else 2
+            assert node.visits == sum(k.visits for k in kids) - cfg.k + expansion, node.id
+        elif not node.terminal:
+            assert node.visits == (0 if node.id == "0" else 1), (node.id, node.visits)
     for node in tree.nodes:
         if node.terminal and final_answer(node.text) is not None:
             assert node.answer == final_answer(node.text)

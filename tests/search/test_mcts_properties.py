@@ -5,7 +5,8 @@ may answer right or wrong, end with EOS, come back empty or run out of budget) a
 search, sometimes cut after a few rounds and resumed from the store by a fresh driver. Every
 finished tree must then satisfy, node by node:
 
-- the root's visits equal the iterations;
+- the root's visits equal the iterations, and every node's visits add up: an expanded node's
+  are its children's sum less their k starting visits, plus its own valuation and expansion;
 - every expanded node has exactly k step children whose priors are positive and sum to 1;
 - Q(s) = (sum over step children of Q*N + rollout_value(s)) / (sum of children N + 1);
 - a valued node's rollout_value is the share of its M rollouts that ended correct, and a
@@ -76,10 +77,14 @@ class RecordingStore:
         return self.inner.backup(key, path)
 
     def commit(
-        self, key: str, nodes: Sequence[StoredNode], paths: Sequence[Sequence[str]]
+        self,
+        key: str,
+        nodes: Sequence[StoredNode],
+        paths: Sequence[Sequence[str]],
+        root_visits: int | None = None,
     ) -> dict[str, tuple[int, float]]:
         self.paths += [list(path) for path in paths]
-        return self.inner.commit(key, nodes, paths)
+        return self.inner.commit(key, nodes, paths, root_visits)
 
     def load_nodes(self, key: str) -> list[StoredNode]:
         return self.inner.load_nodes(key)
