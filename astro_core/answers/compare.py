@@ -68,6 +68,8 @@ def answers_equal(
         return pred.letter == gold.letter or pred.text == gold.text
     if gold.text == pred.text and gold.text:
         return True
+    if gold.numeral is not None and pred.numeral is not None:
+        return gold.numeral == pred.numeral  # 52_8 is not 52_9 (a bare 52 is its digits)
     if gold.value is None and gold.assigned is None or pred.value is None and pred.assigned is None:
         return False
     if not strict_variables:
@@ -145,6 +147,7 @@ def values_equal(a: Any, b: Any, rules: Rules = _DEFAULT_RULES) -> bool:
     """
     if a is None or b is None:
         return False
+    a, b = _evaluated_set(a), _evaluated_set(b)
     if isinstance(a, MatrixBase) or isinstance(b, MatrixBase):
         return _matrices_equal(a, b, rules)
     if isinstance(a, sympy.Eq) and isinstance(b, sympy.Eq):
@@ -171,7 +174,7 @@ def values_equal(a: Any, b: Any, rules: Rules = _DEFAULT_RULES) -> bool:
     if isinstance(a, sympy.FiniteSet) and isinstance(b, sympy.FiniteSet):
         return _unordered_equal(list(a.args), list(b.args), rules)
     if isinstance(a, sympy.Union) and isinstance(b, sympy.Union):
-        return _unordered_equal(list(a.args), list(b.args), rules)
+        return _unordered_equal(_union_parts(a), _union_parts(b), rules)
     if _is_sequence(a) and _is_sequence(b):
         if isinstance(a, sympy.FiniteSet):  # a gold list or set has no order: `1, 2` = (2, 1)
             return _unordered_equal(_items(a), _items(b), rules)
@@ -183,6 +186,26 @@ def values_equal(a: Any, b: Any, rules: Rules = _DEFAULT_RULES) -> bool:
     if isinstance(a, sympy.Expr) and isinstance(b, sympy.Expr):
         return _expr_equal(a, b, rules)
     return bool(a == b)
+
+
+def _evaluated_set(value: Any) -> Any:
+    """A set difference or intersection as the set it is: the parser keeps them unevaluated,
+    so `\\mathbb{R} \\setminus [2, 3]` becomes `(-oo, 2) U (3, oo)`."""
+    if isinstance(value, sympy.Complement | sympy.Intersection):
+        try:
+            return type(value)(*value.args)
+        except Exception:  # sympy cannot evaluate every combination: keep it as written
+            return value
+    return value
+
+
+def _union_parts(union: sympy.Union) -> list[Any]:
+    """The sets of a union, nested unions flattened: the parser nests `A \\cup B \\cup C` in
+    the order written, so `(6, oo) U (4, 5) U (2, 3)` is `(6, oo) U ((4, 5) U (2, 3))`."""
+    parts: list[Any] = []
+    for part in union.args:
+        parts.extend(_union_parts(part) if isinstance(part, sympy.Union) else [part])
+    return parts
 
 
 def _is_sequence(value: Any) -> bool:

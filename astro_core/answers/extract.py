@@ -47,15 +47,18 @@ _FINAL_ANSWER = re.compile(
     re.IGNORECASE | re.DOTALL,
 )
 _SHORT_ANSWER_CHARS = 400
-# Unit words after a number ("5 cm^2", "12 square units"): the number is the answer. Only
-# words of two letters or more, after a space, so "5m" or "5 m" (perhaps a variable) stay.
+# Unit words after a number ("5 cm^2", "5cm", "12 square units"): the number is the answer.
+# Only words of two letters or more, so "5m" or "5 m" (perhaps a variable) stay.
 _UNIT = (
     r"(?:square|sq\.?|cubic|cu\.?)?\s*(?:cm|mm|km|in|inch|inches|ft|feet|foot|yd|yards?|miles?"
     r"|mi|meters?|metres?|units?|hours?|hrs?|minutes?|mins?|seconds?|secs?|days?|weeks?"
     r"|months?|years?|cents?|dollars?|degrees?|pounds?|lbs?|ounces?|oz|kg|grams?|liters?"
-    r"|litres?|gallons?|mph|people|students|ways|points)"
+    r"|litres?|gallons?|mph|kmh|people|students|ways|points|men|women|children|digits?|edges?"
+    r"|tiles?|coins?|apples?|marbles?|pieces?|rounds?|acres?|hectares?|rupees?|cubes?)"
 )
-NUMBER_WITH_UNIT = re.compile(r"(?P<number>-?[\d.,]*\d)\s+" + _UNIT + r"(?:\s*\^\s*\{?[23]\}?)?")
+NUMBER_WITH_UNIT = re.compile(r"(?P<number>-?[\d.,]*\d)\s*" + _UNIT + r"(?:\s*\^\s*\{?[23]\}?)?")
+# The same words after any answer: `12\pi square units`, `6\sqrt{2} cm`, `\frac12 hour`.
+TRAILING_UNIT = re.compile(r"(?<=[\w}])\s+" + _UNIT + r"(?:\s*\^\s*\{?[23]\}?)?$")
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,7 @@ def strip_emphasis(text: str) -> str:
     return re.sub(r"(?<![\w*\\^])\*(?=\S)([^*\n]+?)(?<=\S)\*(?![\w*])", r"\1", text)
 
 
-def _group_end(text: str, open_at: int) -> int | None:
+def group_end(text: str, open_at: int) -> int | None:
     """Index just past the brace that closes the `{` at `open_at`; \\{ and \\} do not count."""
     depth = 0
     i = open_at
@@ -110,7 +113,7 @@ def find_boxes(text: str) -> list[tuple[int, int, str]]:
         while i < len(text) and text[i] == " ":
             i += 1
         if i < len(text) and text[i] == "{":
-            end = _group_end(text, i)
+            end = group_end(text, i)
             if end is None:
                 boxes.append((start, len(text), text[i + 1 :]))
                 return boxes
@@ -143,7 +146,17 @@ def last_boxed(text: str) -> str | None:
         if not _joined_with_previous(text[box[1] : group[0][0]]):
             break
         group.insert(0, box)
-    return ", ".join(content.strip() for _, _, content in group)
+    return ", ".join(_unboxed(content.strip()) for _, _, content in group)
+
+
+def _unboxed(content: str) -> str:
+    """`\\boxed{\\boxed{B}}` boxes `B`: a box that is all of a box's content is dropped."""
+    for _ in range(10):
+        inner = find_boxes(content)
+        if len(inner) != 1 or inner[0][0] != 0 or inner[0][1] != len(content):
+            break
+        content = inner[0][2].strip()
+    return content
 
 
 # Math spans joined into one answer: "$x=1$ or $x=-2$", "$1$, $2$, and $3$" (at most 6).
@@ -238,8 +251,11 @@ def _looks_like_bare_math(text: str) -> bool:
     return re.search(r"[a-zA-Z]{2,}", words) is None and math is not None
 
 
-def _is_number_with_unit(text: str) -> bool:
-    return NUMBER_WITH_UNIT.fullmatch(text.strip().rstrip(".")) is not None
+def _is_math_with_unit(text: str) -> bool:
+    """`5 cm^2`, `12\\pi square units`: an answer followed by unit words."""
+    text = text.strip().rstrip(".")
+    without_unit = TRAILING_UNIT.sub("", text)
+    return without_unit != text and _looks_like_bare_math(without_unit)
 
 
 def _looks_like_bare_text(text: str) -> bool:
@@ -267,7 +283,7 @@ def extract_answer(text: str, fallback: Fallback = "last_math") -> Extraction:
         return Extraction(last_boxed(text) or "", "boxed")
     if final is not None:
         return Extraction(final[1], "final_answer")
-    if _looks_like_bare_math(plain) or _looks_like_bare_text(plain) or _is_number_with_unit(plain):
+    if _looks_like_bare_math(plain) or _looks_like_bare_text(plain) or _is_math_with_unit(plain):
         return Extraction(plain.strip().rstrip("."), "whole")
     found = None
     if fallback == "last_math":

@@ -6,7 +6,9 @@
 - scientific e-notation: `5e-4`, `1.2E+3` become `5\\times10^{-4}`, `1.2\\times10^{3}`
   (a number standing alone; inside an exponent `2e-1` stays 2e - 1);
 - spellings of the imaginary unit: `\\mathrm{i}`, `\\text{i}`, `\\mathit{i}`, `\\imath`
-  become `i` (`parse` reads a free `i` as the imaginary unit);
+  become `i` (`parse` reads a free `i` as the imaginary unit); an upright `\\mathrm{e}` is
+  Euler's number `e`;
+- a root of one token without braces: `\\sqrt[3]2` becomes `\\sqrt[3]{2}`;
 - Unicode mathematics as models write it: `π`, `∞`, `√2`, `√(x+1)`, `½`, `2½`, `x²`, `−`,
   `×`, `·`, `≤`, `≥`, `≠` become their LaTeX.
 """
@@ -31,6 +33,10 @@ _E_NOTATION = re.compile(
     r"(?<![\w.\\^{}])(?P<mantissa>\d+(?:\.\d+)?)[eE](?P<exponent>[+-]?\d{1,4})(?![\w.}^])"
 )
 _IMAGINARY = re.compile(r"\\(?:mathrm|mathit|text|textit)\s*\{\s*i\s*\}|\\imath(?![a-zA-Z])")
+_EULER = re.compile(r"\\(?:mathrm|text)\s*\{\s*e\s*\}")
+_ROOT_TOKEN = re.compile(
+    r"\\sqrt\s*\[\s*(?P<index>\d{1,3})\s*\]\s*(?P<token>\d|[a-zA-Z](?![a-zA-Z]))"
+)
 
 
 _SYMBOLS = {
@@ -127,4 +133,8 @@ def rewrite_notation(text: str) -> str:
         )
     if "i" in text:
         text = _IMAGINARY.sub("i", text)
+    if "e" in text:
+        text = _EULER.sub("e", text)
+    if "\\sqrt" in text:
+        text = _ROOT_TOKEN.sub(r"\\sqrt[\g<index>]{\g<token>}", text)
     return text

@@ -13,7 +13,7 @@ from astro_core.answers.compare import answers_equal
 from astro_core.answers.config import VerifierConfig
 from astro_core.answers.extract import extract_answer, extract_gold
 from astro_core.answers.fast import quick_verdict
-from astro_core.answers.parse import parse_answer
+from astro_core.answers.parse import decimal_commas, option_letter, parse_answer
 from astro_core.protocols import RewardMapping, VerifyItem, VerifyResult
 
 _PERCENT_PROBLEM = re.compile(r"percent|%", re.IGNORECASE)
@@ -47,18 +47,20 @@ def check(item: VerifyItem, config: VerifierConfig | None = None) -> Verdict:
     if not extraction.answer:
         return Verdict(False, "", "no answer")
     percent_problem = bool(_PERCENT_PROBLEM.search(item.problem))
-    gold_text = extract_gold(gold).answer
+    # "1,22" next to "1.22" is a decimal comma, else a list; "Plane" names option "(C) Plane"
+    gold_text, answer = decimal_commas(extract_gold(gold).answer, extraction.answer)
+    answer = option_letter(item.problem, gold_text, answer) or answer
     try:
         quick = quick_verdict(
             gold_text,
-            extraction.answer,
+            answer,
             percent_problem=percent_problem,
             float_places=config.float_places,
         )
         if quick is not None:  # plain numbers, letters, identical text: no parser needed
             return Verdict(quick, extraction.answer, "equal" if quick else "not equal")
         gold_answer = parse_answer(gold_text)
-        pred_answer = parse_answer(extraction.answer)
+        pred_answer = parse_answer(answer)
         equal = answers_equal(
             gold_answer,
             pred_answer,
@@ -81,4 +83,5 @@ def to_result(verdict: Verdict, rewards: RewardMapping) -> VerifyResult:
 
 def is_equivalent(gold: str, answer: str) -> bool:
     """Are two bare answers the same (no extraction from a response)? For tests and tools."""
+    gold, answer = decimal_commas(gold, answer)
     return answers_equal(parse_answer(gold), parse_answer(answer))

@@ -96,6 +96,10 @@ MATRICES: list[Case] = [
     (r"\begin{pmatrix}1\\2\\3\end{pmatrix}", r"\begin{pmatrix}1&2&3\end{pmatrix}", False),
     (r"\begin{pmatrix}1&2\\3&4\end{pmatrix}", r"\begin{pmatrix}1&2\\3&5\end{pmatrix}", False),
     (r"\begin{pmatrix} 2 \\ -1 \end{pmatrix}", "(-1,2)", False),
+    # a vector in angle brackets
+    (r"\begin{pmatrix} 6 \\ -17 \end{pmatrix}", r"\langle 6, -17 \rangle", True),
+    (r"\begin{pmatrix} 6 \\ -17 \end{pmatrix}", r"\left\langle 6,-17\right\rangle", True),
+    (r"\begin{pmatrix} 6 \\ -17 \end{pmatrix}", r"\langle -17, 6 \rangle", False),
 ]
 
 REPEATING_DECIMALS: list[Case] = [
@@ -165,6 +169,9 @@ BARE_TEXT_AND_LETTERS: list[Case] = [
     ("E", "(E) none of these", True),
     ("B", r"\left(B\right)", True),
     ("B", r"\left(C\right)", False),
+    (r"\text{east}", r"\displaystyle \text{east}", True),
+    (r"\text{east}", r"\;\text{East}", True),
+    (r"\text{east}", r"\displaystyle \text{west}", False),
     ("A", "B) 5", False),
     (r"\text{Monday}", "Tuesday", False),
     (r"\text{(C)}", "D", False),
@@ -206,6 +213,23 @@ UNITS_AND_TEXT: list[Case] = [
     ("12", "12 square units", True),
     ("3", "3 hours", True),
     ("5", "5 x", False),  # a variable is not a unit
+    ("5", "5cm", True),  # a unit word of two letters or more, written close
+    ("3.5", "3.5km", True),
+    ("6", "5cm", False),
+    ("5", "5t", False),  # one letter: perhaps a variable
+    ("864", r"864\ \text{inches}^2", True),
+    (r"12\pi", "12\\pi square units", True),
+    (r"6\sqrt{2}", r"6\sqrt{2}\text{ cm}", True),
+    (r"\frac{1}{2}", r"\frac12 \text{ hour}", True),
+    ("5.4", r"5.4\text{¢}", True),
+    ("12", r"12~\text{cm}", True),
+    ("12", r"12 \mathrm{~cm}", True),
+    ("9", "9 apples", True),
+    (r"9 \text{ p.m.}", r"9\text{ p.m.}", True),
+    (r"9 \text{ p.m.}", r"9 \text{ a.m.}", False),  # not a unit
+    (r"\$18.90", r"18.90\$", True),
+    (r"6\sqrt{2}", r"6\sqrt{3}\text{ cm}", False),
+    (r"\$18.90", r"19.80\$", False),
     ("12", "13 square units", False),
     ("5", r"6 \text{ cm}", False),
     (r"\$12.50", "12.05", False),
@@ -231,6 +255,12 @@ INTERVALS: list[Case] = [
     ("[2, 5)", "[2,5]", False),
     (r"(-\infty, 3)", r"x \le 3", False),
     (r"(0,1)\cup(2,3)", r"(0,1)\cup[2,3)", False),
+    # a union of three or more, in any order; a set difference is the set it leaves
+    (r"(0,1)\cup(2,3)\cup(4,5)\cup(6,\infty)", r"(6,\infty)\cup(4,5)\cup(2,3)\cup(0,1)", True),
+    (r"(0,1)\cup(2,3)\cup(4,5)\cup(6,\infty)", r"(6,\infty)\cup(4,5]\cup(2,3)\cup(0,1)", False),
+    (r"(-\infty, 2) \cup (3, \infty)", r"\mathbb{R} \setminus [2,3]", True),
+    (r"(-\infty, 2) \cup (2, \infty)", r"\mathbb{R} \setminus \{2\}", True),
+    (r"(-\infty, 2) \cup (3, \infty)", r"\mathbb{R} \setminus (2,3)", False),
 ]
 
 SETS_AND_TUPLES: list[Case] = [
@@ -260,6 +290,22 @@ SETS_AND_TUPLES: list[Case] = [
     ("(1,2,3)", "3, 2, 1", False),
     ("1, 2, 3", "(3, 2, 1)", True),
     ("3, 5, 7", r"\{7, 5, 3\}", True),
+    ("3, 5, 7", r"3 \text{, } 5 \text{, and } 7", True),
+    # a list of words: the last word is an item, not a unit
+    (r"\text{Devon}, \text{Ezra}", r"\text{Ezra} \text{ and } \text{Devon}", True),
+    (r"\text{Devon}, \text{Ezra}", r"\text{Devon}, \text{Bob}", False),
+    # a comma between digits is a list ("8,12": enter all values, separated by commas),
+    # and a decimal comma only next to a decimal (THOUSANDS)
+    ("8,12", "12, 8", True),
+    ("0,1", "1, 0", True),
+    ("-330,90", "90, -330", True),
+    ("8,12", "8.12", True),
+    ("8,12", "8, 13", False),
+    ("0,1", "0.1, 1", False),
+    # braces that only group the whole answer
+    ("(2,4)", "{(2,4)}", True),
+    (r"\text{Evelyn}", r"{\text{Evelyn}}", True),
+    ("(2,4)", "{(2,5)}", False),
 ]
 
 DEGREES: list[Case] = [
@@ -270,6 +316,48 @@ DEGREES: list[Case] = [
     (r"90^\circ", r"90 \degree", True),
     (r"30^\circ", r"31^\circ", False),
     (r"30^\circ", r"\frac{\pi}{6}", False),
+    (r"90^\circ", r"{90^\circ}", True),  # a brace is dropped only with the one it closes
+    (r"\frac{270}7\text{ degrees}", r"\frac{270^\circ}{7}", True),
+    (r"60^\circ, 120^\circ", r"60^\circ,120^\circ", True),  # a list, not 60,120
+    (r"60^\circ, 120^\circ", "60120", False),
+    (r"60^\circ, 120^\circ", r"60^\circ,100^\circ", False),
+    # inside a trigonometric function a degree is pi/180
+    (r"\sin 20^\circ", r"\cos 70^\circ", True),
+    (r"\frac{1}{2}", r"\sin 30^\circ", True),
+    (r"\sin 20^\circ", r"\sin 70^\circ", False),
+    (r"\frac{1}{2}", r"\cos 30^\circ", False),
+]
+
+RADICALS: list[Case] = [
+    (r"2\sqrt{2}", r"\sqrt{8}", True),
+    (r"\sqrt[3]{2}", r"\sqrt[3]2", True),
+    (r"\sqrt[3]{2}", "2^{1/3}", True),
+    (r"2\sqrt[3]{3}", r"\sqrt[3]{24}", True),
+    (r"\sqrt[3]{2}", r"\sqrt{2}", False),
+    (r"2\sqrt[3]{3}", r"\sqrt[3]{18}", False),
+    (r"2\sqrt{2}", r"\sqrt{6}", False),
+]
+
+BASES: list[Case] = [
+    # a numeral in a base: another base is another answer; without a base, its digits
+    ("52_8", "52_{8}", True),
+    ("52_8", "(52)_8", True),
+    ("52_8", "52_{(8)}", True),
+    ("52_8", "52", True),
+    ("11011100_2", "(11011100)_{2}", True),
+    ("52_8", "52_9", False),
+    ("52_8", "52_{10}", False),
+    ("4210_{5}", "4201_5", False),
+    ("52_8", "53", False),
+]
+
+BOXES: list[Case] = [
+    # a box inside the box is the answer (the test boxes each answer once more)
+    ("B", r"\boxed{B}", True),
+    (r"90^\circ", r"\boxed{90^\circ}", True),
+    (r"\text{(C)}", r"\boxed{\text{(C)}}", True),
+    ("B", r"\boxed{C}", False),
+    (r"90^\circ", r"\boxed{\boxed{91^\circ}}", False),
 ]
 
 FRACTION_FORMS: list[Case] = [
@@ -300,8 +388,15 @@ THOUSANDS: list[Case] = [
     ("1234", "1 234", True),
     ("1234.5", "1,234.5", True),
     ("12345", r"12,\!345", True),
+    ("12345", r"12, \!345", True),  # a \! after the comma: still a thousands separator
     ("1234", "1,235", False),
     ("32349", "32, 349", False),  # a list of two numbers
+    ("12345", r"12, \!346", False),
+    # a decimal comma, next to a decimal
+    ("1.22", "1,22", True),
+    ("1,22", "1.22", True),
+    ("1000.99", "1000,99", True),
+    ("1,22", "1.23", False),
 ]
 
 PLUS_MINUS: list[Case] = [
@@ -320,6 +415,11 @@ PLUS_MINUS: list[Case] = [
     (r"\frac{1\pm\sqrt{5}}{2}", r"\frac{1+\sqrt5}{2}", False),
     (r"\frac{-3\pm\sqrt{17}}{4}", r"\frac{3\pm\sqrt{17}}{4}", False),
     (r"\frac{1\pm\sqrt{5}}{2}", r"\frac{1\pm\sqrt{3}}{2}", False),
+    # a \pm in one item of a list: both values are items
+    (r"\{1\pm\sqrt{5},-2\}", r"x=-2, x = 1\pm\sqrt{5}", True),
+    (r"\{1\pm\sqrt{5},-2\}", r"\frac{2\pm\sqrt{20}}{2}, -2", True),
+    (r"\{1\pm\sqrt{5},-2\}", r"x=2, x = 1\pm\sqrt{5}", False),
+    (r"\{1\pm\sqrt{5},-2\}", r"x=-2, x = 1+\sqrt{5}", False),
 ]
 
 EQUATIONS: list[Case] = [
@@ -369,6 +469,18 @@ BARE_FORMULAS: list[Case] = [
     ("2x", "x*2", True),
     ("x+y", "x-y", False),
     ("a^2-b^2", "(a-b)^2", False),
+    # a letter at the end is a variable, never a unit
+    (r"\sin^2 t", r"\sin^{2}t", True),
+    ("2ab", r"2b \cdot a", True),
+    ("5t", "5", False),
+    ("x+5t", "x+5", False),
+    (r"2\pi r h", r"2\pi r", False),
+    ("2ab", "2", False),
+    (r"\frac{1}{2} m", r"\frac{1}{2}", False),
+    # an upright e is Euler's number
+    ("e", r"\mathrm{e}", True),
+    ("e^2", r"\mathrm{e}^2", True),
+    ("e^2", r"\mathrm{e}^3", False),
 ]
 
 TABLES = {
@@ -384,6 +496,9 @@ TABLES = {
     "intervals": INTERVALS,
     "sets and tuples": SETS_AND_TUPLES,
     "degrees": DEGREES,
+    "bases": BASES,
+    "radicals": RADICALS,
+    "boxes": BOXES,
     "fraction forms": FRACTION_FORMS,
     "mixed numbers": MIXED_NUMBERS,
     "thousands separators": THOUSANDS,
@@ -450,6 +565,33 @@ JOINED_SPANS: list[tuple[str, str, bool]] = [
 @pytest.mark.parametrize(("gold", "response", "equal"), JOINED_SPANS)
 def test_joined_math_spans(gold: str, response: str, equal: bool) -> None:
     verdict = check(VerifyItem(response, gold))
+    assert verdict.correct is equal, verdict
+
+
+OPTION_PROBLEM = (
+    "Find the curve defined by the equation \\[r^2 \\cos 2 \\theta = 4.\\](A) Line (B) Circle "
+    "(C) Parabola (D) Ellipse (E) Hyperbola  Enter the letter of the correct option."
+)
+AMC_PROBLEM = (
+    "Which equation has the largest solution $x$?  $\\textbf{(A)}\\ 3(1 + r)^x = 7\\qquad "
+    "\\textbf{(B)}\\ 3(1 + r/10)^x = 7\\qquad \\textbf{(C)}\\ 3(1 + 2r)^x = 7$"
+)
+OPTION_VALUES: list[tuple[str, str, str, bool]] = [
+    # a choice gold, answered with the option's text (the problem lists the options)
+    (OPTION_PROBLEM, r"\text{(E)}", "Hyperbola", True),
+    (OPTION_PROBLEM, r"\text{(E)}", r"\text{hyperbola}", True),
+    (OPTION_PROBLEM, r"\text{(E)}", "(E) Hyperbola", True),
+    (AMC_PROBLEM, r"\text{(B)}", "3(1 + r/10)^x = 7", True),
+    (OPTION_PROBLEM, r"\text{(E)}", "Ellipse", False),
+    (OPTION_PROBLEM, r"\text{(E)}", "(D) Hyperbola", False),
+    (AMC_PROBLEM, r"\text{(B)}", "3(1 + r)^x = 7", False),
+    ("Which is it, a line or a hyperbola?", r"\text{(E)}", "Hyperbola", False),  # no options
+]
+
+
+@pytest.mark.parametrize(("problem", "gold", "answer", "equal"), OPTION_VALUES)
+def test_option_value_for_a_choice_gold(problem: str, gold: str, answer: str, equal: bool) -> None:
+    verdict = check(VerifyItem(f"So the answer is $\\boxed{{{answer}}}$.", gold, problem))
     assert verdict.correct is equal, verdict
 
 
