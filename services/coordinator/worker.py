@@ -12,17 +12,24 @@ transient one (the generator unreachable, a timeout) is retried a bounded number
 then fails the search. Either way the other searches of the replica go on. A round that
 lost its trees to another replica (TreeConflict: this one stalled past the reclaim time) or
 lost Redis is dropped without counting against the search.
+
+A search that ends (CancelSearch, or failed elsewhere) while its round waits on the generator
+frees the worker within about a second: a watcher thread sees the search's state change and
+sets its `ended` event, which cuts the in-flight Generate call short (GeneratorClient cancels
+the call, and the generator stops that work). A generator whose `generate` takes no `cancel`
+keyword runs its call to the end.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +37,7 @@ import grpc
 import redis
 
 from astro_core.prompts import ChatTemplate
-from astro_core.protocols import Generator, Verifier
+from astro_core.protocols import Completion, Generator, Verifier
 from astro_core.search.mcts import MCTS, TreeSearch
 from astro_core.search.store import TreeConflict
 from services.coordinator.jobs import JobStore, Task, tree_key
@@ -38,6 +45,9 @@ from services.coordinator.settings import CoordinatorSettings
 from services.runtime.config import ClientConfig
 
 log = logging.getLogger("astro.coordinator.worker")
+
+# How often the states of the searches being advanced are read, to cut an ended one short.
+ENDED_POLL_SECONDS = 0.5
 
 MAX_FAILURES = 3  # rounds of one search that may fail in a row (transient errors) before it fails
 
@@ -97,6 +107,35 @@ def consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
+class SearchEnded(Exception):
+    """A round cut short because its search ended (cancelled) while it ran."""
+
+
+class EndableGenerator:
+    """A search's view of the backends' generator: once `ended` is set, its calls stop (an
+    in-flight one too, when the generator's `generate` takes a `cancel` event)."""
+
+    def __init__(self, generator: Generator) -> None:
+        self.generator = generator
+        self.ended = threading.Event()
+        try:
+            self.cancellable = "cancel" in inspect.signature(generator.generate).parameters
+        except (TypeError, ValueError):
+            self.cancellable = False
+
+    def generate(self, prompts: Sequence[str], **kwargs: Any) -> list[Completion]:
+        if self.ended.is_set():
+            raise SearchEnded("the search ended")
+        if self.cancellable:
+            kwargs["cancel"] = self.ended
+        try:
+            return self.generator.generate(prompts, **kwargs)
+        except Exception as exc:
+            if self.ended.is_set():
+                raise SearchEnded("the search ended while its generator call ran") from exc
+            raise
+
+
 @dataclass
 class _Active:
     task: Task
@@ -113,6 +152,7 @@ class SearchWorker:
     def __post_init__(self) -> None:
         self.active: dict[str, _Active] = {}
         self.drivers: dict[str, MCTS] = {}
+        self.generators: dict[str, EndableGenerator] = {}
         self.failures: dict[str, int] = {}
         self.loaded_model: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -122,7 +162,11 @@ class SearchWorker:
     # ---- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> None:
-        for target, name in ((self._loop, "search-worker"), (self._beat, "search-heartbeat")):
+        for target, name in (
+            (self._loop, "search-worker"),
+            (self._beat, "search-heartbeat"),
+            (self._watch_ended, "search-ended-watch"),
+        ):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -150,6 +194,18 @@ class SearchWorker:
             except Exception:
                 log.exception("heartbeat failed")
 
+    def _watch_ended(self) -> None:
+        """Set the `ended` event of each search being advanced that is no longer running."""
+        while not self._stop.wait(ENDED_POLL_SECONDS):
+            try:
+                with self._lock:
+                    watched = dict(self.generators)
+                for sid, generator in watched.items():
+                    if not generator.ended.is_set() and self.jobs.state(sid) != "running":
+                        generator.ended.set()
+            except Exception:
+                log.exception("reading search states failed")
+
     # ---- one round -----------------------------------------------------------------------
 
     def run_once(self) -> int:
@@ -176,6 +232,11 @@ class SearchWorker:
                 )
                 self._drop(sid, items)
                 continue
+            except SearchEnded:
+                log.info("search round cut short: the search ended", extra={"search_id": sid})
+                self.jobs.ack([i.task.entry_id for i in items])
+                self._drop(sid, items)
+                continue
             except Exception as exc:
                 self._round_failed(sid, items, exc)
                 continue
@@ -187,6 +248,8 @@ class SearchWorker:
                     self._finish(driver, item)
         for sid in [s for s in self.drivers if s not in by_search]:
             del self.drivers[sid]
+            with self._lock:
+                self.generators.pop(sid, None)
         return advanced
 
     def _claim(self) -> None:
@@ -247,8 +310,11 @@ class SearchWorker:
                 if model != self.loaded_model:
                     self.backends.load_model(model)
                     self.loaded_model = model
+            generator = EndableGenerator(self.backends.generator)
+            with self._lock:
+                self.generators[sid] = generator
             self.drivers[sid] = MCTS(
-                self.backends.generator,
+                generator,
                 self.backends.verifier,
                 self.jobs.trees,
                 self.jobs.config(sid),
@@ -302,6 +368,8 @@ class SearchWorker:
         for item in items:
             self._forget(item.task.entry_id)
         self.drivers.pop(sid, None)
+        with self._lock:
+            self.generators.pop(sid, None)
 
     def _forget(self, entry_id: str) -> None:
         with self._lock:

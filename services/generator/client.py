@@ -8,11 +8,14 @@ like a local engine.
 
 Bad arguments raise `InvalidRequest` (a ValueError) with the server's message, as a local
 engine does; other failures are grpc.RpcError (RESOURCE_EXHAUSTED when the server's queue
-is full, UNAVAILABLE while it is unreachable after the channel's retries).
+is full, UNAVAILABLE while it is unreachable after the channel's retries). A `cancel` event
+given to `generate` cuts the call short when set (GenerationCancelled): the call is
+cancelled, and the server stops that work.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,6 +27,14 @@ from astro_core.protocols import Completion, FinishReason
 from services.protos.astro.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 from services.runtime.client import sync_channel
 from services.runtime.config import ClientConfig, client_config_from_env
+
+# How often a call that may be cancelled looks at its cancel event.
+CANCEL_POLL_SECONDS = 0.05
+
+
+class GenerationCancelled(Exception):
+    """A Generate call cut short by its `cancel` event."""
+
 
 # Generation of long chains of thought takes a while; callers may pass their own timeout.
 DEFAULT_TIMEOUT_SECONDS = 600.0
@@ -114,8 +125,10 @@ class GeneratorClient:
         seed: int | None = None,
         logprobs: bool = False,
         timeout: float | None = None,
+        cancel: threading.Event | None = None,
     ) -> list[Completion]:
-        """The Generator Protocol over gRPC; each completion carries its token ids."""
+        """The Generator Protocol over gRPC; each completion carries its token ids. When
+        `cancel` is set before the reply comes, the call is cancelled (GenerationCancelled)."""
         per_prompt = [] if isinstance(max_tokens, int) else [int(b) for b in max_tokens]
         params = generator_pb2.SamplingParams(
             n=n,
@@ -131,12 +144,27 @@ class GeneratorClient:
             prompts=list(prompts), params=params, max_tokens_per_prompt=per_prompt
         )
         try:
-            reply = self.stub.Generate(request, timeout=timeout or self.timeout)
+            if cancel is None:
+                reply = self.stub.Generate(request, timeout=timeout or self.timeout)
+            else:
+                reply = self._cancellable(request, timeout or self.timeout, cancel)
         except grpc.RpcError as exc:
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 raise InvalidRequest(exc.details()) from exc
             raise
         return [_completion(c) for c in reply.completions]
+
+    def _cancellable(
+        self, request: generator_pb2.GenerateRequest, timeout: float, cancel: threading.Event
+    ) -> generator_pb2.GenerateResponse:
+        call = self.stub.Generate.future(request, timeout=timeout)
+        done = threading.Event()
+        call.add_done_callback(lambda _: done.set())
+        while not done.wait(CANCEL_POLL_SECONDS):
+            if cancel.is_set():
+                call.cancel()
+                raise GenerationCancelled("the generate call was cancelled")
+        return call.result()
 
     def model_info(self, *, timeout: float | None = None) -> ModelInfo:
         """What the generator serves (waits while its first model loads, up to the timeout)."""

@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from astro_core.engines import EngineConfig, GenerationRequest, InvalidRequest, load_engine
 from astro_core.engines.base import Engine
 from astro_core.protocols import Generator
-from services.generator.client import GeneratorClient
+from services.generator.client import GenerationCancelled, GeneratorClient
 from services.generator.server import SERVICE, GeneratorService, add_generator
 from services.protos.astro.v1 import common_pb2, generator_pb2, generator_pb2_grpc
 from services.runtime.client import sync_channel
@@ -500,6 +500,31 @@ def test_abandoned_calls_stop_decoding_and_free_the_engine(tiny_model_dir: Path)
         # Each long call stopped soon after it was abandoned: far from its 6000 steps.
         assert stats.steps < 6000
         assert stats.calls == 4
+
+
+def test_a_client_s_cancel_event_ends_its_call_and_the_server_s_work(
+    tiny_model_dir: Path,
+) -> None:
+    """`GeneratorClient.generate(cancel=event)`: setting the event mid-decode raises
+    GenerationCancelled at once, and the server drops the call at its next step (the
+    coordinator's worker cuts a cancelled search's round short this way)."""
+    settings = {"model": {"path": str(tiny_model_dir)}, "max_batch_size": 1, "max_wait_ms": 0}
+    with generator_service(settings) as (svc, service):
+        stats = service.batcher.stats
+        with GeneratorClient(svc.client_config()) as client:
+            client.model_info(timeout=60)
+            cancel = threading.Event()
+            timer = threading.Timer(1.0, cancel.set)
+            timer.start()
+            started = time.monotonic()
+            with pytest.raises(GenerationCancelled):
+                client.generate([LONG_PROMPT], max_tokens=6000, temperature=0, cancel=cancel)
+            assert time.monotonic() - started < 1.0 + 5
+            deadline = time.monotonic() + 30
+            while stats.cancelled_calls < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert stats.cancelled_calls == 1 and stats.steps < 6000
+            assert len(client.generate(["hi"], max_tokens=4, cancel=threading.Event())) == 1
 
 
 def test_call_limits_over_grpc(tiny_model_dir: Path) -> None:

@@ -8,7 +8,7 @@ import base64
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,9 @@ import grpc
 import pytest
 
 from services.coordinator.runs import service as runs_service
+from services.coordinator.runs.store import RunStore
 from services.protos.astro.v1 import run_pb2
+from services.runtime.redis_store import RedisHandle, connect_redis
 from tests.runs.conftest import Coordinator
 from tests.runs.test_start_errors import message
 
@@ -36,6 +38,21 @@ def refused(
 
 def files_under(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+def redis_handle(tmp_path: Path) -> Iterator[RedisHandle]:
+    """The coordinator's Redis, which a test may stop (conftest's redis_url, held here)."""
+    handle = connect_redis(None, tmp_path / "redis")
+    try:
+        yield handle
+    finally:
+        handle.close()
+
+
+@pytest.fixture
+def redis_url(redis_handle: RedisHandle) -> str:
+    return redis_handle.url
 
 
 @pytest.fixture
@@ -316,3 +333,42 @@ def test_a_start_with_fields_this_coordinator_does_not_know_is_refused(
         assert status.spec.base_model.path == str(model_dir)
     finally:
         channel.close()
+
+
+def test_a_lost_redis_is_unavailable_not_internal(
+    api_only: Coordinator, model_dir: Path, redis_handle: RedisHandle, tmp_path: Path
+) -> None:
+    """Regression: with Redis gone every Runs call failed INTERNAL (an open watch too), with
+    a traceback in the log; UNAVAILABLE is what a client retries, and a watch resumes."""
+    if not redis_handle.embedded:
+        pytest.skip("an external Redis (REDIS_URL) is not this test's to stop")
+    stub = api_only.client._stub
+    rid = api_only.client.start(message(model_dir)).run_id
+    watch = stub.WatchRun(run_pb2.WatchRunRequest(run_id=rid), timeout=60)
+    first = next(watch)
+    redis_handle.close()
+    unavailable = "the coordinator's run store is unavailable: "
+    details = refused(list, watch, code=grpc.StatusCode.UNAVAILABLE)
+    assert details.startswith(unavailable), details
+
+    def watch_all(request: run_pb2.WatchRunRequest, **kwargs: Any) -> list[Any]:
+        return list(stub.WatchRun(request, **kwargs))
+
+    get = run_pb2.GetRunRequest(run_id=rid)
+    calls: list[tuple[Callable[..., Any], Any]] = [
+        (stub.StartRun, run_pb2.StartRunRequest(spec=message(model_dir, name="another"))),
+        (stub.GetRun, get),
+        (stub.ListRuns, run_pb2.ListRunsRequest()),
+        (watch_all, run_pb2.WatchRunRequest(run_id=rid)),
+        (watch_all, run_pb2.WatchRunRequest(run_id=rid, after_event_id=first.event_id)),
+        (stub.CancelRun, get),
+    ]
+    for call, request in calls:
+        details = refused(call, request, code=grpc.StatusCode.UNAVAILABLE, timeout=30)
+        assert details.startswith(unavailable), (call, details)
+        assert "Traceback" not in details, details
+    # Nothing stored was lost (or half-written by the refused start and cancel).
+    with connect_redis(None, tmp_path / "redis") as again:
+        store = RunStore(again.client)
+        assert [found for found, _ in store.page(10, None)] == [rid]
+        assert store.state(rid) == "pending"

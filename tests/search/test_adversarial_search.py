@@ -498,3 +498,36 @@ def test_a_heartbeat_not_well_within_the_reclaim_time_is_refused() -> None:
     with pytest.raises(ValueError, match=r"heartbeat_seconds \(30.0\) must be at most half"):
         CoordinatorSettings(heartbeat_seconds=30, reclaim_idle_seconds=10)
     CoordinatorSettings(heartbeat_seconds=5, reclaim_idle_seconds=10)
+
+
+def test_a_cancelled_search_cuts_its_generator_call_short(search_redis_url: str) -> None:
+    """Regression: CancelSearch left the round's Generate call running to its end (up to
+    generate_timeout_seconds, 600 s), the replica's worker blocked for every other search.
+    The in-flight call is cancelled (its `cancel` event set) and the worker moves on."""
+    hung, cancelled, hanging = threading.Event(), threading.Event(), "What is 0 / 0?"
+    policy = ScriptedGenerator(policy_expand, policy_rollout)
+
+    class Hanging:
+        def generate(
+            self, prompts: Sequence[str], *, cancel: threading.Event | None = None, **kw: Any
+        ) -> list[Completion]:
+            if not any(hanging in p for p in prompts):
+                return policy.generate(prompts, **kw)
+            hung.set()
+            assert cancel is not None, "the worker's generator call cannot be cancelled"
+            if cancel.wait(60):
+                cancelled.set()
+                raise RuntimeError("cancelled")
+            return policy.generate(prompts, **kw)
+
+    with coordinator_over(search_redis_url, scripted(generator=Hanging())) as svc:
+        stub = SearchCoordinatorStub(sync_channel(svc.client_config(), default_timeout=30))
+        sid = start(stub)
+        assert hung.wait(30), "the search never called the generator"
+        began = time.monotonic()
+        stub.CancelSearch(search_pb2.GetSearchRequest(search_id=sid))
+        assert cancelled.wait(5), "the hung generator call was not cancelled"
+        assert time.monotonic() - began < 2.0
+        other = start(stub, problems=[common_pb2.Problem(id="q1", problem="1 / 1?", answer="1")])
+        assert final(stub, other, within=10).state == "succeeded"
+        assert stub.GetSearch(search_pb2.GetSearchRequest(search_id=sid)).state == "cancelled"

@@ -4,6 +4,9 @@ StartRun validates the spec whole (INVALID_ARGUMENT naming the field), claims th
 output folder, writes the run's inputs there, then records and queues the run in one
 transaction. A repeated client_request_id returns the first run (ALREADY_EXISTS when the spec
 differs) and writes nothing.
+
+Every call answers UNAVAILABLE while Redis (the run store) is out of reach: a client may retry,
+and a watch resumes after the last event it saw.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
+import redis
 from google.protobuf.message import Message
 from google.protobuf.unknown_fields import UnknownFieldSet
 
@@ -43,6 +47,17 @@ MAX_REQUEST_ID = 256
 DEFAULT_PAGE = 20
 MAX_PAGE = 100
 WATCH_POLL_SECONDS = 0.25
+
+
+@contextlib.asynccontextmanager
+async def store_errors(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
+    """Redis out of reach is UNAVAILABLE (a client may retry), not an internal error."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        await context.abort(
+            grpc.StatusCode.UNAVAILABLE, f"the coordinator's run store is unavailable: {exc}"
+        )
 
 
 class RunsServicer(run_pb2_grpc.RunsServicer):  # type: ignore[misc]
@@ -105,33 +120,34 @@ class RunsServicer(run_pb2_grpc.RunsServicer):  # type: ignore[misc]
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"{unknown} (the client is newer than this coordinator)",
             )
-        try:
-            # Off the event loop: parsing config_yaml (up to 256 KiB of YAML) takes a while,
-            # and every other call of this server would wait for it.
-            spec = await asyncio.to_thread(spec_from_proto, request.spec)
-            digest = spec_digest(spec.model_dump_json())
-            # A retry of a start still in progress here waits for it, and is answered its run.
-            async with self._one_start(request_id):
-                existing = await asyncio.to_thread(self._idempotent, request_id, digest)
-                if existing:
-                    return await self._status(existing, context)
-                if await asyncio.to_thread(self.store.unfinished) >= self.max_unfinished:
-                    await context.abort(
-                        grpc.StatusCode.RESOURCE_EXHAUSTED,
-                        f"{self.max_unfinished} runs are queued or running (setting "
-                        "max_unfinished_runs); start this one when some have ended",
+        async with store_errors(context):
+            try:
+                # Off the event loop: parsing config_yaml (up to 256 KiB of YAML) takes a while,
+                # and every other call of this server would wait for it.
+                spec = await asyncio.to_thread(spec_from_proto, request.spec)
+                digest = spec_digest(spec.model_dump_json())
+                # A retry of a start still in progress here waits for it, and is answered its run.
+                async with self._one_start(request_id):
+                    existing = await asyncio.to_thread(self._idempotent, request_id, digest)
+                    if existing:
+                        return await self._status(existing, context)
+                    if await asyncio.to_thread(self.store.unfinished) >= self.max_unfinished:
+                        await context.abort(
+                            grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"{self.max_unfinished} runs are queued or running (setting "
+                            "max_unfinished_runs); start this one when some have ended",
+                        )
+                    run = await asyncio.to_thread(
+                        validate_spec, spec, self.world, self.default_search_preset
                     )
-                run = await asyncio.to_thread(
-                    validate_spec, spec, self.world, self.default_search_preset
-                )
-                rid = await asyncio.to_thread(self._create, run, request_id, digest)
-        except RunSpecError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except FileExistsError as exc:  # the request id's run, with another spec
-            await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
-        except WorldUnavailable as exc:  # e.g. the registry cannot be asked about the model
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"base_model: {exc}")
-        return await self._status(rid, context)
+                    rid = await asyncio.to_thread(self._create, run, request_id, digest)
+            except RunSpecError as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            except FileExistsError as exc:  # the request id's run, with another spec
+                await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
+            except WorldUnavailable as exc:  # e.g. the registry cannot be asked about the model
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"base_model: {exc}")
+            return await self._status(rid, context)
 
     @contextlib.asynccontextmanager
     async def _one_start(self, request_id: str) -> AsyncIterator[None]:
@@ -214,8 +230,9 @@ class RunsServicer(run_pb2_grpc.RunsServicer):  # type: ignore[misc]
     async def GetRun(
         self, request: run_pb2.GetRunRequest, context: grpc.aio.ServicerContext
     ) -> run_pb2.RunStatus:
-        await self._known(request.run_id, context)
-        return await self._status(request.run_id, context)
+        async with store_errors(context):
+            await self._known(request.run_id, context)
+            return await self._status(request.run_id, context)
 
     async def ListRuns(
         self, request: run_pb2.ListRunsRequest, context: grpc.aio.ServicerContext
@@ -230,7 +247,8 @@ class RunsServicer(run_pb2_grpc.RunsServicer):  # type: ignore[misc]
                 await context.abort(
                     grpc.StatusCode.INVALID_ARGUMENT, "page_token: not a token ListRuns gave"
                 )
-        return await asyncio.to_thread(self._page, size, before)
+        async with store_errors(context):
+            return await asyncio.to_thread(self._page, size, before)
 
     def _page(self, size: int, before: tuple[float, str] | None) -> run_pb2.ListRunsResponse:
         """One page, built off the event loop (a status message per run)."""
@@ -243,45 +261,47 @@ class RunsServicer(run_pb2_grpc.RunsServicer):  # type: ignore[misc]
         self, request: run_pb2.WatchRunRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[common_pb2.Progress]:
         rid, after = request.run_id, request.after_event_id
-        await self._known(rid, context)
-        if after:
-            parts = EVENT_ID.fullmatch(after)
-            if not parts or any(int(p) > MAX_STREAM_ID_PART for p in parts.groups()):
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"after_event_id: {after[:64]!r} is not an event id (Progress.event_id)",
-                )
-            try:
-                await asyncio.to_thread(self.store.check_after, rid, after)
-            except EventsTrimmed as exc:
-                await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(exc))
-            except ValueError as exc:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        last = after or "0-0"
-        while True:
-            try:
-                events = await asyncio.to_thread(self.store.events, rid, last, 200)
-            except EventsTrimmed as exc:
-                await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(exc))
-            for event in events:
-                last = event.event_id
-                yield event_to_progress(rid, event)
-                if event.stage == "" and event.state in FINAL_STATES:
-                    return
-            if not events:
-                # The final state and its event land together: a final run with nothing
-                # after `last` was watched to its end already (after_event_id past it).
-                if await asyncio.to_thread(self.store.state, rid) in FINAL_STATES:
-                    return
-                await asyncio.sleep(WATCH_POLL_SECONDS)
+        async with store_errors(context):
+            await self._known(rid, context)
+            if after:
+                parts = EVENT_ID.fullmatch(after)
+                if not parts or any(int(p) > MAX_STREAM_ID_PART for p in parts.groups()):
+                    await context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"after_event_id: {after[:64]!r} is not an event id (Progress.event_id)",
+                    )
+                try:
+                    await asyncio.to_thread(self.store.check_after, rid, after)
+                except EventsTrimmed as exc:
+                    await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(exc))
+                except ValueError as exc:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            last = after or "0-0"
+            while True:
+                try:
+                    events = await asyncio.to_thread(self.store.events, rid, last, 200)
+                except EventsTrimmed as exc:
+                    await context.abort(grpc.StatusCode.OUT_OF_RANGE, str(exc))
+                for event in events:
+                    last = event.event_id
+                    yield event_to_progress(rid, event)
+                    if event.stage == "" and event.state in FINAL_STATES:
+                        return
+                if not events:
+                    # The final state and its event land together: a final run with nothing
+                    # after `last` was watched to its end already (after_event_id past it).
+                    if await asyncio.to_thread(self.store.state, rid) in FINAL_STATES:
+                        return
+                    await asyncio.sleep(WATCH_POLL_SECONDS)
 
     async def CancelRun(
         self, request: run_pb2.GetRunRequest, context: grpc.aio.ServicerContext
     ) -> run_pb2.RunStatus:
-        await self._known(request.run_id, context)
-        if await asyncio.to_thread(self.store.cancel, request.run_id):
-            self.wake(request.run_id)
-        return await self._status(request.run_id, context)
+        async with store_errors(context):
+            await self._known(request.run_id, context)
+            if await asyncio.to_thread(self.store.cancel, request.run_id):
+                self.wake(request.run_id)
+            return await self._status(request.run_id, context)
 
 
 def unknown_field(message: Message, path: str = "") -> str:
