@@ -6,11 +6,9 @@ import asyncio
 import re
 import unicodedata
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
-import redis
 import yaml
 from pydantic import ValidationError
 
@@ -24,6 +22,7 @@ from services.coordinator.datasets import DatasetAccess, DatasetError
 from services.coordinator.jobs import FINAL_STATES, JobStore
 from services.coordinator.settings import CoordinatorSettings
 from services.protos.astro.v1 import common_pb2, search_pb2, search_pb2_grpc
+from services.runtime.redis_service import store_errors
 
 # The ids StartSearch gives (jobs.py). Anything else is no search, and never reaches Redis:
 # "ID:problems" would name another key of the search ID.
@@ -31,6 +30,8 @@ SEARCH_ID = re.compile(r"[0-9a-f]{16}")
 # A SearchConfig is a dozen scalars; far longer YAML is not a config (and takes seconds to
 # parse).
 MAX_CONFIG_YAML_CHARS = 64 * 1024
+
+STORE = "the coordinator's search store"  # what a lost Redis makes unavailable
 
 
 class InvalidSearch(ValueError):
@@ -131,17 +132,6 @@ def check_problem_ids(problems: list[Problem], from_dataset: bool) -> None:
             raise InvalidSearch(f"{name(index)}.answer: is empty (a gold answer is needed)")
 
 
-@asynccontextmanager
-async def store_errors(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
-    """Redis out of reach is UNAVAILABLE (a client may retry), not an internal error."""
-    try:
-        yield
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        await context.abort(
-            grpc.StatusCode.UNAVAILABLE, f"the coordinator's search store is unavailable: {exc}"
-        )
-
-
 class SearchCoordinatorServicer(search_pb2_grpc.SearchCoordinatorServicer):  # type: ignore[misc]
     def __init__(
         self,
@@ -180,7 +170,7 @@ class SearchCoordinatorServicer(search_pb2_grpc.SearchCoordinatorServicer):  # t
             config, model, problems = await asyncio.to_thread(self._parse, request)
         except InvalidSearch as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        async with store_errors(context):
+        async with store_errors(context, STORE):
             sid, _ = await asyncio.to_thread(
                 self.jobs.create,
                 problems,
@@ -194,7 +184,7 @@ class SearchCoordinatorServicer(search_pb2_grpc.SearchCoordinatorServicer):  # t
     async def GetSearch(
         self, request: search_pb2.GetSearchRequest, context: grpc.aio.ServicerContext
     ) -> search_pb2.SearchStatus:
-        async with store_errors(context):
+        async with store_errors(context, STORE):
             await self._known(request.search_id, context)
             status = await asyncio.to_thread(self.jobs.status, request.search_id)
         return status_to_proto(status)
@@ -202,7 +192,7 @@ class SearchCoordinatorServicer(search_pb2_grpc.SearchCoordinatorServicer):  # t
     async def WatchSearch(
         self, request: search_pb2.GetSearchRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[common_pb2.Progress]:
-        async with store_errors(context):
+        async with store_errors(context, STORE):
             await self._known(request.search_id, context)
             last = None
             while True:
@@ -218,7 +208,7 @@ class SearchCoordinatorServicer(search_pb2_grpc.SearchCoordinatorServicer):  # t
     async def GetTree(
         self, request: search_pb2.GetTreeRequest, context: grpc.aio.ServicerContext
     ) -> common_pb2.Tree:
-        async with store_errors(context):
+        async with store_errors(context, STORE):
             await self._known(request.search_id, context)
             if not request.problem_id:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "problem_id: is empty")
@@ -236,7 +226,7 @@ class SearchCoordinatorServicer(search_pb2_grpc.SearchCoordinatorServicer):  # t
     async def ExportTrees(
         self, request: search_pb2.GetSearchRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[common_pb2.Tree]:
-        async with store_errors(context):
+        async with store_errors(context, STORE):
             await self._known(request.search_id, context)
             for index in await asyncio.to_thread(self.jobs.done_indices, request.search_id):
                 tree = await asyncio.to_thread(self.jobs.tree, request.search_id, index)
@@ -246,7 +236,7 @@ class SearchCoordinatorServicer(search_pb2_grpc.SearchCoordinatorServicer):  # t
     async def CancelSearch(
         self, request: search_pb2.GetSearchRequest, context: grpc.aio.ServicerContext
     ) -> search_pb2.SearchStatus:
-        async with store_errors(context):
+        async with store_errors(context, STORE):
             await self._known(request.search_id, context)
             await asyncio.to_thread(self.jobs.end, request.search_id, "cancelled", "cancelled")
             status = await asyncio.to_thread(self.jobs.status, request.search_id)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import redis
 
 from services.runtime.redis_store import EmbeddedRedisError, RedisHandle, connect_redis
@@ -21,3 +24,13 @@ async def attach_redis(runtime: ServiceRuntime) -> RedisHandle:
         raise ServiceStartError(f"{runtime.name}: no Redis: {exc}") from None
     runtime.on_shutdown(handle.close)
     return handle
+
+
+@contextlib.asynccontextmanager
+async def store_errors(context: grpc.aio.ServicerContext, store: str) -> AsyncIterator[None]:
+    """Redis out of reach is UNAVAILABLE (a client may retry), not an internal error;
+    `store` names what is out of reach ("the coordinator's run store")."""
+    try:
+        yield
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, f"{store} is unavailable: {exc}")

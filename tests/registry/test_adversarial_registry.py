@@ -11,7 +11,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -31,23 +31,11 @@ from services.runtime.config import parse_settings
 from services.runtime.redis_store import RedisHandle, connect_redis
 from services.testing import ServiceThread
 from tests.registry.conftest import RegistryEnv, artifact_dirs, make_tree
+from tests.rpc import refused
 
 Header = registry_pb2.RegisterCheckpointRequest
 Upload = registry_pb2.UploadCheckpointRequest
 Chunk = registry_pb2.FileChunk
-
-
-def refused(
-    call: Callable[..., Any],
-    *args: Any,
-    code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT,
-    **kwargs: Any,
-) -> str:
-    """The details of the error `call(*args, **kwargs)` fails with, which must be `code`."""
-    with pytest.raises(grpc.RpcError) as info:
-        call(*args, **kwargs)
-    assert info.value.code() == code, (info.value.code(), info.value.details())
-    return str(info.value.details())
 
 
 def stub_of(service: ServiceThread) -> registry_pb2_grpc.CheckpointRegistryStub:

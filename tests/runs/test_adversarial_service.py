@@ -19,21 +19,9 @@ from services.coordinator.runs import service as runs_service
 from services.coordinator.runs.store import RunStore
 from services.protos.astro.v1 import run_pb2
 from services.runtime.redis_store import RedisHandle, connect_redis
+from tests.rpc import refused
 from tests.runs.conftest import Coordinator
 from tests.runs.test_start_errors import message
-
-
-def refused(
-    call: Callable[..., Any],
-    *args: Any,
-    code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT,
-    **kwargs: Any,
-) -> str:
-    """The details of the error `call(*args, **kwargs)` fails with, which must be `code`."""
-    with pytest.raises(grpc.RpcError) as info:
-        call(*args, **kwargs)
-    assert info.value.code() == code, (info.value.code(), info.value.details())
-    return str(info.value.details())
 
 
 def files_under(folder: Path) -> dict[str, bytes]:

@@ -31,6 +31,7 @@ from services.protos.astro.v1 import common_pb2, search_pb2
 from services.protos.astro.v1.search_pb2_grpc import SearchCoordinatorStub
 from services.runtime.client import sync_channel
 from services.runtime.redis_store import connect_redis
+from tests.rpc import refused
 from tests.search.fakes import (
     TEMPLATE,
     ExactVerifier,
@@ -49,21 +50,6 @@ from tests.search.test_coordinator import (
     scripted,
     start_error,
 )
-
-
-def refused(
-    call: Callable[..., Any],
-    *args: Any,
-    code: grpc.StatusCode = grpc.StatusCode.INVALID_ARGUMENT,
-    **kwargs: Any,
-) -> str:
-    """The details of the error `call(*args, **kwargs)` fails with, which must be `code`."""
-    with pytest.raises(grpc.RpcError) as info:
-        result = call(*args, **kwargs)
-        if not hasattr(result, "ListFields"):  # a stream: read it to its end
-            list(result)
-    assert info.value.code() == code, (info.value.code(), info.value.details())
-    return str(info.value.details())
 
 
 @pytest.fixture

@@ -23,7 +23,6 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
-import redis
 from google.protobuf.message import Message
 from google.protobuf.unknown_fields import UnknownFieldSet
 
@@ -39,6 +38,7 @@ from services.coordinator.runs.store import (
 )
 from services.coordinator.runs.world import RunRoots, claim_and_write, release, spec_digest
 from services.protos.astro.v1 import common_pb2, run_pb2, run_pb2_grpc
+from services.runtime.redis_service import store_errors
 
 RUN_ID = re.compile(r"[0-9a-f]{16}")  # fullmatch: `$` would let a trailing newline in
 EVENT_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})")  # [0-9]: \d takes any script's digits
@@ -48,16 +48,7 @@ DEFAULT_PAGE = 20
 MAX_PAGE = 100
 WATCH_POLL_SECONDS = 0.25
 
-
-@contextlib.asynccontextmanager
-async def store_errors(context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
-    """Redis out of reach is UNAVAILABLE (a client may retry), not an internal error."""
-    try:
-        yield
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        await context.abort(
-            grpc.StatusCode.UNAVAILABLE, f"the coordinator's run store is unavailable: {exc}"
-        )
+STORE = "the coordinator's run store"  # what a lost Redis makes unavailable
 
 
 class RunsServicer(run_pb2_grpc.RunsServicer):  # type: ignore[misc]
@@ -120,7 +111,7 @@ class RunsServicer(run_pb2_grpc.RunsServicer):  # type: ignore[misc]
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"{unknown} (the client is newer than this coordinator)",
             )
-        async with store_errors(context):
+        async with store_errors(context, STORE):
             try:
                 # Off the event loop: parsing config_yaml (up to 256 KiB of YAML) takes a while,
                 # and every other call of this server would wait for it.
@@ -230,7 +221,7 @@ class RunsServicer(run_pb2_grpc.RunsServicer):  # type: ignore[misc]
     async def GetRun(
         self, request: run_pb2.GetRunRequest, context: grpc.aio.ServicerContext
     ) -> run_pb2.RunStatus:
-        async with store_errors(context):
+        async with store_errors(context, STORE):
             await self._known(request.run_id, context)
             return await self._status(request.run_id, context)
 
@@ -247,7 +238,7 @@ class RunsServicer(run_pb2_grpc.RunsServicer):  # type: ignore[misc]
                 await context.abort(
                     grpc.StatusCode.INVALID_ARGUMENT, "page_token: not a token ListRuns gave"
                 )
-        async with store_errors(context):
+        async with store_errors(context, STORE):
             return await asyncio.to_thread(self._page, size, before)
 
     def _page(self, size: int, before: tuple[float, str] | None) -> run_pb2.ListRunsResponse:
@@ -261,7 +252,7 @@ class RunsServicer(run_pb2_grpc.RunsServicer):  # type: ignore[misc]
         self, request: run_pb2.WatchRunRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[common_pb2.Progress]:
         rid, after = request.run_id, request.after_event_id
-        async with store_errors(context):
+        async with store_errors(context, STORE):
             await self._known(rid, context)
             if after:
                 parts = EVENT_ID.fullmatch(after)
@@ -297,7 +288,7 @@ class RunsServicer(run_pb2_grpc.RunsServicer):  # type: ignore[misc]
     async def CancelRun(
         self, request: run_pb2.GetRunRequest, context: grpc.aio.ServicerContext
     ) -> run_pb2.RunStatus:
-        async with store_errors(context):
+        async with store_errors(context, STORE):
             await self._known(request.run_id, context)
             if await asyncio.to_thread(self.store.cancel, request.run_id):
                 self.wake(request.run_id)
