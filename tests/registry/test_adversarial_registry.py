@@ -93,6 +93,17 @@ def slow_reads(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     return reads
 
 
+def listed_pages(stub: registry_pb2_grpc.CheckpointRegistryStub, **fields: Any) -> list[list[int]]:
+    """The versions of each ListCheckpoints page, following the tokens to the end."""
+    pages, token = [], ""
+    while True:
+        page = stub.ListCheckpoints(registry_pb2.ListCheckpointsRequest(page_token=token, **fields))
+        pages.append([c.version for c in page.checkpoints])
+        token = page.next_page_token
+        if not token:
+            return pages
+
+
 def test_aliases_and_metrics_of_one_registration_are_bounded(
     registry: ServiceThread, redis_handle: RedisHandle
 ) -> None:
@@ -225,16 +236,8 @@ def test_a_listing_page_stops_before_it_outgrows_a_message(
     than max") for everyone. Here the page budget is shrunk to about one record."""
     for i in range(3):
         client.register("m", make_tree(tmp_path / f"s{i}", files=20, size=8, seed=str(i)))
-    monkeypatch.setattr(registry_server, "MAX_PAGE_BYTES", 2000, raising=False)
-    stub = stub_of(registry)
-    pages, token = [], ""
-    while True:
-        page = stub.ListCheckpoints(registry_pb2.ListCheckpointsRequest(page_token=token))
-        pages.append([c.version for c in page.checkpoints])
-        token = page.next_page_token
-        if not token:
-            break
-    assert pages == [[3], [2], [1]]
+    monkeypatch.setattr(registry_server, "MAX_PAGE_BYTES", 2000)
+    assert listed_pages(stub_of(registry)) == [[3], [2], [1]]
 
 
 def test_a_filtered_listing_looks_at_a_bounded_number_of_versions_a_page(
@@ -246,16 +249,8 @@ def test_a_filtered_listing_looks_at_a_bounded_number_of_versions_a_page(
     client.register("m", make_tree(tmp_path / "sft", files=1, size=8), stage="sft")
     for i in range(7):
         client.register("m", make_tree(tmp_path / f"b{i}", files=1, size=8, seed=str(i)))
-    monkeypatch.setattr(registry_metadata, "MAX_SCANNED", 3, raising=False)
-    stub = stub_of(registry)
-    pages, token = [], ""
-    while True:
-        request = registry_pb2.ListCheckpointsRequest(stage="sft", page_size=1, page_token=token)
-        page = stub.ListCheckpoints(request)
-        pages.append([c.version for c in page.checkpoints])
-        token = page.next_page_token
-        if not token:
-            break
+    monkeypatch.setattr(registry_metadata, "MAX_SCANNED", 3)
+    pages = listed_pages(stub_of(registry), stage="sft", page_size=1)
     assert pages == [[], [], [1], []]  # versions 8-6, 5-3, 2 and 1 (a full page), none
     assert [i.version for i in client.list(stage="sft")] == [1]
 
