@@ -51,6 +51,13 @@ class EngineConfig(BaseModel):
         "pass (no padding; the last layer stops at its keys/values); off: the model's own "
         "forward over left-padded groups (used anyway for other models).",
     )
+    fast_attention: bool = Field(
+        True,
+        description="hf on CPU (float32, one torch thread): decode attention by a small C "
+        "kernel that reads each sequence's own cached columns (decode_attention.c, built at "
+        "first use by the machine's C compiler; 2-5x faster than SDPA); off, or without a "
+        "compiler: torch's SDPA. Same results up to float rounding.",
+    )
     max_num_seqs: int = Field(
         256, ge=1, description="Most sequences decoded together in one engine batch."
     )

@@ -41,6 +41,8 @@ from transformers.cache_utils import Cache, CacheLayerMixin, DynamicCache, Dynam
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from astro_core.engines.decode_attention import DecodeAttention
+
 ATTENTION = "astro_slots"
 _MIN_COLUMNS = 64
 _MIN_SLOTS = 8
@@ -150,9 +152,17 @@ class SlotCache(Cache):
     joins (short groups keep short buffers: less memory to allocate and zero).
     """
 
-    def __init__(self, config: Any, capacity: int, dtype: torch.dtype, device: str) -> None:
+    def __init__(
+        self,
+        config: Any,
+        capacity: int,
+        dtype: torch.dtype,
+        device: str,
+        kernel: DecodeAttention | None = None,
+    ) -> None:
         text = config.get_text_config()
         heads = int(text.num_attention_heads)
+        self.heads = heads
         self.kv_heads = int(getattr(text, "num_key_value_heads", None) or heads)
         self.head_dim = int(getattr(text, "head_dim", None) or text.hidden_size // heads)
         self.num_layers = int(text.num_hidden_layers)
@@ -166,6 +176,14 @@ class SlotCache(Cache):
         self.low = [0 for _ in GROUPS]  # first column each group attends to
         self.masks: list[torch.Tensor | None] = [None for _ in GROUPS]  # this step's, per group
         self.cursor = 0  # the column the next step writes
+        # The C decode attention (decode_attention.py), when it serves this step: then
+        # `attend` reads each member's own columns from these tables instead of the masks.
+        self.kernel = kernel
+        self._kernel_step = False
+        self._threads = 1
+        self._sequences = torch.empty(0)  # int32 [rows, 3]: group, slot, columns
+        self._groups: list[torch.Tensor] = []  # per layer, int64 [groups, 5]
+        self._scores = torch.empty(0)  # the kernel's scratch space
         super().__init__(layers=[_SlotLayer(self, i) for i in range(self.num_layers)])
 
     def buffers(self) -> list[torch.Tensor]:
@@ -311,7 +329,14 @@ class SlotCache(Cache):
         self.set_members(cached)
         every = [c for members in cached for c in members]
         self.masks = [None for _ in GROUPS]
+        # torch's threads; a kernel built without OpenMP is single-threaded, and then SDPA,
+        # which spreads the rows over threads, serves a multi-threaded process.
+        self._threads = torch.get_num_threads()
+        self._kernel_step = self.kernel is not None and (self.kernel.threaded or self._threads == 1)
         if not every:
+            return
+        if self._kernel_step:
+            self._kernel_tables(cached)
             return
         # One mask over the longest window for all rows (a handful of operations, not a
         # handful per group); each group's is its rows' last columns, as windows end at
@@ -337,9 +362,57 @@ class SlotCache(Cache):
                 self.masks[g] = group_mask[:, None, None, :]
                 start += n
 
+    def _kernel_tables(self, cached: Sequence[Sequence[int]]) -> None:
+        """Where each member's keys and values are, for the kernel (see decode_attention.c):
+        a member reads its `cached` columns before the cursor and the cursor's."""
+        self._sequences = torch.tensor(
+            [[g, k, c + 1] for g, members in enumerate(cached) for k, c in enumerate(members)],
+            dtype=torch.int32,
+        )
+        for g, members in enumerate(cached):
+            if members and not (max(members) <= self.at(g) < self.width(g)):
+                raise RuntimeError(f"group {g}'s windows do not fit its buffers")
+        self._groups = [
+            torch.tensor(
+                [
+                    [keys.data_ptr(), values.data_ptr(), self.at(g), *keys.stride()[:2]]
+                    if self.live[g]
+                    else [0] * 5
+                    for g, (keys, values) in enumerate(self._layer_buffers(layer))
+                ],
+                dtype=torch.int64,
+            )
+            for layer in range(self.num_layers)
+        ]
+        queries = self.heads // self.kv_heads
+        needed = self._threads * queries * (max(c for members in cached for c in members) + 1)
+        if self._scores.numel() < needed:
+            self._scores = torch.empty(2 * needed, dtype=torch.float32)
+
+    def _layer_buffers(self, layer: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each group's (keys, values) buffers of one layer (empty tensors for unused groups)."""
+        empty = torch.empty(0)
+        return [
+            (self.keys[g][layer], self.values[g][layer]) if self.keys[g] else (empty, empty)
+            for g in GROUPS
+        ]
+
     def attend(self, query: torch.Tensor, layer: int, scaling: Any) -> torch.Tensor:
         """Attention of one decode step, each group over its window: [b, 1, heads, dim]."""
         batch, heads, _, dim = query.shape
+        if self._kernel_step:
+            assert self.kernel is not None
+            scale = float(scaling) if scaling is not None else dim**-0.5
+            scores = self._scores[: self._scores.numel() // self._threads * self._threads]
+            return self.kernel(
+                query,
+                self._sequences,
+                self._groups[layer],
+                scores,
+                self.kv_heads,
+                scale,
+                self._threads,
+            )
         outputs, start = [], 0
         for g in GROUPS:
             n = self.live[g]

@@ -351,15 +351,17 @@ def test_cancelled_request_leaves_the_batch_at_the_next_step(engine: Engine) -> 
     assert batch.step() == [gone] and batch.rows == 0
 
 
+@pytest.mark.parametrize("fast_attention", [False, True])
 def test_fresh_cache_memory_never_reaches_attention(
-    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, fast_attention: bool
 ) -> None:
     """Cache buffers are allocated uninitialised (kv_slots.py); masked columns still enter
-    attention as 0 * value, so any column a window reads before it is written must have
-    been zeroed. With every new buffer full of NaN, rows joining a running batch (a long
-    row joining a group of shorter ones, groups growing slots and columns) decode exactly
-    as they do alone on clean memory."""
-    clean = HFEngine(EngineConfig(model_path=str(tiny_model_dir), dtype="float32"))
+    SDPA as 0 * value, so any column a window reads before it is written must have been
+    zeroed (the C decode attention reads no padding at all). With every new buffer full of
+    NaN, rows joining a running batch (a long row joining a group of shorter ones, groups
+    growing slots and columns) decode exactly as they do alone on clean memory."""
+    config = EngineConfig(model_path=str(tiny_model_dir), fast_attention=fast_attention)
+    clean = HFEngine(config)
     prompts = ["x = 2. " * 2, "x = 2. " * 4, "x = 2. " * 9, "x = 2. " * 14]
     first = [
         GenerationRequest((p,), SamplingParams(n=2, max_tokens=40, seed=i, logprobs=True))
@@ -378,7 +380,7 @@ def test_fresh_cache_memory_never_reaches_attention(
         return tensor.fill_(float("nan")) if tensor.is_floating_point() else tensor
 
     monkeypatch.setattr(torch, "empty", poisoned)
-    engine = HFEngine(EngineConfig(model_path=str(tiny_model_dir), dtype="float32"))
+    engine = HFEngine(config)
     batch = engine.start_batch(32)
     tickets = [batch.add(r) for r in first]
     for _ in range(3):
@@ -401,7 +403,7 @@ def test_fresh_cache_memory_never_reaches_attention(
         requests = [_random_request(rnd) for _ in range(8)]
         alone = [clean.generate_batch([r])[0] for r in requests]
         monkeypatch.setattr(torch, "empty", poisoned)
-        fresh = HFEngine(EngineConfig(model_path=str(tiny_model_dir), dtype="float32"))
+        fresh = HFEngine(config)
         batch = fresh.start_batch(rnd.choice([2, 5, 64]))
         tickets = []
         for request in requests:

@@ -1,0 +1,212 @@
+/* Decode attention on CPU: one query token per sequence, each sequence over exactly its own
+ * cached columns. See decode_attention.py for why, and for the tables this reads.
+ *
+ * Compiled at first use with the machine's C compiler (-O3 -march=native); plain C with
+ * GCC/Clang vector extensions, so the same source runs on AVX-512 (16 float lanes), AVX2
+ * (8) and anything else (4). Float32 only; head_dim a multiple of LANES.
+ */
+#include <stdint.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#if defined(__AVX512F__)
+#define LANES 16
+#elif defined(__AVX__)
+#define LANES 8
+#else
+#define LANES 4
+#endif
+#define MAX_QUERIES 16  /* query heads per key/value head */
+#define MAX_CHUNKS 16   /* head_dim / LANES */
+
+typedef float vf __attribute__((vector_size(LANES * 4)));
+
+static inline vf load(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
+static inline void store(float *p, vf v) { memcpy(p, &v, sizeof v); }
+/* (a lane-by-lane loop here compiles to inserts, not one broadcast: 2.5x slower overall) */
+static inline vf splat(float x) { return (vf){0} + x; }
+
+static inline float lane_sum(vf v) {
+    float s = 0.f;
+    for (int l = 0; l < LANES; l++) s += v[l];
+    return s;
+}
+
+/* Lane t of the result is the sum of a[t]'s lanes: halves of pairs are added until one
+ * vector is left (a transpose-and-add butterfly), far cheaper than LANES separate sums. */
+static inline vf lane_sums(vf *a) {
+#if LANES == 16
+    vf b[8], c[4], d[2];
+    for (int m = 0; m < 8; m++)
+        b[m] = __builtin_shufflevector(a[2 * m], a[2 * m + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23)
+             + __builtin_shufflevector(a[2 * m], a[2 * m + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+    for (int m = 0; m < 4; m++)
+        c[m] = __builtin_shufflevector(b[2 * m], b[2 * m + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27)
+             + __builtin_shufflevector(b[2 * m], b[2 * m + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+    for (int m = 0; m < 2; m++)
+        d[m] = __builtin_shufflevector(c[2 * m], c[2 * m + 1], 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29)
+             + __builtin_shufflevector(c[2 * m], c[2 * m + 1], 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31);
+    return __builtin_shufflevector(d[0], d[1], 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30)
+         + __builtin_shufflevector(d[0], d[1], 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+#elif LANES == 8
+    vf c[4], d[2];
+    for (int m = 0; m < 4; m++)
+        c[m] = __builtin_shufflevector(a[2 * m], a[2 * m + 1], 0, 1, 2, 3, 8, 9, 10, 11)
+             + __builtin_shufflevector(a[2 * m], a[2 * m + 1], 4, 5, 6, 7, 12, 13, 14, 15);
+    for (int m = 0; m < 2; m++)
+        d[m] = __builtin_shufflevector(c[2 * m], c[2 * m + 1], 0, 1, 4, 5, 8, 9, 12, 13)
+             + __builtin_shufflevector(c[2 * m], c[2 * m + 1], 2, 3, 6, 7, 10, 11, 14, 15);
+    return __builtin_shufflevector(d[0], d[1], 0, 2, 4, 6, 8, 10, 12, 14)
+         + __builtin_shufflevector(d[0], d[1], 1, 3, 5, 7, 9, 11, 13, 15);
+#else
+    vf d[2];
+    for (int m = 0; m < 2; m++)
+        d[m] = __builtin_shufflevector(a[2 * m], a[2 * m + 1], 0, 1, 4, 5)
+             + __builtin_shufflevector(a[2 * m], a[2 * m + 1], 2, 3, 6, 7);
+    return __builtin_shufflevector(d[0], d[1], 0, 2, 4, 6) + __builtin_shufflevector(d[0], d[1], 1, 3, 5, 7);
+#endif
+}
+
+/* e^x for x <= 0 (scores minus their maximum), written so the compiler vectorises it:
+ * x = k ln2 + r with |r| <= ln2/2, e^r by Cephes' degree-6 polynomial (~1 ulp), 2^k by
+ * building the exponent bits. Below -87 (e^x under float's smallest normal) it is 0. */
+static inline float exp_nonpositive(float x) {
+    float keep = x < -87.0f ? 0.0f : 1.0f;
+    x = x < -87.0f ? -87.0f : x;
+    float k = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round to nearest */
+    float r = x - k * 0.693359375f + k * 2.12194440e-4f;              /* ln2 in two parts */
+    float p = 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    int32_t bits = ((int32_t)k + 127) << 23;
+    float two_k;
+    memcpy(&two_k, &bits, sizeof two_k);
+    return p * two_k * keep;
+}
+
+/* One key/value head of one sequence: `queries` query heads (consecutive, head_dim apart)
+ * over `n` columns of keys and values (head_dim apart). `scores` holds queries * n floats. */
+static inline __attribute__((always_inline)) void head_attention(
+    const int chunks, int queries, int64_t n, float scale, const float *q, const float *k,
+    const float *v, float *out, float *scores)
+{
+    const int dim = chunks * LANES;
+    vf qv[MAX_QUERIES][MAX_CHUNKS];
+    for (int i = 0; i < queries; i++)
+        for (int c = 0; c < chunks; c++) qv[i][c] = load(q + i * dim + c * LANES);
+    /* scores = q . k * scale, LANES columns at a time, then the rest one by one */
+    int64_t j = 0;
+    for (; j + LANES <= n; j += LANES) {
+        for (int i = 0; i < queries; i++) {
+            vf a[LANES];
+            for (int t = 0; t < LANES; t++) {
+                const float *key = k + (j + t) * dim;
+                vf acc = qv[i][0] * load(key);
+                for (int c = 1; c < chunks; c++) acc += qv[i][c] * load(key + c * LANES);
+                a[t] = acc;
+            }
+            store(scores + i * n + j, lane_sums(a) * splat(scale));
+        }
+    }
+    for (; j < n; j++) {
+        const float *key = k + j * dim;
+        for (int i = 0; i < queries; i++) {
+            vf acc = qv[i][0] * load(key);
+            for (int c = 1; c < chunks; c++) acc += qv[i][c] * load(key + c * LANES);
+            scores[i * n + j] = lane_sum(acc) * scale;
+        }
+    }
+    /* softmax over the columns, then the weighted sum of the values */
+    for (int i = 0; i < queries; i++) {
+        float *s = scores + i * n;
+        float top = s[0];
+#pragma omp simd reduction(max : top)
+        for (int64_t t = 1; t < n; t++) top = s[t] > top ? s[t] : top;
+        float total = 0.f;
+#pragma omp simd reduction(+ : total)
+        for (int64_t t = 0; t < n; t++) {
+            float e = exp_nonpositive(s[t] - top);
+            s[t] = e;
+            total += e;
+        }
+        vf acc[MAX_CHUNKS];
+        for (int c = 0; c < chunks; c++) acc[c] = splat(0.f);
+        for (int64_t t = 0; t < n; t++) {
+            const float *value = v + t * dim;
+            vf weight = splat(s[t]);
+            for (int c = 0; c < chunks; c++) acc[c] += weight * load(value + c * LANES);
+        }
+        vf inverse = splat(1.f / total);
+        for (int c = 0; c < chunks; c++) store(out + i * dim + c * LANES, acc[c] * inverse);
+    }
+}
+
+/* Whether this build spreads sequences over threads (built with OpenMP). */
+int astro_decode_attention_threaded(void)
+{
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* Whether astro_decode_attention handles this attention shape. */
+int astro_decode_attention_supports(int heads, int kv_heads, int dim)
+{
+    return kv_heads > 0 && heads % kv_heads == 0 && heads / kv_heads <= MAX_QUERIES && dim > 0
+        && dim % LANES == 0 && dim / LANES <= MAX_CHUNKS;
+}
+
+/* The table of one layer's groups, per group g (int64):
+ *   [g*5+0] keys' address, [g*5+1] values' address (buffers [slots, kv_heads, width, dim]),
+ *   [g*5+2] the buffer column of the cursor (each sequence's last column),
+ *   [g*5+3] elements between slots, [g*5+4] elements between heads.
+ * Per sequence r (int32): [r*3+0] its group, [r*3+1] its slot, [r*3+2] its columns (>= 1).
+ * query: [rows, heads, dim] at the given row/head strides (elements); out: [rows, heads, dim]
+ * contiguous; scores: `threads` x `scratch` floats, scratch >= heads/kv_heads x max(columns).
+ * Sequences are spread over `threads` threads where built with OpenMP.
+ * Returns 0, or -1 for a shape this build does not handle (nothing written). */
+int astro_decode_attention(int rows, int heads, int kv_heads, int dim, float scale,
+                           const float *query, int64_t query_row_stride,
+                           int64_t query_head_stride, const int32_t *sequences,
+                           const int64_t *groups, float *out, float *scores, int64_t scratch,
+                           int threads)
+{
+    if (!astro_decode_attention_supports(heads, kv_heads, dim) || query_head_stride != dim)
+        return -1;
+    const int queries = heads / kv_heads, chunks = dim / LANES;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic) num_threads(threads) if (threads > 1 && rows > 1)
+#endif
+    for (int r = 0; r < rows; r++) {
+#ifdef _OPENMP
+        float *mine = scores + scratch * omp_get_thread_num();
+#else
+        float *mine = scores;
+#endif
+        const int32_t *seq = sequences + 3 * r;
+        const int64_t *g = groups + 5 * seq[0];
+        const int64_t n = seq[2], first = g[2] - n + 1, slot = seq[1] * g[3] + first * dim;
+        for (int h = 0; h < kv_heads; h++) {
+            const float *k = (const float *)(intptr_t)g[0] + slot + h * g[4];
+            const float *v = (const float *)(intptr_t)g[1] + slot + h * g[4];
+            const float *q = query + r * query_row_stride + h * queries * dim;
+            float *o = out + ((int64_t)r * heads + h * queries) * dim;
+            /* constant chunk counts let the compiler keep queries and sums in registers */
+            switch (chunks) {
+            case 1: head_attention(1, queries, n, scale, q, k, v, o, mine); break;
+            case 2: head_attention(2, queries, n, scale, q, k, v, o, mine); break;
+            case 4: head_attention(4, queries, n, scale, q, k, v, o, mine); break;
+            case 8: head_attention(8, queries, n, scale, q, k, v, o, mine); break;
+            default: head_attention(chunks, queries, n, scale, q, k, v, o, mine);
+            }
+        }
+    }
+    return 0;
+}

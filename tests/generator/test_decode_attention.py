@@ -1,0 +1,269 @@
+"""The C decode attention (astro_core/engines/decode_attention.c): exact columns, SDPA's
+values, the engine's results unchanged, and SDPA wherever the kernel cannot be built."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from astro_core.engines import EngineConfig, GenerationRequest, SamplingParams
+from astro_core.engines import decode_attention as kernels
+from astro_core.engines.hf import HFEngine
+from tests.generator.test_engines import JOIN_PROMPTS, _random_request, assert_same
+
+needs_compiler = pytest.mark.skipif(
+    kernels.load_kernel() is None, reason="no C compiler builds the decode attention here"
+)
+
+
+@pytest.fixture()
+def fresh_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """load_kernel() builds anew into an empty cache directory; the process's kernel is
+    back afterwards."""
+    cache = tmp_path / "kernels"
+    monkeypatch.setenv("ASTRO_KERNEL_CACHE", str(cache))
+    kernels.load_kernel.cache_clear()
+    yield cache
+    kernels.load_kernel.cache_clear()
+
+
+@pytest.fixture()
+def threads() -> Iterator[None]:
+    """Tests that set torch's thread count give the process's back."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def _layout(
+    lengths: list[list[int]], kv_heads: int, dim: int, rnd: random.Random
+) -> tuple[list[torch.Tensor], list[torch.Tensor], list[int], torch.Tensor, torch.Tensor]:
+    """Group buffers full of NaN but for each member's own columns (ending at the group's
+    cursor column), and the kernel's tables for them: any column read outside a member's
+    window makes its output NaN."""
+    keys, values, cursors, table = [], [], [], []
+    for members in lengths:
+        width = max(members) + rnd.randint(1, 40)
+        at = rnd.randint(max(members) - 1, width - 1)
+        k = torch.full((len(members) + 1, kv_heads, width, dim), float("nan"))
+        v = torch.full_like(k, float("nan"))
+        for slot, n in enumerate(members):
+            k[slot, :, at - n + 1 : at + 1] = torch.randn(kv_heads, n, dim)
+            v[slot, :, at - n + 1 : at + 1] = torch.randn(kv_heads, n, dim)
+        keys.append(k)
+        values.append(v)
+        cursors.append(at)
+        table.append([k.data_ptr(), v.data_ptr(), at, k.stride(0), k.stride(1)])
+    sequences = torch.tensor(
+        [[g, slot, n] for g, members in enumerate(lengths) for slot, n in enumerate(members)],
+        dtype=torch.int32,
+    )
+    return keys, values, cursors, sequences, torch.tensor(table, dtype=torch.int64)
+
+
+@needs_compiler
+@pytest.mark.parametrize(
+    ("heads", "kv_heads", "dim"),
+    [(4, 2, 32), (4, 4, 16), (14, 2, 64), (8, 1, 128), (2, 2, 256), (16, 1, 32)],
+)
+def test_each_row_attends_over_exactly_its_own_columns(
+    heads: int, kv_heads: int, dim: int, threads: None
+) -> None:
+    """Per row, the kernel gives SDPA's attention over that row's columns (no padding read:
+    the rest of the buffers is NaN), for lengths around the vector width and long ones, at
+    one thread and several (the same values: rows are independent)."""
+    kernel = kernels.load_kernel()
+    assert kernel is not None and kernel.supports(heads, kv_heads, dim)
+    rnd = random.Random(heads * dim)
+    lengths = [[1, 7, 8, 9], [15, 16, 17, 33], [rnd.randint(1, 400) for _ in range(5)], [300]]
+    keys, values, cursors, sequences, groups = _layout(lengths, kv_heads, dim, rnd)
+    rows = len(sequences)
+    # a query laid out as the lean step's: a view into a wider [rows, heads + 2 kv, dim]
+    query = torch.randn(rows, heads + 2 * kv_heads, 1, dim)[:, :heads]
+    scale = dim**-0.5
+    longest = max(map(max, lengths))
+    got = []
+    for count in (1, 3):
+        scores = torch.empty(count * (heads // kv_heads) * longest)
+        out = kernel(query, sequences, groups, scores, kv_heads, scale, threads=count)
+        assert out.shape == (rows, 1, heads, dim) and out.is_contiguous()
+        got.append(out)
+    assert torch.equal(got[0], got[1])
+    r = 0
+    for g, members in enumerate(lengths):
+        at = cursors[g]
+        for slot, n in enumerate(members):
+            expected = F.scaled_dot_product_attention(
+                query[r : r + 1].double(),
+                keys[g][slot : slot + 1, :, at - n + 1 : at + 1].double(),
+                values[g][slot : slot + 1, :, at - n + 1 : at + 1].double(),
+                scale=scale,
+                enable_gqa=True,
+            )  # [1, heads, 1, dim]
+            torch.testing.assert_close(
+                got[0][r, 0], expected[0, :, 0].float(), atol=1e-5, rtol=1e-5
+            )
+            r += 1
+
+
+@needs_compiler
+def test_shapes_the_build_does_not_handle_are_refused() -> None:
+    kernel = kernels.load_kernel()
+    assert kernel is not None
+    assert not kernel.supports(3, 2, 32)  # query heads not a multiple of key/value heads
+    assert not kernel.supports(64, 2, 32)  # 32 query heads per key/value head: over 16
+    assert not kernel.supports(4, 2, 0)
+    assert not kernel.supports(4, 2, 4096)  # head_dim over 16 vectors
+    query = torch.randn(1, 3, 1, 32)
+    with pytest.raises(RuntimeError, match="does not handle 3/2x32 heads"):
+        kernel(
+            query, torch.zeros(1, 3, dtype=torch.int32), torch.zeros(1, 5), torch.empty(64), 2, 1.0
+        )
+
+
+def _engines(model: Path) -> tuple[HFEngine, HFEngine]:
+    with_kernel = HFEngine(EngineConfig(model_path=str(model)))
+    with_sdpa = HFEngine(EngineConfig(model_path=str(model), fast_attention=False))
+    assert with_kernel._kernel is not None and with_sdpa._kernel is None
+    return with_kernel, with_sdpa
+
+
+@needs_compiler
+@pytest.mark.parametrize("count", [1, 2])
+def test_the_engine_decodes_the_same_with_the_kernel_and_with_sdpa(
+    tiny_model_dir: Path, count: int, threads: None
+) -> None:
+    """Same tokens and log-probabilities with the kernel as with SDPA, for rows joining
+    and leaving a running batch (groups growing, slots reused), at one and two threads."""
+    torch.set_num_threads(count)
+    with_kernel, with_sdpa = _engines(tiny_model_dir)
+    batch = with_kernel.start_batch(64)
+    batch.add(GenerationRequest((JOIN_PROMPTS[0],), SamplingParams(max_tokens=2)))
+    batch.step()
+    assert batch.cache._kernel_step  # the kernel serves this batch's steps
+    while batch.rows:
+        batch.step()
+    for seed in range(3):
+        rnd = random.Random(seed)
+        requests = [_random_request(rnd) for _ in range(6)]
+        results = []
+        for engine in (with_kernel, with_sdpa):
+            batch = engine.start_batch(rnd.choice([3, 64]))
+            tickets = []
+            for request in requests:
+                tickets.append(batch.add(request))
+                batch.step()
+            while batch.rows:
+                batch.step()
+            results.append([t.results() for t in tickets])
+        for got, expected in zip(*results, strict=True):
+            assert_same(got, expected, 1e-5)
+
+
+def test_other_devices_and_dtypes_use_sdpa(tiny_model_dir: Path) -> None:
+    bf16 = HFEngine(EngineConfig(model_path=str(tiny_model_dir), dtype="bfloat16"))
+    assert bf16._kernel is None
+    config = bf16.model.config
+    assert kernels.kernel_for("cuda", torch.float32, config) is None
+    assert kernels.kernel_for("cpu", torch.bfloat16, config) is None
+    [completion] = bf16.generate(["1 2 3"], max_tokens=4, seed=1)
+    assert completion.num_tokens == 4 or completion.finish_reason == "eos"
+
+
+def test_without_a_compiler_the_engine_uses_sdpa(
+    tiny_model_dir: Path,
+    fresh_build: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setenv("CC", "astro-no-such-compiler")
+    with caplog.at_level(logging.WARNING, logger=kernels.__name__):
+        assert kernels.load_kernel() is None
+    assert "no C compiler found" in caplog.text
+    engine = HFEngine(EngineConfig(model_path=str(tiny_model_dir)))
+    assert engine._kernel is None
+    [completion] = engine.generate(["1 2 3"], max_tokens=3, seed=1)
+    assert completion.num_tokens >= 1
+    assert not fresh_build.exists() or not any(fresh_build.iterdir())
+
+
+def _script(path: Path, body: str) -> Path:
+    path.write_text("#!/bin/sh\n" + body)
+    path.chmod(0o755)
+    return path
+
+
+def test_a_compiler_that_fails_is_logged_and_leaves_nothing(
+    tmp_path: Path,
+    fresh_build: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    failing = _script(
+        tmp_path / "cc", 'echo "decode_attention.c:1: error: no vectors" >&2\nexit 1\n'
+    )
+    monkeypatch.setenv("CC", str(failing))
+    with caplog.at_level(logging.WARNING, logger=kernels.__name__):
+        assert kernels.load_kernel() is None
+    assert "error: no vectors" in caplog.text and "using SDPA" in caplog.text
+    assert list(fresh_build.iterdir()) == []  # no partial library left behind
+
+
+@needs_compiler
+def test_a_compiler_without_openmp_builds_the_single_threaded_kernel(
+    tiny_model_dir: Path,
+    tmp_path: Path,
+    fresh_build: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    threads: None,
+) -> None:
+    """Apple's clang has no -fopenmp: the kernel is built without it, and a process with more
+    than one torch thread then decodes with SDPA."""
+    real = os.environ.get("CC") or "cc"
+    no_openmp = _script(
+        tmp_path / "cc",
+        'for a in "$@"; do\n'
+        '  [ "$a" = -fopenmp ] && { echo "unsupported option" >&2; exit 1; }\n'
+        "done\n"
+        f'exec {real} "$@"\n',
+    )
+    monkeypatch.setenv("CC", str(no_openmp))
+    kernel = kernels.load_kernel()
+    assert kernel is not None and not kernel.threaded
+    engine = HFEngine(EngineConfig(model_path=str(tiny_model_dir)))
+    for count, uses_kernel in ((2, False), (1, True)):
+        torch.set_num_threads(count)
+        batch = engine.start_batch(4)
+        batch.add(GenerationRequest(("1 2 3",), SamplingParams(max_tokens=2, seed=1)))
+        batch.step()
+        assert batch.cache._kernel_step is uses_kernel
+        while batch.rows:
+            batch.step()
+
+
+@needs_compiler
+def test_a_cache_directory_others_can_write_is_not_used(
+    fresh_build: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A library loaded from the cache runs in this process: a directory anyone can write
+    to (where another user could plant one) is neither built into nor loaded from."""
+    fresh_build.mkdir()
+    fresh_build.chmod(0o777)
+    with caplog.at_level(logging.WARNING, logger=kernels.__name__):
+        assert kernels.load_kernel() is None
+    assert "no writable cache directory" in caplog.text
+    assert list(fresh_build.iterdir()) == []
+    fresh_build.chmod(0o700)
+    kernels.load_kernel.cache_clear()
+    assert kernels.load_kernel() is not None  # the same directory, now private: built there
+    [library] = fresh_build.iterdir()
+    assert library.name.startswith("decode_attention-") and library.suffix == ".so"
+    assert not library.stat().st_mode & stat.S_IWOTH
