@@ -53,9 +53,9 @@ class EngineConfig(BaseModel):
     )
     fast_attention: bool = Field(
         True,
-        description="hf on CPU (float32, one torch thread): decode attention by a small C "
-        "kernel that reads each sequence's own cached columns (decode_attention.c, built at "
-        "first use by the machine's C compiler; 2-5x faster than SDPA); off, or without a "
+        description="hf on CPU (float32): attention of decode steps and packed prefill by a "
+        "small C kernel that reads each row's own columns (cpu_attention.c, built at first "
+        "use by the machine's C compiler; 2-5x faster than SDPA); off, or without a "
         "compiler: torch's SDPA. Same results up to float rounding.",
     )
     max_num_seqs: int = Field(

@@ -6,7 +6,8 @@ length, and the pass computes what prefill never uses (the last layer's queries,
 output projection and MLP: only its keys and values are kept, since a prompt's last token
 is fed by the next decode step). Here the prompts' tokens are laid end to end in one
 sequence: the projections and MLPs run once over all tokens with no padding, attention runs
-per prompt (causal, no mask), and the last layer stops after its keys and values.
+per prompt (causal, no mask; by the C kernel of cpu_attention.py where it serves, one call
+for every prompt of the pass), and the last layer stops after its keys and values.
 Same modules, same order as the model's forward (fast_decode.py checks the layout); the
 results agree with it up to float rounding (tests/generator/test_engines.py).
 """
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from astro_core.engines.cpu_attention import CPUAttention, same_layout, source_row
 from astro_core.engines.fast_decode import llama_layout, rotate_half
 
 LayerKV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer ([1, kv_heads, n, head_dim] x 2)
@@ -27,16 +29,17 @@ LayerKV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer ([1, kv_heads, n,
 PASS_TOKENS = 8192
 
 
-def packed_prefill(model: Any) -> PackedPrefill | None:
+def packed_prefill(model: Any, kernel: CPUAttention | None = None) -> PackedPrefill | None:
     """The packed prefill for this model, or None when its layout is another."""
-    return PackedPrefill(model) if llama_layout(model) else None
+    return PackedPrefill(model, kernel) if llama_layout(model) else None
 
 
 class PackedPrefill:
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, kernel: CPUAttention | None = None) -> None:
         self.model = model
         self.inner = model.model
         self.layers = list(self.inner.layers)
+        self.kernel = kernel
 
     def __call__(
         self,
@@ -84,24 +87,69 @@ class PackedPrefill:
                 break
             query = attention.q_proj(x).view(shape).transpose(1, 2)
             query = (query * cos) + (rotate_half(query) * sin)
-            out = torch.empty_like(query)  # [1, heads, tokens, head_dim]
-            for item, (begin, end) in zip(items, bounds, strict=True):
-                keys, values, mask = item.context(
-                    index, key[:, :, begin:end], value[:, :, begin:end]
-                )
-                out[:, :, begin:end] = F.scaled_dot_product_attention(
-                    query[:, :, begin:end],
-                    keys,
-                    values,
-                    attn_mask=mask,
-                    is_causal=mask is None,
-                    scale=attention.scaling,
-                    enable_gqa=True,
-                )
-            hidden = hidden + attention.o_proj(out.transpose(1, 2).reshape(1, tokens, -1))
+            if self.kernel is not None and self.kernel.usable():
+                out = self._kernel_attention(items, bounds, index, query, key, value)
+            else:
+                out = self._sdpa_attention(items, bounds, index, query, key, value)
+            hidden = hidden + attention.o_proj(out.reshape(1, tokens, -1))
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
         for item, (begin, end) in zip(items, bounds, strict=True):
             item.computed = [(k[:, :, begin:end], v[:, :, begin:end]) for k, v in kept]
+
+    def _sdpa_attention(
+        self,
+        items: Sequence[_Item],
+        bounds: list[tuple[int, int]],
+        layer: int,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+    ) -> torch.Tensor:
+        """Causal attention per prompt by SDPA: [tokens, heads, head_dim]."""
+        out = torch.empty_like(query)  # [1, heads, tokens, head_dim]
+        for item, (begin, end) in zip(items, bounds, strict=True):
+            keys, values, mask = item.context(layer, key[:, :, begin:end], value[:, :, begin:end])
+            out[:, :, begin:end] = F.scaled_dot_product_attention(
+                query[:, :, begin:end],
+                keys,
+                values,
+                attn_mask=mask,
+                is_causal=mask is None,
+                scale=self.layers[layer].self_attn.scaling,
+                enable_gqa=True,
+            )
+        return out[0].transpose(0, 1)
+
+    def _kernel_attention(
+        self,
+        items: Sequence[_Item],
+        bounds: list[tuple[int, int]],
+        layer: int,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+    ) -> torch.Tensor:
+        """Causal attention of every prompt in one kernel call: [tokens, heads, head_dim].
+        Token t of a prompt whose first `done` tokens are cached attends to its prompt's
+        columns 0 .. done + t."""
+        assert self.kernel is not None
+        sources, rows, alive = [], [], []
+        for s, (item, (begin, end)) in enumerate(zip(items, bounds, strict=True)):
+            keys, values = same_layout(*item.keys_values(layer, key, value, begin, end))
+            alive.append((keys, values))  # the table holds their addresses
+            sources.append(source_row(keys, values))
+            columns = torch.arange(item.done + 1, item.done + end - begin + 1, dtype=torch.int32)
+            fixed = torch.tensor([s, 0, 0], dtype=torch.int32).expand(len(columns), 3)
+            rows.append(torch.cat([fixed, columns[:, None]], dim=1))
+        attention = self.layers[layer].self_attn
+        return self.kernel(
+            query[0].transpose(0, 1),
+            torch.cat(rows),
+            torch.tensor(sources, dtype=torch.int64),
+            key.shape[1],
+            float(attention.scaling),
+            max(len(item.prompt) for item in items),
+        )
 
 
 Prefix = tuple[LayerKV, int]  # keys/values of a prompt's first tokens, and how many
@@ -117,21 +165,28 @@ class _Item:
         self.rest = prompt[self.done :]
         self.computed: LayerKV = []
 
+    def keys_values(
+        self, layer: int, key: torch.Tensor, value: torch.Tensor, begin: int, end: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """This prompt's keys and values at a layer, its cached prefix's first: the pass's
+        columns begin..end are its new tokens'."""
+        key, value = key[:, :, begin:end], value[:, :, begin:end]
+        if self.prefix is None:
+            return key, value
+        old_keys, old_values = self.prefix[layer]
+        return torch.cat([old_keys, key], dim=2), torch.cat([old_values, value], dim=2)
+
     def context(
         self, layer: int, key: torch.Tensor, value: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """What this prompt's new tokens attend to at a layer: the prefix and themselves,
         causally (a mask when there is a prefix: sdpa's causal flag aligns to the top left)."""
+        keys, values = self.keys_values(layer, key, value, 0, key.shape[2])
         if self.prefix is None:
-            return key, value, None
-        old_keys, old_values = self.prefix[layer]
+            return keys, values, None
         new = key.shape[2]
         mask = torch.ones(new, self.done + new, dtype=torch.bool, device=key.device)
-        return (
-            torch.cat([old_keys, key], dim=2),
-            torch.cat([old_values, value], dim=2),
-            mask.tril(diagonal=self.done),
-        )
+        return keys, values, mask.tril(diagonal=self.done)
 
     def result(self) -> LayerKV:
         if self.prefix is None:

@@ -41,7 +41,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin, DynamicCache, Dynam
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from astro_core.engines.decode_attention import DecodeAttention
+from astro_core.engines.cpu_attention import CPUAttention, source_row
 
 ATTENTION = "astro_slots"
 _MIN_COLUMNS = 64
@@ -158,7 +158,7 @@ class SlotCache(Cache):
         capacity: int,
         dtype: torch.dtype,
         device: str,
-        kernel: DecodeAttention | None = None,
+        kernel: CPUAttention | None = None,
     ) -> None:
         text = config.get_text_config()
         heads = int(text.num_attention_heads)
@@ -176,14 +176,13 @@ class SlotCache(Cache):
         self.low = [0 for _ in GROUPS]  # first column each group attends to
         self.masks: list[torch.Tensor | None] = [None for _ in GROUPS]  # this step's, per group
         self.cursor = 0  # the column the next step writes
-        # The C decode attention (decode_attention.py), when it serves this step: then
-        # `attend` reads each member's own columns from these tables instead of the masks.
+        # The C attention (cpu_attention.py), when it serves this step: then `attend`
+        # reads each member's own columns, as these tables say, instead of the masks.
         self.kernel = kernel
         self._kernel_step = False
-        self._threads = 1
-        self._sequences = torch.empty(0)  # int32 [rows, 3]: group, slot, columns
-        self._groups: list[torch.Tensor] = []  # per layer, int64 [groups, 5]
-        self._scores = torch.empty(0)  # the kernel's scratch space
+        self._rows = torch.empty(0)  # int32 [rows, 4]: group, slot, first column, columns
+        self._sources: list[torch.Tensor] = []  # per layer, int64 [groups, 5]
+        self._longest = 0
         super().__init__(layers=[_SlotLayer(self, i) for i in range(self.num_layers)])
 
     def buffers(self) -> list[torch.Tensor]:
@@ -329,10 +328,7 @@ class SlotCache(Cache):
         self.set_members(cached)
         every = [c for members in cached for c in members]
         self.masks = [None for _ in GROUPS]
-        # torch's threads; a kernel built without OpenMP is single-threaded, and then SDPA,
-        # which spreads the rows over threads, serves a multi-threaded process.
-        self._threads = torch.get_num_threads()
-        self._kernel_step = self.kernel is not None and (self.kernel.threaded or self._threads == 1)
+        self._kernel_step = self.kernel is not None and self.kernel.usable()
         if not every:
             return
         if self._kernel_step:
@@ -363,31 +359,30 @@ class SlotCache(Cache):
                 start += n
 
     def _kernel_tables(self, cached: Sequence[Sequence[int]]) -> None:
-        """Where each member's keys and values are, for the kernel (see decode_attention.c):
-        a member reads its `cached` columns before the cursor and the cursor's."""
-        self._sequences = torch.tensor(
-            [[g, k, c + 1] for g, members in enumerate(cached) for k, c in enumerate(members)],
-            dtype=torch.int32,
-        )
+        """Where each member's keys and values are, for the kernel: its `cached` columns
+        before the cursor and the cursor's."""
         for g, members in enumerate(cached):
             if members and not (max(members) <= self.at(g) < self.width(g)):
                 raise RuntimeError(f"group {g}'s windows do not fit its buffers")
-        self._groups = [
+        self._rows = torch.tensor(
+            [
+                [g, k, self.at(g) - c, c + 1]
+                for g, members in enumerate(cached)
+                for k, c in enumerate(members)
+            ],
+            dtype=torch.int32,
+        )
+        self._sources = [
             torch.tensor(
                 [
-                    [keys.data_ptr(), values.data_ptr(), self.at(g), *keys.stride()[:2]]
-                    if self.live[g]
-                    else [0] * 5
+                    source_row(keys, values) if self.live[g] else [0] * 5
                     for g, (keys, values) in enumerate(self._layer_buffers(layer))
                 ],
                 dtype=torch.int64,
             )
             for layer in range(self.num_layers)
         ]
-        queries = self.heads // self.kv_heads
-        needed = self._threads * queries * (max(c for members in cached for c in members) + 1)
-        if self._scores.numel() < needed:
-            self._scores = torch.empty(2 * needed, dtype=torch.float32)
+        self._longest = max(c for members in cached for c in members) + 1
 
     def _layer_buffers(self, layer: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Each group's (keys, values) buffers of one layer (empty tensors for unused groups)."""
@@ -403,16 +398,15 @@ class SlotCache(Cache):
         if self._kernel_step:
             assert self.kernel is not None
             scale = float(scaling) if scaling is not None else dim**-0.5
-            scores = self._scores[: self._scores.numel() // self._threads * self._threads]
-            return self.kernel(
-                query,
-                self._sequences,
-                self._groups[layer],
-                scores,
+            out = self.kernel(
+                query[:, :, 0],
+                self._rows,
+                self._sources[layer],
                 self.kv_heads,
                 scale,
-                self._threads,
+                self._longest,
             )
+            return out.view(batch, 1, heads, dim)
         outputs, start = [], 0
         for g in GROUPS:
             n = self.live[g]

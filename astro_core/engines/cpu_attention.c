@@ -1,5 +1,6 @@
-/* Decode attention on CPU: one query token per sequence, each sequence over exactly its own
- * cached columns. See decode_attention.py for why, and for the tables this reads.
+/* Attention on CPU for the hf engine: each query row over exactly its own span of key/value
+ * columns (a decoding sequence's cached tokens; a prompt token's prefix in prefill).
+ * See cpu_attention.py for why, and for the tables this reads.
  *
  * Compiled at first use with the machine's C compiler (-O3 -march=native); plain C with
  * GCC/Clang vector extensions, so the same source runs on AVX-512 (16 float lanes), AVX2
@@ -89,11 +90,11 @@ static inline float exp_nonpositive(float x) {
     return p * two_k * keep;
 }
 
-/* One key/value head of one sequence: `queries` query heads (consecutive, head_dim apart)
- * over `n` columns of keys and values (head_dim apart). `scores` holds queries * n floats. */
+/* One key/value head of one row: `queries` query heads (consecutive, head_dim apart) over
+ * `n` columns of keys and values (`step` apart). `scores` holds queries * n floats. */
 static inline __attribute__((always_inline)) void head_attention(
     const int chunks, int queries, int64_t n, float scale, const float *q, const float *k,
-    const float *v, float *out, float *scores)
+    const float *v, int64_t step, float *out, float *scores)
 {
     const int dim = chunks * LANES;
     vf qv[MAX_QUERIES][MAX_CHUNKS];
@@ -105,7 +106,7 @@ static inline __attribute__((always_inline)) void head_attention(
         for (int i = 0; i < queries; i++) {
             vf a[LANES];
             for (int t = 0; t < LANES; t++) {
-                const float *key = k + (j + t) * dim;
+                const float *key = k + (j + t) * step;
                 vf acc = qv[i][0] * load(key);
                 for (int c = 1; c < chunks; c++) acc += qv[i][c] * load(key + c * LANES);
                 a[t] = acc;
@@ -114,7 +115,7 @@ static inline __attribute__((always_inline)) void head_attention(
         }
     }
     for (; j < n; j++) {
-        const float *key = k + j * dim;
+        const float *key = k + j * step;
         for (int i = 0; i < queries; i++) {
             vf acc = qv[i][0] * load(key);
             for (int c = 1; c < chunks; c++) acc += qv[i][c] * load(key + c * LANES);
@@ -137,7 +138,7 @@ static inline __attribute__((always_inline)) void head_attention(
         vf acc[MAX_CHUNKS];
         for (int c = 0; c < chunks; c++) acc[c] = splat(0.f);
         for (int64_t t = 0; t < n; t++) {
-            const float *value = v + t * dim;
+            const float *value = v + t * step;
             vf weight = splat(s[t]);
             for (int c = 0; c < chunks; c++) acc[c] += weight * load(value + c * LANES);
         }
@@ -146,8 +147,8 @@ static inline __attribute__((always_inline)) void head_attention(
     }
 }
 
-/* Whether this build spreads sequences over threads (built with OpenMP). */
-int astro_decode_attention_threaded(void)
+/* Whether this build spreads rows over threads (built with OpenMP). */
+int astro_attention_threaded(void)
 {
 #ifdef _OPENMP
     return 1;
@@ -156,33 +157,33 @@ int astro_decode_attention_threaded(void)
 #endif
 }
 
-/* Whether astro_decode_attention handles this attention shape. */
-int astro_decode_attention_supports(int heads, int kv_heads, int dim)
+/* Whether astro_attention handles this attention shape. */
+int astro_attention_supports(int heads, int kv_heads, int dim)
 {
     return kv_heads > 0 && heads % kv_heads == 0 && heads / kv_heads <= MAX_QUERIES && dim > 0
         && dim % LANES == 0 && dim / LANES <= MAX_CHUNKS;
 }
 
-/* The table of one layer's groups, per group g (int64):
- *   [g*5+0] keys' address, [g*5+1] values' address (buffers [slots, kv_heads, width, dim]),
- *   [g*5+2] the buffer column of the cursor (each sequence's last column),
- *   [g*5+3] elements between slots, [g*5+4] elements between heads.
- * Per sequence r (int32): [r*3+0] its group, [r*3+1] its slot, [r*3+2] its columns (>= 1).
- * query: [rows, heads, dim] at the given row/head strides (elements); out: [rows, heads, dim]
- * contiguous; scores: `threads` x `scratch` floats, scratch >= heads/kv_heads x max(columns).
- * Sequences are spread over `threads` threads where built with OpenMP.
+/* Attention of `rows` query rows, each over its own span of columns.
+ * Per source s of keys and values (int64 table, 5 per source):
+ *   [0] keys' address, [1] values' address (both [slots, kv_heads, columns, dim] at the same
+ *   strides, dim contiguous), elements between [2] slots, [3] heads, [4] columns.
+ * Per row r (int32 table, 4 per row): [0] its source, [1] its slot there, [2] its first
+ *   column, [3] how many columns (>= 1) it attends to.
+ * query: [rows, heads, dim] at the given row stride (heads contiguous); out: [rows, heads,
+ * dim] contiguous; scores: `threads` x `scratch` floats, scratch >= heads/kv_heads x the most
+ * columns of a row. Rows are spread over `threads` threads where built with OpenMP.
  * Returns 0, or -1 for a shape this build does not handle (nothing written). */
-int astro_decode_attention(int rows, int heads, int kv_heads, int dim, float scale,
-                           const float *query, int64_t query_row_stride,
-                           int64_t query_head_stride, const int32_t *sequences,
-                           const int64_t *groups, float *out, float *scores, int64_t scratch,
-                           int threads)
+int astro_attention(int rows, int heads, int kv_heads, int dim, float scale, const float *query,
+                    int64_t query_row_stride, const int32_t *row_table,
+                    const int64_t *source_table, float *out, float *scores, int64_t scratch,
+                    int threads)
 {
-    if (!astro_decode_attention_supports(heads, kv_heads, dim) || query_head_stride != dim)
+    if (!astro_attention_supports(heads, kv_heads, dim))
         return -1;
     const int queries = heads / kv_heads, chunks = dim / LANES;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(dynamic) num_threads(threads) if (threads > 1 && rows > 1)
+#pragma omp parallel for schedule(dynamic, 4) num_threads(threads) if (threads > 1 && rows > 1)
 #endif
     for (int r = 0; r < rows; r++) {
 #ifdef _OPENMP
@@ -190,21 +191,21 @@ int astro_decode_attention(int rows, int heads, int kv_heads, int dim, float sca
 #else
         float *mine = scores;
 #endif
-        const int32_t *seq = sequences + 3 * r;
-        const int64_t *g = groups + 5 * seq[0];
-        const int64_t n = seq[2], first = g[2] - n + 1, slot = seq[1] * g[3] + first * dim;
+        const int32_t *row = row_table + 4 * r;
+        const int64_t *source = source_table + 5 * row[0];
+        const int64_t n = row[3], step = source[4], start = row[1] * source[2] + row[2] * step;
         for (int h = 0; h < kv_heads; h++) {
-            const float *k = (const float *)(intptr_t)g[0] + slot + h * g[4];
-            const float *v = (const float *)(intptr_t)g[1] + slot + h * g[4];
+            const float *k = (const float *)(intptr_t)source[0] + start + h * source[3];
+            const float *v = (const float *)(intptr_t)source[1] + start + h * source[3];
             const float *q = query + r * query_row_stride + h * queries * dim;
             float *o = out + ((int64_t)r * heads + h * queries) * dim;
             /* constant chunk counts let the compiler keep queries and sums in registers */
             switch (chunks) {
-            case 1: head_attention(1, queries, n, scale, q, k, v, o, mine); break;
-            case 2: head_attention(2, queries, n, scale, q, k, v, o, mine); break;
-            case 4: head_attention(4, queries, n, scale, q, k, v, o, mine); break;
-            case 8: head_attention(8, queries, n, scale, q, k, v, o, mine); break;
-            default: head_attention(chunks, queries, n, scale, q, k, v, o, mine);
+            case 1: head_attention(1, queries, n, scale, q, k, v, step, o, mine); break;
+            case 2: head_attention(2, queries, n, scale, q, k, v, step, o, mine); break;
+            case 4: head_attention(4, queries, n, scale, q, k, v, step, o, mine); break;
+            case 8: head_attention(8, queries, n, scale, q, k, v, step, o, mine); break;
+            default: head_attention(chunks, queries, n, scale, q, k, v, step, o, mine);
             }
         }
     }

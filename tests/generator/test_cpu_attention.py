@@ -1,5 +1,5 @@
-"""The C decode attention (astro_core/engines/decode_attention.c): exact columns, SDPA's
-values, the engine's results unchanged, and SDPA wherever the kernel cannot be built."""
+"""The C attention (astro_core/engines/cpu_attention.c): exact columns, SDPA's values, the
+engine's results unchanged (decode and prefill), SDPA wherever the kernel cannot be built."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 
 from astro_core.engines import EngineConfig, GenerationRequest, SamplingParams
-from astro_core.engines import decode_attention as kernels
+from astro_core.engines import cpu_attention as kernels
 from astro_core.engines.hf import HFEngine
 from tests.generator.test_engines import JOIN_PROMPTS, _random_request, assert_same
 
 needs_compiler = pytest.mark.skipif(
-    kernels.load_kernel() is None, reason="no C compiler builds the decode attention here"
+    kernels.load_kernel() is None, reason="no C compiler builds the cpu attention here"
 )
 
 
@@ -48,8 +48,8 @@ def _layout(
 ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[int], torch.Tensor, torch.Tensor]:
     """Group buffers full of NaN but for each member's own columns (ending at the group's
     cursor column), and the kernel's tables for them: any column read outside a member's
-    window makes its output NaN."""
-    keys, values, cursors, table = [], [], [], []
+    span makes its output NaN."""
+    keys, values, cursors, sources = [], [], [], []
     for members in lengths:
         width = max(members) + rnd.randint(1, 40)
         at = rnd.randint(max(members) - 1, width - 1)
@@ -61,12 +61,16 @@ def _layout(
         keys.append(k)
         values.append(v)
         cursors.append(at)
-        table.append([k.data_ptr(), v.data_ptr(), at, k.stride(0), k.stride(1)])
-    sequences = torch.tensor(
-        [[g, slot, n] for g, members in enumerate(lengths) for slot, n in enumerate(members)],
+        sources.append(kernels.source_row(k, v))
+    rows = torch.tensor(
+        [
+            [g, slot, cursors[g] - n + 1, n]
+            for g, members in enumerate(lengths)
+            for slot, n in enumerate(members)
+        ],
         dtype=torch.int32,
     )
-    return keys, values, cursors, sequences, torch.tensor(table, dtype=torch.int64)
+    return keys, values, cursors, rows, torch.tensor(sources, dtype=torch.int64)
 
 
 @needs_compiler
@@ -84,17 +88,17 @@ def test_each_row_attends_over_exactly_its_own_columns(
     assert kernel is not None and kernel.supports(heads, kv_heads, dim)
     rnd = random.Random(heads * dim)
     lengths = [[1, 7, 8, 9], [15, 16, 17, 33], [rnd.randint(1, 400) for _ in range(5)], [300]]
-    keys, values, cursors, sequences, groups = _layout(lengths, kv_heads, dim, rnd)
-    rows = len(sequences)
+    keys, values, cursors, table, sources = _layout(lengths, kv_heads, dim, rnd)
+    rows = len(table)
     # a query laid out as the lean step's: a view into a wider [rows, heads + 2 kv, dim]
-    query = torch.randn(rows, heads + 2 * kv_heads, 1, dim)[:, :heads]
+    query = torch.randn(rows, heads + 2 * kv_heads, dim)[:, :heads]
     scale = dim**-0.5
     longest = max(map(max, lengths))
     got = []
     for count in (1, 3):
-        scores = torch.empty(count * (heads // kv_heads) * longest)
-        out = kernel(query, sequences, groups, scores, kv_heads, scale, threads=count)
-        assert out.shape == (rows, 1, heads, dim) and out.is_contiguous()
+        torch.set_num_threads(count)
+        out = kernel(query, table, sources, kv_heads, scale, longest)
+        assert out.shape == (rows, heads, dim) and out.is_contiguous()
         got.append(out)
     assert torch.equal(got[0], got[1])
     r = 0
@@ -102,15 +106,13 @@ def test_each_row_attends_over_exactly_its_own_columns(
         at = cursors[g]
         for slot, n in enumerate(members):
             expected = F.scaled_dot_product_attention(
-                query[r : r + 1].double(),
+                query[r : r + 1, :, None].double(),
                 keys[g][slot : slot + 1, :, at - n + 1 : at + 1].double(),
                 values[g][slot : slot + 1, :, at - n + 1 : at + 1].double(),
                 scale=scale,
                 enable_gqa=True,
             )  # [1, heads, 1, dim]
-            torch.testing.assert_close(
-                got[0][r, 0], expected[0, :, 0].float(), atol=1e-5, rtol=1e-5
-            )
+            torch.testing.assert_close(got[0][r], expected[0, :, 0].float(), atol=1e-5, rtol=1e-5)
             r += 1
 
 
@@ -122,11 +124,14 @@ def test_shapes_the_build_does_not_handle_are_refused() -> None:
     assert not kernel.supports(64, 2, 32)  # 32 query heads per key/value head: over 16
     assert not kernel.supports(4, 2, 0)
     assert not kernel.supports(4, 2, 4096)  # head_dim over 16 vectors
-    query = torch.randn(1, 3, 1, 32)
+    query = torch.randn(1, 3, 32)
     with pytest.raises(RuntimeError, match="does not handle 3/2x32 heads"):
-        kernel(
-            query, torch.zeros(1, 3, dtype=torch.int32), torch.zeros(1, 5), torch.empty(64), 2, 1.0
-        )
+        kernel(query, torch.zeros(1, 4, dtype=torch.int32), torch.zeros(1, 5), 2, 1.0, 1)
+    with pytest.raises(ValueError, match="same strides"):
+        kernels.source_row(torch.zeros(1, 2, 4, 32), torch.zeros(1, 4, 2, 32).transpose(1, 2))
+    # a one-token prompt's keys: strides of size-1 dimensions are arbitrary and never used
+    one = torch.zeros(1, 1, 2, 32).transpose(1, 2)  # [1, 2, 1, 32], strides (64, 32, 64, 1)
+    assert kernels.source_row(one, torch.zeros(1, 2, 1, 32))[2:] == [0, 32, 0]
 
 
 def _engines(model: Path) -> tuple[HFEngine, HFEngine]:
@@ -168,6 +173,33 @@ def test_the_engine_decodes_the_same_with_the_kernel_and_with_sdpa(
             assert_same(got, expected, 1e-5)
 
 
+@needs_compiler
+def test_packed_prefill_is_the_same_with_the_kernel(tiny_model_dir: Path, threads: None) -> None:
+    """Prefill's causal attention by the kernel (every prompt of a pass in one call) gives
+    SDPA's keys and values, also for prompts whose first tokens come from the prefix cache
+    (they attend to the cached columns too), and for a prompt that is all cached."""
+    from astro_core.engines.fast_prefill import PackedPrefill
+
+    engine = HFEngine(EngineConfig(model_path=str(tiny_model_dir)))
+    kernel, model = engine._kernel, engine.model
+    prompts = [tuple(ids) for ids in engine.encode_request(GenerationRequest(tuple(JOIN_PROMPTS)))]
+    cut = [0, 1, len(prompts[2]) // 2, 0, 0, 0, 40, len(prompts[7])]  # cached tokens per prompt
+    for count in (1, 2):
+        torch.set_num_threads(count)
+        results = []
+        for use in (kernel, None):
+            prefill = PackedPrefill(model, use)
+            heads = prefill([p[:c] for p, c in zip(prompts, cut, strict=True) if c], "cpu")
+            cached = iter(heads)
+            prefixes = [(next(cached), c) if c else None for c in cut]
+            with torch.inference_mode():
+                results.append(prefill(prompts, "cpu", prefixes))
+        for with_kernel, with_sdpa in zip(*results, strict=True):
+            for (k1, v1), (k2, v2) in zip(with_kernel, with_sdpa, strict=True):
+                torch.testing.assert_close(k1, k2, atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(v1, v2, atol=1e-5, rtol=1e-5)
+
+
 def test_other_devices_and_dtypes_use_sdpa(tiny_model_dir: Path) -> None:
     bf16 = HFEngine(EngineConfig(model_path=str(tiny_model_dir), dtype="bfloat16"))
     assert bf16._kernel is None
@@ -207,9 +239,7 @@ def test_a_compiler_that_fails_is_logged_and_leaves_nothing(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    failing = _script(
-        tmp_path / "cc", 'echo "decode_attention.c:1: error: no vectors" >&2\nexit 1\n'
-    )
+    failing = _script(tmp_path / "cc", 'echo "cpu_attention.c:1: error: no vectors" >&2\nexit 1\n')
     monkeypatch.setenv("CC", str(failing))
     with caplog.at_level(logging.WARNING, logger=kernels.__name__):
         assert kernels.load_kernel() is None
@@ -265,5 +295,5 @@ def test_a_cache_directory_others_can_write_is_not_used(
     kernels.load_kernel.cache_clear()
     assert kernels.load_kernel() is not None  # the same directory, now private: built there
     [library] = fresh_build.iterdir()
-    assert library.name.startswith("decode_attention-") and library.suffix == ".so"
+    assert library.name.startswith("cpu_attention-") and library.suffix == ".so"
     assert not library.stat().st_mode & stat.S_IWOTH

@@ -1,24 +1,26 @@
-"""Decode attention for the hf engine on CPU: a small C kernel, compiled at first use.
+"""Attention for the hf engine on CPU: a small C kernel, compiled at first use.
 
-A decode step asks, for each sequence, one query token's attention over that sequence's
-cached keys and values. torch's `scaled_dot_product_attention` on CPU runs a flash-attention
-kernel built for blocks of queries: with one query per sequence it reaches a fraction of the
-memory bandwidth, and since the slot cache hands it one window per length group, every
-sequence also reads its group's longest window (padding it then masks out). Together these
-made attention ~40% of a decode step of the tiny model at 32 sequences.
+Decoding asks, for each sequence, one query token's attention over that sequence's cached
+keys and values. torch's `scaled_dot_product_attention` on CPU runs a flash-attention kernel
+built for blocks of queries: with one query per sequence it reaches a fraction of the memory
+bandwidth, and since the slot cache hands it one window per length group, every sequence
+also reads its group's longest window (padding it then masks out). Together these made
+attention ~40% of a decode step of the tiny model at 32 sequences. Prefill (causal attention
+of each packed prompt) is the same problem with one row per prompt token.
 
-`decode_attention.c` reads each sequence's own columns once, in the cache's layout, and does
-the softmax in registers: 2-5x faster than SDPA on the same step (more with AVX-512 than
-AVX2), with float32 results that differ from SDPA's by rounding only (~1e-7). It is plain C
-with vector extensions, compiled with `-O3 -march=native` by the machine's C compiler (`$CC`,
-else cc / gcc / clang) into `$ASTRO_KERNEL_CACHE` (default `$XDG_CACHE_HOME/astro/kernels`,
-else a private temp directory), keyed by the source, the compiler and the CPU, so each
-machine builds it once (~0.2 s).
+`cpu_attention.c` computes each query row over exactly its own span of columns, in the
+layout the keys and values already have, with the softmax in registers: 2-5x faster than
+SDPA (more with AVX-512 than AVX2), float32 results equal to SDPA's up to rounding (~1e-7).
+It is plain C with vector extensions, compiled with `-O3 -march=native` (and OpenMP, which
+spreads rows over torch's threads, where the compiler has it) by the machine's C compiler
+(`$CC`, else cc / gcc / clang) into `$ASTRO_KERNEL_CACHE` (default
+`$XDG_CACHE_HOME/astro/kernels`, else a private temp directory), keyed by the source, the
+compiler and the CPU, so each machine builds it once (~0.3 s).
 
 Where it does not apply the engine uses SDPA, with the same results up to rounding: no C
 compiler or a failed build (logged once), another device or dtype, a head size or a
 query/key head ratio this build does not handle, or more than one torch thread when the
-compiler had no OpenMP (then SDPA, which spreads sequences over threads).
+compiler had no OpenMP.
 """
 
 from __future__ import annotations
@@ -39,37 +41,40 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("decode_attention.c")
+SOURCE = Path(__file__).with_name("cpu_attention.c")
 FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-std=gnu11", "-shared", "-fPIC")
-# OpenMP spreads sequences over torch's threads (one runtime: torch's libgomp.so.1 is the
-# one already loaded); a compiler without it (Apple's clang) builds the single-threaded one.
+# OpenMP spreads rows over torch's threads (one runtime: torch's libgomp.so.1 is the one
+# already loaded); a compiler without it (Apple's clang) builds the single-threaded kernel.
 THREADED = ("-fopenmp",)
 COMPILE_SECONDS = 120
 
 
-class DecodeAttention:
-    """The loaded kernel: one call attends every sequence of a step, for one layer."""
+class CPUAttention:
+    """The loaded kernel: one call attends every query row of a pass, for one layer.
+
+    Rows are described by two small tables (the layout is in cpu_attention.c): `sources`
+    (int64 [sources, 5]: keys' and values' addresses, slot, head and column strides) and
+    `rows` (int32 [rows, 4]: source, slot, first column, columns)."""
 
     def __init__(self, library: ctypes.CDLL) -> None:
-        self._attend = library.astro_decode_attention
+        self._attend = library.astro_attention
         self._attend.restype = ctypes.c_int
         self._attend.argtypes = [
             *[ctypes.c_int] * 4,  # rows, heads, kv_heads, dim
             ctypes.c_float,  # scale
             ctypes.c_void_p,  # query
             ctypes.c_int64,  # query's row stride
-            ctypes.c_int64,  # query's head stride
-            ctypes.c_void_p,  # sequences (int32 [rows, 3])
-            ctypes.c_void_p,  # groups (int64 [groups, 5])
+            ctypes.c_void_p,  # rows table
+            ctypes.c_void_p,  # sources table
             ctypes.c_void_p,  # out
             ctypes.c_void_p,  # scores
             ctypes.c_int64,  # scores per thread
             ctypes.c_int,  # threads
         ]
-        self._supports = library.astro_decode_attention_supports
+        self._supports = library.astro_attention_supports
         self._supports.restype = ctypes.c_int
         self._supports.argtypes = [ctypes.c_int] * 3
-        self.threaded = bool(library.astro_decode_attention_threaded())
+        self.threaded = bool(library.astro_attention_threaded())
 
     def supports(self, heads: int, kv_heads: int, head_dim: int) -> bool:
         """Whether this build handles the model's attention shape."""
@@ -78,46 +83,77 @@ class DecodeAttention:
     def __call__(
         self,
         query: torch.Tensor,
-        sequences: torch.Tensor,
-        groups: torch.Tensor,
-        scores: torch.Tensor,
+        rows: torch.Tensor,
+        sources: torch.Tensor,
         kv_heads: int,
         scale: float,
-        threads: int = 1,
+        longest: int,
     ) -> torch.Tensor:
-        """Attention of `query` ([rows, heads, 1, dim], float32): [rows, 1, heads, dim].
+        """Attention of `query` ([rows, heads, dim], float32): [rows, heads, dim].
 
-        `sequences` (int32 [rows, 3]: group, slot, columns) and `groups` (int64 [groups, 5]:
-        keys' and values' addresses, cursor column, slot and head strides) describe where
-        each sequence's keys and values are (the layout is in decode_attention.c);
-        `scores` is scratch space, (heads / kv_heads) x the most columns per thread."""
-        rows, heads, _, dim = query.shape
-        threads = threads if self.threaded else 1
-        if query.stride(1) != dim or query.stride(3) != 1:
+        `longest`: the most columns any row attends to (sizes the scratch space). The
+        tables must describe keys and values that stay alive for the call; the engine's
+        callers build them from the tensors they attend over."""
+        count, heads, dim = query.shape
+        if query.stride(1) != dim or query.stride(2) != 1:
             query = query.contiguous()
-        out = torch.empty((rows, 1, heads, dim), dtype=torch.float32)
+        threads = torch.get_num_threads() if self.threaded else 1
+        scratch = (heads // kv_heads) * longest
+        scores = torch.empty(threads * scratch, dtype=torch.float32)
+        out = torch.empty((count, heads, dim), dtype=torch.float32)
         status = self._attend(
-            rows,
+            count,
             heads,
             kv_heads,
             dim,
             scale,
             query.data_ptr(),
             query.stride(0),
-            query.stride(1),
-            sequences.data_ptr(),
-            groups.data_ptr(),
+            rows.data_ptr(),
+            sources.data_ptr(),
             out.data_ptr(),
             scores.data_ptr(),
-            scores.numel() // threads,
+            scratch,
             threads,
         )
         if status != 0:
-            raise RuntimeError(f"decode attention does not handle {heads}/{kv_heads}x{dim} heads")
+            raise RuntimeError(f"cpu attention does not handle {heads}/{kv_heads}x{dim} heads")
         return out
 
+    def usable(self) -> bool:
+        """Whether it serves this thread count (a build without OpenMP: one thread only;
+        with more, SDPA spreads the work over them)."""
+        return self.threaded or torch.get_num_threads() == 1
 
-def kernel_for(device: str, dtype: torch.dtype, config: Any) -> DecodeAttention | None:
+
+def source_row(keys: torch.Tensor, values: torch.Tensor) -> list[int]:
+    """The sources-table entry of keys and values shaped [slots, kv_heads, columns, dim]
+    (float32, the same strides, dim contiguous; see `same_layout`)."""
+    strides = _strides(keys)
+    if strides != _strides(values) or strides[3] != 1 or keys.dtype != torch.float32:
+        raise ValueError("keys and values must be float32 at the same strides, dim contiguous")
+    return [keys.data_ptr(), values.data_ptr(), *strides[:3]]
+
+
+def same_layout(keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values as `source_row` takes them (copied only when their strides differ)."""
+    strides = _strides(keys)
+    if strides == _strides(values) and strides[3] == 1:
+        return keys, values
+    return keys.contiguous(), values.contiguous()
+
+
+def _strides(tensor: torch.Tensor) -> tuple[int, ...]:
+    """Strides that address something: a dimension of size 1 has only index 0 (its stride,
+    which torch leaves arbitrary, is never used), so it counts as 0 (1 for dim)."""
+    last = len(tensor.shape) - 1
+    return tuple(
+        stride if size > 1 else int(i == last)
+        for i, (size, stride) in enumerate(zip(tensor.shape, tensor.stride(), strict=True))
+    )
+
+
+def kernel_for(device: str, dtype: torch.dtype, config: Any) -> CPUAttention | None:
     """The kernel for a model's decode steps, or None where SDPA serves them (see above)."""
     if torch.device(device).type != "cpu" or dtype != torch.float32:
         return None
@@ -132,12 +168,12 @@ def kernel_for(device: str, dtype: torch.dtype, config: Any) -> DecodeAttention 
 
 
 @functools.cache
-def load_kernel() -> DecodeAttention | None:
+def load_kernel() -> CPUAttention | None:
     """The kernel built for this machine (compiled once into the cache directory), or None
     where it cannot be built (the reason is logged)."""
     compiler = _compiler()
     if compiler is None:
-        log.warning("decode attention: no C compiler found ($CC, cc, gcc, clang); using SDPA")
+        log.warning("cpu attention: no C compiler found ($CC, cc, gcc, clang); using SDPA")
         return None
     source = SOURCE.read_bytes()
     key = hashlib.sha256(
@@ -145,7 +181,7 @@ def load_kernel() -> DecodeAttention | None:
             [source, " ".join(FLAGS + THREADED).encode(), compiler.encode(), _cpu().encode()]
         )
     ).hexdigest()[:16]
-    name = f"decode_attention-{key}.so"
+    name = f"cpu_attention-{key}.so"
     library = next((d / name for d in _cache_dirs() if _trusted(d) and (d / name).exists()), None)
     if library is None:
         try:
@@ -154,14 +190,12 @@ def load_kernel() -> DecodeAttention | None:
             except subprocess.SubprocessError:
                 library = _build(compiler, list(FLAGS), name)
         except (OSError, subprocess.SubprocessError) as error:
-            log.warning(
-                "decode attention: building with %s failed: %s; using SDPA", compiler, error
-            )
+            log.warning("cpu attention: building with %s failed: %s; using SDPA", compiler, error)
             return None
     try:
-        return DecodeAttention(ctypes.CDLL(str(library)))
+        return CPUAttention(ctypes.CDLL(str(library)))
     except (OSError, AttributeError) as error:
-        log.warning("decode attention: loading %s failed (%s); using SDPA", library, error)
+        log.warning("cpu attention: loading %s failed (%s); using SDPA", library, error)
         return None
 
 
