@@ -181,7 +181,7 @@ class SlotCache(Cache):
         self.kernel = kernel
         self._kernel_step = False
         self._rows = torch.empty(0)  # int32 [rows, 4]: group, slot, first column, columns
-        self._sources: list[torch.Tensor] = []  # per layer, int64 [groups, 5]
+        self._sources: list[torch.Tensor] = []  # per layer, int64 [groups, 5]; [] if stale
         self._longest = 0
         super().__init__(layers=[_SlotLayer(self, i) for i in range(self.num_layers)])
 
@@ -254,6 +254,7 @@ class SlotCache(Cache):
                     buffer[:n, :, at - window : at] = old[i][:n, :, now - window : now]
                 new.append(buffer)
         self.keys[group], self.values[group] = moved
+        self._sources = []  # the kernel's tables hold the old buffers' addresses
 
     def place(
         self,
@@ -372,16 +373,19 @@ class SlotCache(Cache):
             ],
             dtype=torch.int32,
         )
-        self._sources = [
-            torch.tensor(
-                [
-                    source_row(keys, values) if self.live[g] else [0] * 5
-                    for g, (keys, values) in enumerate(self._layer_buffers(layer))
-                ],
-                dtype=torch.int64,
-            )
-            for layer in range(self.num_layers)
-        ]
+        # Buffers change only when a group grows (`_grow` clears the tables): the sources
+        # tables are built then, not every step.
+        if not self._sources:
+            self._sources = [
+                torch.tensor(
+                    [
+                        source_row(keys, values) if keys.numel() else [0] * 5
+                        for keys, values in self._layer_buffers(layer)
+                    ],
+                    dtype=torch.int64,
+                )
+                for layer in range(self.num_layers)
+            ]
         self._longest = max(c for members in cached for c in members) + 1
 
     def _layer_buffers(self, layer: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
