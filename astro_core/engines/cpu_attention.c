@@ -173,11 +173,14 @@ int astro_attention_supports(int heads, int kv_heads, int dim)
  * query: [rows, heads, dim] at the given row stride (heads contiguous); out: [rows, heads,
  * dim] contiguous; scores: `threads` x `scratch` floats, scratch >= heads/kv_heads x the most
  * columns of a row. Rows are spread over `threads` threads where built with OpenMP.
+ * new_keys / new_values, unless NULL: [rows, kv_heads, dim] at the given row strides (heads
+ * contiguous), written into each row's last column first (a decode step's new token).
  * Returns 0, or -1 for a shape this build does not handle (nothing written). */
 int astro_attention(int rows, int heads, int kv_heads, int dim, float scale, const float *query,
                     int64_t query_row_stride, const int32_t *row_table,
                     const int64_t *source_table, float *out, float *scores, int64_t scratch,
-                    int threads)
+                    int threads, const float *new_keys, int64_t new_key_row_stride,
+                    const float *new_values, int64_t new_value_row_stride)
 {
     if (!astro_attention_supports(heads, kv_heads, dim))
         return -1;
@@ -195,8 +198,12 @@ int astro_attention(int rows, int heads, int kv_heads, int dim, float scale, con
         const int64_t *source = source_table + 5 * row[0];
         const int64_t n = row[3], step = source[4], start = row[1] * source[2] + row[2] * step;
         for (int h = 0; h < kv_heads; h++) {
-            const float *k = (const float *)(intptr_t)source[0] + start + h * source[3];
-            const float *v = (const float *)(intptr_t)source[1] + start + h * source[3];
+            float *k = (float *)(intptr_t)source[0] + start + h * source[3];
+            float *v = (float *)(intptr_t)source[1] + start + h * source[3];
+            if (new_keys) {
+                memcpy(k + (n - 1) * step, new_keys + r * new_key_row_stride + h * dim, dim * 4);
+                memcpy(v + (n - 1) * step, new_values + r * new_value_row_stride + h * dim, dim * 4);
+            }
             const float *q = query + r * query_row_stride + h * queries * dim;
             float *o = out + ((int64_t)r * heads + h * queries) * dim;
             /* constant chunk counts let the compiler keep queries and sums in registers */

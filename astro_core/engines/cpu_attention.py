@@ -70,6 +70,10 @@ class CPUAttention:
             ctypes.c_void_p,  # scores
             ctypes.c_int64,  # scores per thread
             ctypes.c_int,  # threads
+            ctypes.c_void_p,  # new keys (or NULL)
+            ctypes.c_int64,  # their row stride
+            ctypes.c_void_p,  # new values (or NULL)
+            ctypes.c_int64,  # their row stride
         ]
         self._supports = library.astro_attention_supports
         self._supports.restype = ctypes.c_int
@@ -88,15 +92,18 @@ class CPUAttention:
         kv_heads: int,
         scale: float,
         longest: int,
+        new: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Attention of `query` ([rows, heads, dim], float32): [rows, heads, dim].
 
-        `longest`: the most columns any row attends to (sizes the scratch space). The
-        tables must describe keys and values that stay alive for the call; the engine's
-        callers build them from the tensors they attend over."""
+        `longest`: the most columns any row attends to (sizes the scratch space). `new`:
+        keys and values ([rows, kv_heads, dim]) written into each row's last column first,
+        as a decode step's new token. The tables must describe keys and values that stay
+        alive for the call; the engine's callers build them from the tensors they attend
+        over."""
         count, heads, dim = query.shape
-        if query.stride(1) != dim or query.stride(2) != 1:
-            query = query.contiguous()
+        query = _heads_contiguous(query)
+        new_keys, new_values = (_heads_contiguous(t) for t in new) if new else (None, None)
         threads = torch.get_num_threads() if self.threaded else 1
         scratch = (heads // kv_heads) * longest
         scores = torch.empty(threads * scratch, dtype=torch.float32)
@@ -115,6 +122,10 @@ class CPUAttention:
             scores.data_ptr(),
             scratch,
             threads,
+            new_keys.data_ptr() if new_keys is not None else None,
+            new_keys.stride(0) if new_keys is not None else 0,
+            new_values.data_ptr() if new_values is not None else None,
+            new_values.stride(0) if new_values is not None else 0,
         )
         if status != 0:
             raise RuntimeError(f"cpu attention does not handle {heads}/{kv_heads}x{dim} heads")
@@ -133,6 +144,16 @@ def source_row(keys: torch.Tensor, values: torch.Tensor) -> list[int]:
     if strides != _strides(values) or strides[3] != 1 or keys.dtype != torch.float32:
         raise ValueError("keys and values must be float32 at the same strides, dim contiguous")
     return [keys.data_ptr(), values.data_ptr(), *strides[:3]]
+
+
+def _heads_contiguous(rows: torch.Tensor) -> torch.Tensor:
+    """[rows, heads, dim] float32 with heads and dims contiguous (rows at any stride)."""
+    if rows.dtype != torch.float32:
+        raise ValueError(f"cpu attention takes float32, got {rows.dtype}")
+    _, _, dim = rows.shape
+    if rows.stride(2) == 1 and (rows.stride(1) == dim or rows.shape[1] == 1):
+        return rows
+    return rows.contiguous()
 
 
 def same_layout(keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

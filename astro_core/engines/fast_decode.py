@@ -77,8 +77,7 @@ class FastDecoder:
             query = rotated[:, : layer.heads, None]  # [rows, heads, 1, head_dim]
             key = rotated[:, layer.heads :, None]
             value = qkv[:, layer.heads + layer.kv_heads :, None]
-            cache.write(index, key, value)
-            out = cache.attend(query, index, layer.scaling)  # [rows, 1, heads, dim]
+            out = cache.write_and_attend(query, key, value, index, layer.scaling)
             hidden = hidden + layer.o_proj(out.reshape(rows, -1))
             gate, up = layer.gate_up(_norm(layer.post_norm, hidden)).chunk(2, dim=-1)
             hidden = hidden + layer.down_proj(layer.act(gate) * up)

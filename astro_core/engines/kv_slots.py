@@ -396,6 +396,30 @@ class SlotCache(Cache):
             for g in GROUPS
         ]
 
+    def write_and_attend(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layer: int, scaling: Any
+    ) -> torch.Tensor:
+        """`write` then `attend` (query [rows, heads, 1, dim], key/value [rows, kv_heads, 1,
+        dim]); the kernel does both in one call."""
+        if self._kernel_step:
+            assert self.kernel is not None
+            batch, heads, _, dim = query.shape
+            if key.shape[0] != batch:
+                raise RuntimeError("the slot cache decodes one token per live sequence per step")
+            scale = float(scaling) if scaling is not None else dim**-0.5
+            out = self.kernel(
+                query[:, :, 0],
+                self._rows,
+                self._sources[layer],
+                self.kv_heads,
+                scale,
+                self._longest,
+                new=(key[:, :, 0], value[:, :, 0]),
+            )
+            return out.view(batch, 1, heads, dim)
+        self.write(layer, key, value)
+        return self.attend(query, layer, scaling)
+
     def attend(self, query: torch.Tensor, layer: int, scaling: Any) -> torch.Tensor:
         """Attention of one decode step, each group over its window: [b, 1, heads, dim]."""
         batch, heads, _, dim = query.shape
