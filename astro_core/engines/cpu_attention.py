@@ -175,7 +175,8 @@ def _strides(tensor: torch.Tensor) -> tuple[int, ...]:
 
 
 def kernel_for(device: str, dtype: torch.dtype, config: Any) -> CPUAttention | None:
-    """The kernel for a model's decode steps, or None where SDPA serves them (see above)."""
+    """The kernel for a model's attention (decode steps, packed prefill), or None where SDPA
+    serves it (see above)."""
     if torch.device(device).type != "cpu" or dtype != torch.float32:
         return None
     kernel = load_kernel()
