@@ -25,6 +25,7 @@ compiler had no OpenMP.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -32,8 +33,10 @@ import logging
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -209,7 +212,9 @@ def load_kernel() -> CPUAttention | None:
         try:
             try:
                 library = _build(compiler, [*FLAGS, *THREADED], name)
-            except subprocess.SubprocessError:
+            except subprocess.TimeoutExpired:
+                raise
+            except subprocess.SubprocessError:  # no OpenMP: the single-threaded kernel
                 library = _build(compiler, list(FLAGS), name)
         except (OSError, subprocess.SubprocessError) as error:
             log.warning("cpu attention: building with %s failed: %s; using SDPA", compiler, error)
@@ -237,21 +242,40 @@ def _build(compiler: str, flags: list[str], name: str) -> Path:
         raise OSError(f"no writable cache directory among {', '.join(map(str, _cache_dirs()))}")
     os.close(handle)
     library = directory / name
+    _sweep_partials(directory)
     try:
-        result = subprocess.run(
+        # In a session of its own, so that a compiler past its time is killed with every
+        # process it started (cc runs cc1, as, ld).
+        with subprocess.Popen(
             [compiler, *flags, str(SOURCE), "-o", partial],
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             text=True,
-            timeout=COMPILE_SECONDS,
-            check=False,
-        )
-        if result.returncode != 0:
-            tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-            raise subprocess.SubprocessError(" / ".join(tail) or f"exit {result.returncode}")
+            start_new_session=True,
+        ) as proc:
+            try:
+                output, _ = proc.communicate(timeout=COMPILE_SECONDS)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
+                raise
+        if proc.returncode != 0:
+            tail = output.strip().splitlines()[-3:]
+            raise subprocess.SubprocessError(" / ".join(tail) or f"exit {proc.returncode}")
         os.replace(partial, library)
     finally:
         Path(partial).unlink(missing_ok=True)
     return library
+
+
+def _sweep_partials(directory: Path) -> None:
+    """Remove partial libraries left by builds that were killed (younger ones may be other
+    processes' builds in progress)."""
+    old = time.time() - 2 * COMPILE_SECONDS
+    for partial in directory.glob("*.so.partial"):
+        with contextlib.suppress(OSError):
+            if partial.stat().st_mtime < old:
+                partial.unlink()
 
 
 def _compiler() -> str | None:

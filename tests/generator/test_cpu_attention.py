@@ -3,6 +3,7 @@ engine's results unchanged (decode and prefill), SDPA wherever the kernel cannot
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -10,6 +11,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 import torch.nn.functional as F
@@ -232,6 +234,16 @@ def test_without_a_compiler_the_engine_uses_sdpa(
     assert not fresh_build.exists() or not any(fresh_build.iterdir())
 
 
+def _session_alive(session: int) -> bool:
+    """Whether a process of the session is still running (killed ones may linger as zombies
+    until init reaps them)."""
+    for process in psutil.process_iter(["pid"]):
+        with contextlib.suppress(psutil.Error):
+            if os.getsid(process.pid) == session and process.status() != psutil.STATUS_ZOMBIE:
+                return True
+    return False
+
+
 def _script(path: Path, body: str) -> Path:
     path.write_text("#!/bin/sh\n" + body)
     path.chmod(0o755)
@@ -250,6 +262,39 @@ def test_a_compiler_that_fails_is_logged_and_leaves_nothing(
         assert kernels.load_kernel() is None
     assert "error: no vectors" in caplog.text and "using SDPA" in caplog.text
     assert list(fresh_build.iterdir()) == []  # no partial library left behind
+
+
+def test_a_compiler_that_hangs_is_given_up_once(
+    tmp_path: Path,
+    fresh_build: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A build past its time limit is killed with the processes it started and is not tried
+    again without OpenMP (that would double the wait); the engine loads with SDPA."""
+    calls = tmp_path / "calls"
+    # the shell waits on a child that holds none of its pipes: only killing the session ends it
+    hanging = _script(tmp_path / "cc", f'echo $$ >> "{calls}"\nsleep 30 >/dev/null 2>&1 &\nwait\n')
+    monkeypatch.setenv("CC", str(hanging))
+    monkeypatch.setattr(kernels, "COMPILE_SECONDS", 0.5)
+    with caplog.at_level(logging.WARNING, logger=kernels.__name__):
+        assert kernels.load_kernel() is None
+    assert "timed out" in caplog.text
+    [shell] = calls.read_text().split()  # one try
+    assert not _session_alive(int(shell)), "the compiler's processes outlived the build"
+
+
+def test_partial_libraries_of_killed_builds_are_swept(
+    tmp_path: Path, fresh_build: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fresh_build.mkdir(mode=0o700)
+    stale, recent = fresh_build / "a.so.partial", fresh_build / "b.so.partial"
+    stale.write_bytes(b"")
+    recent.write_bytes(b"")
+    os.utime(stale, (0, 0))  # left by a build killed long ago
+    monkeypatch.setenv("CC", str(_script(tmp_path / "cc", "exit 1\n")))
+    assert kernels.load_kernel() is None
+    assert not stale.exists() and recent.exists()  # another build may still be writing it
 
 
 @needs_compiler
