@@ -87,16 +87,13 @@ class PackedPrefill:
                 break
             query = attention.q_proj(x).view(shape).transpose(1, 2)
             query = (query * cos) + (rotate_half(query) * sin)
-            if self.kernel is not None and self.kernel.usable():
-                out = self._kernel_attention(items, bounds, index, query, key, value)
-            else:
-                out = self._sdpa_attention(items, bounds, index, query, key, value)
+            out = self._attention(items, bounds, index, query, key, value)
             hidden = hidden + attention.o_proj(out.reshape(1, tokens, -1))
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
         for item, (begin, end) in zip(items, bounds, strict=True):
             item.computed = [(k[:, :, begin:end], v[:, :, begin:end]) for k, v in kept]
 
-    def _sdpa_attention(
+    def _attention(
         self,
         items: Sequence[_Item],
         bounds: list[tuple[int, int]],
@@ -105,34 +102,27 @@ class PackedPrefill:
         key: torch.Tensor,
         value: torch.Tensor,
     ) -> torch.Tensor:
-        """Causal attention per prompt by SDPA: [tokens, heads, head_dim]."""
-        out = torch.empty_like(query)  # [1, heads, tokens, head_dim]
-        for item, (begin, end) in zip(items, bounds, strict=True):
-            keys, values, mask = item.context(layer, key[:, :, begin:end], value[:, :, begin:end])
-            out[:, :, begin:end] = F.scaled_dot_product_attention(
-                query[:, :, begin:end],
-                keys,
-                values,
-                attn_mask=mask,
-                is_causal=mask is None,
-                scale=self.layers[layer].self_attn.scaling,
-                enable_gqa=True,
-            )
-        return out[0].transpose(0, 1)
-
-    def _kernel_attention(
-        self,
-        items: Sequence[_Item],
-        bounds: list[tuple[int, int]],
-        layer: int,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
-    ) -> torch.Tensor:
-        """Causal attention of every prompt in one kernel call: [tokens, heads, head_dim].
-        Token t of a prompt whose first `done` tokens are cached attends to its prompt's
-        columns 0 .. done + t."""
-        assert self.kernel is not None
+        """Causal attention of each prompt of the pass: [tokens, heads, head_dim]. Token t
+        of a prompt whose first `done` tokens are cached attends to its prompt's columns
+        0 .. done + t: by the C kernel, every prompt in one call, where it serves; else by
+        SDPA, prompt by prompt."""
+        scale = self.layers[layer].self_attn.scaling
+        if self.kernel is None or not self.kernel.usable():
+            out = torch.empty_like(query)  # [1, heads, tokens, head_dim]
+            for item, (begin, end) in zip(items, bounds, strict=True):
+                keys, values, mask = item.context(
+                    layer, key[:, :, begin:end], value[:, :, begin:end]
+                )
+                out[:, :, begin:end] = F.scaled_dot_product_attention(
+                    query[:, :, begin:end],
+                    keys,
+                    values,
+                    attn_mask=mask,
+                    is_causal=mask is None,
+                    scale=scale,
+                    enable_gqa=True,
+                )
+            return out[0].transpose(0, 1)
         sources, rows, alive = [], [], []
         for s, (item, (begin, end)) in enumerate(zip(items, bounds, strict=True)):
             keys, values = same_layout(*item.keys_values(layer, key, value, begin, end))
@@ -141,13 +131,12 @@ class PackedPrefill:
             columns = torch.arange(item.done + 1, item.done + end - begin + 1, dtype=torch.int32)
             fixed = torch.tensor([s, 0, 0], dtype=torch.int32).expand(len(columns), 3)
             rows.append(torch.cat([fixed, columns[:, None]], dim=1))
-        attention = self.layers[layer].self_attn
         return self.kernel(
             query[0].transpose(0, 1),
             torch.cat(rows),
             torch.tensor(sources, dtype=torch.int64),
             key.shape[1],
-            float(attention.scaling),
+            float(scale),
             max(len(item.prompt) for item in items),
         )
 

@@ -401,27 +401,22 @@ class SlotCache(Cache):
     ) -> torch.Tensor:
         """`write` then `attend` (query [rows, heads, 1, dim], key/value [rows, kv_heads, 1,
         dim]); the kernel does both in one call."""
-        if self._kernel_step:
-            assert self.kernel is not None
-            batch, heads, _, dim = query.shape
-            if key.shape[0] != batch:
-                raise RuntimeError("the slot cache decodes one token per live sequence per step")
-            scale = float(scaling) if scaling is not None else dim**-0.5
-            out = self.kernel(
-                query[:, :, 0],
-                self._rows,
-                self._sources[layer],
-                self.kv_heads,
-                scale,
-                self._longest,
-                new=(key[:, :, 0], value[:, :, 0]),
-            )
-            return out.view(batch, 1, heads, dim)
-        self.write(layer, key, value)
-        return self.attend(query, layer, scaling)
+        if not self._kernel_step:
+            self.write(layer, key, value)
+            return self.attend(query, layer, scaling)
+        if key.shape[0] != query.shape[0]:
+            raise RuntimeError("the slot cache decodes one token per live sequence per step")
+        return self.attend(query, layer, scaling, new=(key[:, :, 0], value[:, :, 0]))
 
-    def attend(self, query: torch.Tensor, layer: int, scaling: Any) -> torch.Tensor:
-        """Attention of one decode step, each group over its window: [b, 1, heads, dim]."""
+    def attend(
+        self,
+        query: torch.Tensor,
+        layer: int,
+        scaling: Any,
+        new: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Attention of one decode step, each group over its window: [b, 1, heads, dim].
+        `new` (the kernel only): the step's keys and values, written first."""
         batch, heads, _, dim = query.shape
         if self._kernel_step:
             assert self.kernel is not None
@@ -433,6 +428,7 @@ class SlotCache(Cache):
                 self.kv_heads,
                 scale,
                 self._longest,
+                new=new,
             )
             return out.view(batch, 1, heads, dim)
         outputs, start = [], 0

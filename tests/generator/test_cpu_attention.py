@@ -19,7 +19,12 @@ import torch.nn.functional as F
 from astro_core.engines import EngineConfig, GenerationRequest, SamplingParams
 from astro_core.engines import cpu_attention as kernels
 from astro_core.engines.hf import HFEngine
-from tests.generator.test_engines import JOIN_PROMPTS, _random_request, assert_same
+from tests.generator.test_engines import (
+    JOIN_PROMPTS,
+    _random_request,
+    assert_same,
+    joining_one_per_step,
+)
 
 # Skipped only where there is no C compiler: where there is one, the kernel must build (a
 # build error fails these tests instead of hiding behind SDPA).
@@ -166,18 +171,12 @@ def test_the_engine_decodes_the_same_with_the_kernel_and_with_sdpa(
     for seed in range(3):
         rnd = random.Random(seed)
         requests = [_random_request(rnd) for _ in range(6)]
-        results = []
-        for engine in (with_kernel, with_sdpa):
-            batch = engine.start_batch(rnd.choice([3, 64]))
-            tickets = []
-            for request in requests:
-                tickets.append(batch.add(request))
-                batch.step()
-            while batch.rows:
-                batch.step()
-            results.append([t.results() for t in tickets])
-        for got, expected in zip(*results, strict=True):
-            assert_same(got, expected, 1e-5)
+        capacity = rnd.choice([3, 64])
+        expected = joining_one_per_step(with_sdpa, requests, capacity)
+        for got, want in zip(
+            joining_one_per_step(with_kernel, requests, capacity), expected, strict=True
+        ):
+            assert_same(got, want, 1e-5)
 
 
 @needs_compiler

@@ -313,6 +313,20 @@ def _joining_matches_alone(engine: Engine, seed: int) -> None:
             assert_same(ticket.results(), alone, 1e-4 if engine.kind == "hf" else 5e-2)
 
 
+def joining_one_per_step(
+    engine: Engine, requests: list[GenerationRequest], capacity: int
+) -> list[list[Completion]]:
+    """Each request's completions when they join a running batch one per decode step."""
+    batch = engine.start_batch(capacity)
+    tickets = []
+    for request in requests:
+        tickets.append(batch.add(request))
+        batch.step()
+    while batch.rows:
+        batch.step()
+    return [ticket.results() for ticket in tickets]
+
+
 def assert_same(got: list[Completion], expected: list[Completion], tolerance: float = 1e-4) -> None:
     """Equal completions; log-probabilities equal up to float noise (batch shapes differ)."""
     assert [replace(c, cumulative_logprob=0, token_logprobs=()) for c in got] == [
@@ -404,15 +418,9 @@ def test_fresh_cache_memory_never_reaches_attention(
         alone = [clean.generate_batch([r])[0] for r in requests]
         monkeypatch.setattr(torch, "empty", poisoned)
         fresh = HFEngine(config)
-        batch = fresh.start_batch(rnd.choice([2, 5, 64]))
-        tickets = []
-        for request in requests:
-            tickets.append(batch.add(request))
-            batch.step()
-        while batch.rows:
-            batch.step()
-        for ticket, expected_alone in zip(tickets, alone, strict=True):
-            assert_same(ticket.results(), expected_alone)
+        joined = joining_one_per_step(fresh, requests, rnd.choice([2, 5, 64]))
+        for got, expected_alone in zip(joined, alone, strict=True):
+            assert_same(got, expected_alone)
 
 
 def test_a_long_prompt_grows_only_its_own_groups_buffers(tiny_model_dir: Path) -> None:
