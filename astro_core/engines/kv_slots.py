@@ -162,7 +162,6 @@ class SlotCache(Cache):
     ) -> None:
         text = config.get_text_config()
         heads = int(text.num_attention_heads)
-        self.heads = heads
         self.kv_heads = int(getattr(text, "num_key_value_heads", None) or heads)
         self.head_dim = int(getattr(text, "head_dim", None) or text.hidden_size // heads)
         self.num_layers = int(text.num_hidden_layers)
@@ -379,22 +378,16 @@ class SlotCache(Cache):
             self._sources = [
                 torch.tensor(
                     [
-                        source_row(keys, values) if keys.numel() else [0] * 5
-                        for keys, values in self._layer_buffers(layer)
+                        source_row(self.keys[g][layer], self.values[g][layer])
+                        if self.keys[g]
+                        else [0] * 5  # a group not used yet: no member refers to it
+                        for g in GROUPS
                     ],
                     dtype=torch.int64,
                 )
                 for layer in range(self.num_layers)
             ]
         self._longest = max(c for members in cached for c in members) + 1
-
-    def _layer_buffers(self, layer: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Each group's (keys, values) buffers of one layer (empty tensors for unused groups)."""
-        empty = torch.empty(0)
-        return [
-            (self.keys[g][layer], self.values[g][layer]) if self.keys[g] else (empty, empty)
-            for g in GROUPS
-        ]
 
     def write_and_attend(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layer: int, scaling: Any
