@@ -53,10 +53,11 @@ class EngineConfig(BaseModel):
     )
     fast_attention: bool = Field(
         True,
-        description="hf on CPU (float32): attention of decode steps and packed prefill by a "
-        "small C kernel that reads each row's own columns (cpu_attention.c, built at first "
-        "use by the machine's C compiler; 2-5x faster than SDPA); off, or without a "
-        "compiler: torch's SDPA. Same results up to float rounding.",
+        description="hf on CPU (float32): attention (and RMS norms) of decode steps and "
+        "packed prefill by small C kernels; attention reads each row's own columns "
+        "(cpu_kernels.c, built at first use by the machine's C compiler; 2-5x faster than "
+        "SDPA); off, or without a compiler: torch's SDPA and norms. Same results up to "
+        "float rounding.",
     )
     max_num_seqs: int = Field(
         256, ge=1, description="Most sequences decoded together in one engine batch."

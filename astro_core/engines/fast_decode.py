@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from astro_core.engines.cpu_kernels import CPUKernels
 from astro_core.engines.kv_slots import SlotCache
 
 MODEL_TYPES = {"llama", "mistral", "qwen2"}
@@ -42,9 +43,10 @@ def llama_layout(model: Any) -> bool:
     return all(hasattr(inner, part) for part in ("embed_tokens", "rotary_emb", "norm"))
 
 
-def fast_decoder(model: Any) -> FastDecoder | None:
-    """The lean decode step for this model, or None when its layout is another."""
-    return FastDecoder(model) if llama_layout(model) else None
+def fast_decoder(model: Any, kernel: CPUKernels | None = None) -> FastDecoder | None:
+    """The lean decode step for this model, or None when its layout is another. With the C
+    kernels (cpu_kernels.py) its norms are one call each."""
+    return FastDecoder(model, kernel) if llama_layout(model) else None
 
 
 class FastDecoder:
@@ -57,11 +59,12 @@ class FastDecoder:
     a colocated trainer does, reach both).
     """
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, kernel: CPUKernels | None = None) -> None:
         self.model = model
         self.inner = model.model
         self.layers = [_LeanLayer(layer) for layer in self.inner.layers]
         self.rope = _RopeTable(self.inner.rotary_emb)
+        self.kernel = kernel
 
     def __call__(
         self, cache: SlotCache, inputs: torch.Tensor, positions: torch.Tensor
@@ -69,20 +72,26 @@ class FastDecoder:
         """Next-token logits [rows, vocab] after feeding each live row one token."""
         rows = inputs.shape[0]
         hidden = self.inner.embed_tokens(inputs)  # [rows, hidden]
-        cos, sin = self.rope(hidden, positions)  # [rows, 1, head_dim]: broadcast over heads
+        rotary = self.rope(hidden, positions)  # cos, sin: [rows, head_dim]
         for index, layer in enumerate(self.layers):
-            qkv = layer.qkv(_norm(layer.input_norm, hidden)).view(rows, -1, layer.head_dim)
-            rotated = qkv[:, : layer.heads + layer.kv_heads]  # queries and keys
-            rotated = (rotated * cos) + (rotate_half(rotated) * sin)
-            query = rotated[:, : layer.heads, None]  # [rows, heads, 1, head_dim]
-            key = rotated[:, layer.heads :, None]
-            value = qkv[:, layer.heads + layer.kv_heads :, None]
-            out = cache.write_and_attend(query, key, value, index, layer.scaling)
+            qkv = layer.qkv(self._norm(layer.input_norm, hidden)).view(rows, -1, layer.head_dim)
+            heads, kv_heads = layer.heads, layer.kv_heads
+            out = cache.write_and_attend(
+                qkv[:, :heads, None],  # [rows, heads, 1, head_dim]
+                qkv[:, heads : heads + kv_heads, None],
+                qkv[:, heads + kv_heads :, None],
+                index,
+                layer.scaling,
+                rotary,
+            )
             hidden = hidden + layer.o_proj(out.reshape(rows, -1))
-            gate, up = layer.gate_up(_norm(layer.post_norm, hidden)).chunk(2, dim=-1)
+            gate, up = layer.gate_up(self._norm(layer.post_norm, hidden)).chunk(2, dim=-1)
             hidden = hidden + layer.down_proj(layer.act(gate) * up)
-        logits: torch.Tensor = self.model.lm_head(_norm(self.inner.norm, hidden))
+        logits: torch.Tensor = self.model.lm_head(self._norm(self.inner.norm, hidden))
         return logits
+
+    def _norm(self, norm: Any, x: torch.Tensor) -> torch.Tensor:
+        return rms_norm(norm, x, self.kernel)
 
 
 class _LeanLayer:
@@ -131,20 +140,23 @@ def _fused(linears: list[Any]) -> Callable[[torch.Tensor], torch.Tensor]:
     return _Fused(weight, bias)
 
 
-def _norm(norm: Any, x: torch.Tensor) -> torch.Tensor:
-    """An RMS norm as one fused operation (the same values as Llama's RMSNorm module,
-    which upcasts, squares, averages, scales and multiplies step by step); other norms as
-    they are."""
+def rms_norm(norm: Any, x: torch.Tensor, kernel: CPUKernels | None = None) -> torch.Tensor:
+    """A Llama RMS norm module's output in one call: the C kernel's where given, else
+    torch's fused `rms_norm` (the same values as the module, which upcasts, squares,
+    averages, scales and multiplies step by step, up to rounding); other norms as they are."""
     eps = getattr(norm, "variance_epsilon", None)
     if eps is None or x.dtype != torch.float32 or not type(norm).__name__.endswith("RMSNorm"):
         return norm(x)  # type: ignore[no-any-return]
+    if kernel is not None and norm.weight.dtype == torch.float32:
+        return kernel.rms_norm(x, norm.weight, eps)
     return F.rms_norm(x, norm.weight.shape, norm.weight, eps)
 
 
 class _RopeTable:
-    """cos/sin of the rotary embedding per position, computed once by the model's own
-    rotary module and looked up by position (a step would otherwise recompute them);
-    rotary types that depend on the sequence length are computed every step."""
+    """cos/sin ([rows, head_dim]) of the rotary embedding per position, computed once by
+    the model's own rotary module and looked up by position (a step would otherwise
+    recompute them); rotary types that depend on the sequence length are computed every
+    step."""
 
     def __init__(self, rotary: Any) -> None:
         self.rotary = rotary
@@ -157,7 +169,7 @@ class _RopeTable:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.static:
             cos, sin = self.rotary(hidden, positions[:, None])  # [rows, 1, head_dim]
-            return cos, sin
+            return cos[:, 0], sin[:, 0]
         needed = int(positions.max()) + 1
         if self.cos is None or self.cos.shape[0] < needed or self.cos.dtype != hidden.dtype:
             size = max(needed, 2 * (self.cos.shape[0] if self.cos is not None else 256))
@@ -165,13 +177,7 @@ class _RopeTable:
             cos, sin = self.rotary(hidden, every)
             self.cos, self.sin = cos[0], sin[0]  # [positions, head_dim]
         assert self.sin is not None
-        return self.cos[positions][:, None], self.sin[positions][:, None]
+        return self.cos[positions], self.sin[positions]
 
 
 _STATIC_ROPE = {"default", "linear", "llama3"}
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """The rotary embedding's half rotation, as transformers' Llama computes it."""
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)

@@ -6,7 +6,7 @@ length, and the pass computes what prefill never uses (the last layer's queries,
 output projection and MLP: only its keys and values are kept, since a prompt's last token
 is fed by the next decode step). Here the prompts' tokens are laid end to end in one
 sequence: the projections and MLPs run once over all tokens with no padding, attention runs
-per prompt (causal, no mask; by the C kernel of cpu_attention.py where it serves, one call
+per prompt (causal, no mask; by the C kernel of cpu_kernels.py where it serves, one call
 for every prompt of the pass), and the last layer stops after its keys and values.
 Same modules, same order as the model's forward (fast_decode.py checks the layout); the
 results agree with it up to float rounding (tests/generator/test_engines.py).
@@ -20,8 +20,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from astro_core.engines.cpu_attention import CPUAttention, same_layout, source_row
-from astro_core.engines.fast_decode import llama_layout, rotate_half
+from astro_core.engines.cpu_kernels import CPUKernels, same_layout, source_row
+from astro_core.engines.fast_decode import llama_layout, rms_norm
+from astro_core.engines.kv_slots import apply_rotary
 
 LayerKV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer ([1, kv_heads, n, head_dim] x 2)
 
@@ -29,13 +30,13 @@ LayerKV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer ([1, kv_heads, n,
 PASS_TOKENS = 8192
 
 
-def packed_prefill(model: Any, kernel: CPUAttention | None = None) -> PackedPrefill | None:
+def packed_prefill(model: Any, kernel: CPUKernels | None = None) -> PackedPrefill | None:
     """The packed prefill for this model, or None when its layout is another."""
     return PackedPrefill(model, kernel) if llama_layout(model) else None
 
 
 class PackedPrefill:
-    def __init__(self, model: Any, kernel: CPUAttention | None = None) -> None:
+    def __init__(self, model: Any, kernel: CPUKernels | None = None) -> None:
         self.model = model
         self.inner = model.model
         self.layers = list(self.inner.layers)
@@ -77,19 +78,21 @@ class PackedPrefill:
         last = len(self.layers) - 1
         for index, layer in enumerate(self.layers):
             attention = layer.self_attn
-            x = layer.input_layernorm(hidden)
+            x = rms_norm(layer.input_layernorm, hidden, self.kernel)
             shape = (1, tokens, -1, attention.head_dim)
             key = attention.k_proj(x).view(shape).transpose(1, 2)
-            key = (key * cos) + (rotate_half(key) * sin)
+            key = apply_rotary(key, cos, sin)
             value = attention.v_proj(x).view(shape).transpose(1, 2)
             kept.append((key, value))
             if index == last:  # nothing after the last layer's keys/values is used
                 break
             query = attention.q_proj(x).view(shape).transpose(1, 2)
-            query = (query * cos) + (rotate_half(query) * sin)
+            query = apply_rotary(query, cos, sin)
             out = self._attention(items, bounds, index, query, key, value)
             hidden = hidden + attention.o_proj(out.reshape(1, tokens, -1))
-            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+            hidden = hidden + layer.mlp(
+                rms_norm(layer.post_attention_layernorm, hidden, self.kernel)
+            )
         for item, (begin, end) in zip(items, bounds, strict=True):
             item.computed = [(k[:, :, begin:end], v[:, :, begin:end]) for k, v in kept]
 

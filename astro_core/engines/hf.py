@@ -38,7 +38,7 @@ from astro_core.engines.base import (
     run_to_completion,
 )
 from astro_core.engines.config import EngineConfig
-from astro_core.engines.cpu_attention import kernel_for
+from astro_core.engines.cpu_kernels import kernel_for
 from astro_core.engines.fast_decode import fast_decoder
 from astro_core.engines.fast_prefill import packed_prefill
 from astro_core.engines.hf_batch import ContinuousBatch, Row
@@ -106,12 +106,12 @@ class HFEngine(EngineBase):
         )
         self.prefix_cache = prefix_cache_of(config, self.model.config, self.dtype)
         self._decode = self._decoder()
-        self._fast = fast_decoder(self.model) if config.fast_decode else None
         self._kernel = (
             kernel_for(self.device, self.dtype, self.model.config)
             if config.fast_attention
             else None
         )
+        self._fast = fast_decoder(self.model, self._kernel) if config.fast_decode else None
         self._packed = packed_prefill(self.model, self._kernel) if config.fast_prefill else None
         # A drained batch's slot cache, kept for the next batch: allocating (and zeroing)
         # large buffers anew for every call would cost more than small calls themselves.

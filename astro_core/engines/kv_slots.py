@@ -41,7 +41,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin, DynamicCache, Dynam
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from astro_core.engines.cpu_attention import CPUAttention, source_row
+from astro_core.engines.cpu_kernels import CPUKernels, source_row
 
 ATTENTION = "astro_slots"
 _MIN_COLUMNS = 64
@@ -158,7 +158,7 @@ class SlotCache(Cache):
         capacity: int,
         dtype: torch.dtype,
         device: str,
-        kernel: CPUAttention | None = None,
+        kernel: CPUKernels | None = None,
     ) -> None:
         text = config.get_text_config()
         heads = int(text.num_attention_heads)
@@ -175,7 +175,7 @@ class SlotCache(Cache):
         self.low = [0 for _ in GROUPS]  # first column each group attends to
         self.masks: list[torch.Tensor | None] = [None for _ in GROUPS]  # this step's, per group
         self.cursor = 0  # the column the next step writes
-        # The C attention (cpu_attention.py), when it serves this step: then `attend`
+        # The C attention (cpu_kernels.py), when it serves this step: then `attend`
         # reads each member's own columns, as these tables say, instead of the masks.
         self.kernel = kernel
         self._kernel_step = False
@@ -390,16 +390,27 @@ class SlotCache(Cache):
         self._longest = max(c for members in cached for c in members) + 1
 
     def write_and_attend(
-        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layer: int, scaling: Any
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        layer: int,
+        scaling: Any,
+        rotary: tuple[torch.Tensor, torch.Tensor],
     ) -> torch.Tensor:
-        """`write` then `attend` (query [rows, heads, 1, dim], key/value [rows, kv_heads, 1,
-        dim]); the kernel does both in one call."""
+        """Rotate the step's query and key by `rotary` (cos, sin: [rows, head_dim]), `write`
+        then `attend` (query [rows, heads, 1, dim], key/value [rows, kv_heads, 1, dim]); the
+        kernel does all three in one call."""
         if not self._kernel_step:
+            query, key = (
+                apply_rotary(x, rotary[0][:, None, None], rotary[1][:, None, None])
+                for x in (query, key)
+            )
             self.write(layer, key, value)
             return self.attend(query, layer, scaling)
         if key.shape[0] != query.shape[0]:
             raise RuntimeError("the slot cache decodes one token per live sequence per step")
-        return self.attend(query, layer, scaling, new=(key[:, :, 0], value[:, :, 0]))
+        return self.attend(query, layer, scaling, new=(key[:, :, 0], value[:, :, 0]), rotary=rotary)
 
     def attend(
         self,
@@ -407,9 +418,11 @@ class SlotCache(Cache):
         layer: int,
         scaling: Any,
         new: tuple[torch.Tensor, torch.Tensor] | None = None,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Attention of one decode step, each group over its window: [b, 1, heads, dim].
-        `new` (the kernel only): the step's keys and values, written first."""
+        `new` (the kernel only): the step's keys and values, written first; `rotary` (the
+        kernel only): cos/sin to rotate the query and the new keys by first."""
         batch, heads, _, dim = query.shape
         if self._kernel_step:
             assert self.kernel is not None
@@ -422,6 +435,7 @@ class SlotCache(Cache):
                 scale,
                 self._longest,
                 new=new,
+                rotary=rotary,
             )
             return out.view(batch, 1, heads, dim)
         outputs, start = [], 0
@@ -463,3 +477,14 @@ class _Decoding:
 
     def __exit__(self, *exc: object) -> None:
         _decoding.reset(self.token)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """The rotary embedding's half rotation, as transformers' Llama computes it."""
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x rotated by the rotary embedding (cos/sin broadcast to x's shape), as Llama does."""
+    return (x * cos) + (rotate_half(x) * sin)

@@ -1,4 +1,4 @@
-"""The C attention (astro_core/engines/cpu_attention.c): exact columns, SDPA's values, the
+"""The C attention (astro_core/engines/cpu_kernels.c): exact columns, SDPA's values, the
 engine's results unchanged (decode and prefill), SDPA wherever the kernel cannot be built."""
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from astro_core.engines import EngineConfig, GenerationRequest, SamplingParams
-from astro_core.engines import cpu_attention as kernels
+from astro_core.engines import cpu_kernels as kernels
 from astro_core.engines.hf import HFEngine
+from astro_core.engines.kv_slots import apply_rotary
 from tests.generator.test_engines import (
     JOIN_PROMPTS,
     _random_request,
@@ -126,6 +127,80 @@ def test_each_row_attends_over_exactly_its_own_columns(
             )  # [1, heads, 1, dim]
             torch.testing.assert_close(got[0][r], expected[0, :, 0].float(), atol=1e-5, rtol=1e-5)
             r += 1
+
+
+@needs_compiler
+@pytest.mark.parametrize(("heads", "kv_heads", "dim"), [(4, 2, 32), (8, 8, 16), (16, 2, 64)])
+def test_a_decode_step_rotates_writes_and_attends_its_new_token(
+    heads: int, kv_heads: int, dim: int
+) -> None:
+    """Given the step's new keys/values and rotary cos/sin, the kernel writes each row's key
+    rotated (as Llama's rotate-half) and its value into the row's last column, and attends
+    with the rotated query: what torch's rotary, a copy and SDPA give."""
+    kernel = kernels.load_kernel()
+    assert kernel is not None
+    rnd = random.Random(dim)
+    lengths = [[1, 5, 17], [rnd.randint(2, 90) for _ in range(4)]]
+    keys, values, cursors, table, sources = _layout(lengths, kv_heads, dim, rnd)
+    rows = len(table)
+    fused = torch.randn(rows, heads + 2 * kv_heads, dim)  # the lean step's q/k/v output
+    query, key, value = fused[:, :heads], fused[:, heads : heads + kv_heads], fused[:, -kv_heads:]
+    angles = torch.rand(rows, dim // 2) * 6.3
+    cos, sin = torch.cat([angles.cos()] * 2, dim=-1), torch.cat([angles.sin()] * 2, dim=-1)
+    expected_keys = [k.clone() for k in keys]
+    rotated_query = apply_rotary(query, cos[:, None], sin[:, None])
+    rotated_key = apply_rotary(key, cos[:, None], sin[:, None])
+    out = kernel(
+        query,
+        table,
+        sources,
+        kv_heads,
+        dim**-0.5,
+        max(map(max, lengths)),
+        new=(key, value),
+        rotary=(cos, sin),
+    )
+    r = 0
+    for g, members in enumerate(lengths):
+        at = cursors[g]
+        for slot, n in enumerate(members):
+            torch.testing.assert_close(keys[g][slot, :, at], rotated_key[r], atol=1e-6, rtol=0)
+            assert torch.equal(values[g][slot, :, at], value[r])
+            expected_keys[g][slot, :, at] = rotated_key[r]
+            span = slice(at - n + 1, at + 1)
+            expected = F.scaled_dot_product_attention(
+                rotated_query[r : r + 1, :, None].double(),
+                expected_keys[g][slot : slot + 1, :, span].double(),
+                values[g][slot : slot + 1, :, span].double(),
+                scale=dim**-0.5,
+                enable_gqa=True,
+            )
+            torch.testing.assert_close(out[r], expected[0, :, 0].float(), atol=1e-5, rtol=1e-5)
+            r += 1
+
+
+@needs_compiler
+@pytest.mark.parametrize(("rows", "dim"), [(1, 128), (33, 7), (200, 1000)])
+def test_rms_norm_is_llamas(rows: int, dim: int, threads: None) -> None:
+    """The kernel's RMS norm gives the Llama module's values (float64 reference), from a
+    strided view too, the same at one thread and several."""
+    kernel = kernels.load_kernel()
+    assert kernel is not None
+    wide = torch.randn(rows, dim + 5) * 3
+    x = wide[:, 2 : dim + 2]  # rows a stride apart that is not dim
+    weight = torch.randn(dim)
+    eps = 1e-6
+    exact = x.double() * torch.rsqrt(x.double().pow(2).mean(-1, keepdim=True) + eps)
+    got = []
+    for count in (1, 3):
+        torch.set_num_threads(count)
+        out = kernel.rms_norm(x, weight, eps)
+        assert out.shape == x.shape and out.is_contiguous()
+        got.append(out)
+    assert torch.equal(got[0], got[1])
+    torch.testing.assert_close(got[0], (weight.double() * exact).float(), atol=1e-5, rtol=1e-5)
+    batched = kernel.rms_norm(x[None], weight, eps)  # [1, rows, dim], as prefill's hidden
+    assert batched.shape == (1, rows, dim) and torch.equal(batched[0], got[0])
 
 
 @needs_compiler
@@ -255,7 +330,7 @@ def test_a_compiler_that_fails_is_logged_and_leaves_nothing(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    failing = _script(tmp_path / "cc", 'echo "cpu_attention.c:1: error: no vectors" >&2\nexit 1\n')
+    failing = _script(tmp_path / "cc", 'echo "cpu_kernels.c:1: error: no vectors" >&2\nexit 1\n')
     monkeypatch.setenv("CC", str(failing))
     with caplog.at_level(logging.WARNING, logger=kernels.__name__):
         assert kernels.load_kernel() is None
@@ -344,5 +419,5 @@ def test_a_cache_directory_others_can_write_is_not_used(
     kernels.load_kernel.cache_clear()
     assert kernels.load_kernel() is not None  # the same directory, now private: built there
     [library] = fresh_build.iterdir()
-    assert library.name.startswith("cpu_attention-") and library.suffix == ".so"
+    assert library.name.startswith("cpu_kernels-") and library.suffix == ".so"
     assert not library.stat().st_mode & stat.S_IWOTH

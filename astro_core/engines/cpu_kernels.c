@@ -1,11 +1,13 @@
-/* Attention on CPU for the hf engine: each query row over exactly its own span of key/value
- * columns (a decoding sequence's cached tokens; a prompt token's prefix in prefill).
- * See cpu_attention.py for why, and for the tables this reads.
+/* Kernels on CPU for the hf engine. Attention: each query row over exactly its own span of
+ * key/value columns (a decoding sequence's cached tokens; a prompt token's prefix in
+ * prefill), with a decode step's rotary embedding and cache write folded in. RMS norm.
+ * See cpu_kernels.py for why, and for the tables this reads.
  *
  * Compiled at first use with the machine's C compiler (-O3 -march=native); plain C with
  * GCC/Clang vector extensions, so the same source runs on AVX-512 (16 float lanes), AVX2
  * (8) and anything else (4). Float32 only; head_dim a multiple of LANES.
  */
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 #ifdef _OPENMP
@@ -91,9 +93,11 @@ static inline float exp_nonpositive(float x) {
 }
 
 /* One key/value head of one row: `queries` query heads (consecutive, head_dim apart) over
- * `n` columns of keys and values (`step` apart). `scores` holds queries * n floats. */
+ * `n` columns of keys and values (`step` apart). `scores` holds queries * n floats. Each key
+ * and each value is loaded once for all the queries (on a busy machine the columns come
+ * from memory, not cache: reading them is most of the cost). */
 static inline __attribute__((always_inline)) void head_attention(
-    const int chunks, int queries, int64_t n, float scale, const float *q, const float *k,
+    const int chunks, const int queries, int64_t n, float scale, const float *q, const float *k,
     const float *v, int64_t step, float *out, float *scores)
 {
     const int dim = chunks * LANES;
@@ -103,16 +107,18 @@ static inline __attribute__((always_inline)) void head_attention(
     /* scores = q . k * scale, LANES columns at a time, then the rest one by one */
     int64_t j = 0;
     for (; j + LANES <= n; j += LANES) {
-        for (int i = 0; i < queries; i++) {
-            vf a[LANES];
-            for (int t = 0; t < LANES; t++) {
-                const float *key = k + (j + t) * step;
-                vf acc = qv[i][0] * load(key);
-                for (int c = 1; c < chunks; c++) acc += qv[i][c] * load(key + c * LANES);
-                a[t] = acc;
+        vf a[MAX_QUERIES][LANES];
+        for (int t = 0; t < LANES; t++) {
+            const float *key = k + (j + t) * step;
+            vf kv[MAX_CHUNKS];
+            for (int c = 0; c < chunks; c++) kv[c] = load(key + c * LANES);
+            for (int i = 0; i < queries; i++) {
+                vf acc = qv[i][0] * kv[0];
+                for (int c = 1; c < chunks; c++) acc += qv[i][c] * kv[c];
+                a[i][t] = acc;
             }
-            store(scores + i * n + j, lane_sums(a) * splat(scale));
         }
+        for (int i = 0; i < queries; i++) store(scores + i * n + j, lane_sums(a[i]) * splat(scale));
     }
     for (; j < n; j++) {
         const float *key = k + j * step;
@@ -123,6 +129,7 @@ static inline __attribute__((always_inline)) void head_attention(
         }
     }
     /* softmax over the columns, then the weighted sum of the values */
+    float inverse[MAX_QUERIES];
     for (int i = 0; i < queries; i++) {
         float *s = scores + i * n;
         float top = s[0];
@@ -135,16 +142,47 @@ static inline __attribute__((always_inline)) void head_attention(
             s[t] = e;
             total += e;
         }
-        vf acc[MAX_CHUNKS];
-        for (int c = 0; c < chunks; c++) acc[c] = splat(0.f);
-        for (int64_t t = 0; t < n; t++) {
-            const float *value = v + t * step;
-            vf weight = splat(s[t]);
-            for (int c = 0; c < chunks; c++) acc[c] += weight * load(value + c * LANES);
-        }
-        vf inverse = splat(1.f / total);
-        for (int c = 0; c < chunks; c++) store(out + i * dim + c * LANES, acc[c] * inverse);
+        inverse[i] = 1.f / total;
     }
+    vf acc[MAX_QUERIES][MAX_CHUNKS];
+    for (int i = 0; i < queries; i++)
+        for (int c = 0; c < chunks; c++) acc[i][c] = splat(0.f);
+    for (int64_t t = 0; t < n; t++) {
+        vf value[MAX_CHUNKS];
+        for (int c = 0; c < chunks; c++) value[c] = load(v + t * step + c * LANES);
+        for (int i = 0; i < queries; i++) {
+            vf weight = splat(scores[i * n + t]);
+            for (int c = 0; c < chunks; c++) acc[i][c] += weight * value[c];
+        }
+    }
+    for (int i = 0; i < queries; i++)
+        for (int c = 0; c < chunks; c++)
+            store(out + i * dim + c * LANES, acc[i][c] * splat(inverse[i]));
+}
+
+/* head_attention with constant chunk and query counts for the common shapes (the compiler
+ * then keeps queries and sums in registers), the general loop otherwise. */
+static void dispatch_head(int chunks, int queries, int64_t n, float scale, const float *q,
+                          const float *k, const float *v, int64_t step, float *out, float *scores)
+{
+#define SHAPE(C, Q)                                                                      \
+    if (chunks == C && queries == Q) {                                                   \
+        head_attention(C, Q, n, scale, q, k, v, step, out, scores);                      \
+        return;                                                                          \
+    }
+    SHAPE(1, 1) SHAPE(1, 2) SHAPE(1, 4) SHAPE(2, 1) SHAPE(2, 2) SHAPE(2, 4)
+    SHAPE(4, 1) SHAPE(4, 2) SHAPE(4, 4) SHAPE(8, 1) SHAPE(8, 2) SHAPE(8, 4)
+#undef SHAPE
+    head_attention(chunks, queries, n, scale, q, k, v, step, out, scores);
+}
+
+/* x rotated by the rotary embedding (cos, sin) of its position, as Llama's
+ * x * cos + rotate_half(x) * sin, where rotate_half(x) = (-second half, first half). */
+static inline void rotate(const float *x, const float *cos, const float *sin, int dim, float *out)
+{
+    const int half = dim / 2;
+    for (int i = 0; i < half; i++) out[i] = x[i] * cos[i] - x[i + half] * sin[i];
+    for (int i = half; i < dim; i++) out[i] = x[i] * cos[i] + x[i - half] * sin[i];
 }
 
 /* Whether this build spreads rows over threads (built with OpenMP). */
@@ -175,12 +213,15 @@ int astro_attention_supports(int heads, int kv_heads, int dim)
  * columns of a row. Rows are spread over `threads` threads where built with OpenMP.
  * new_keys / new_values, unless NULL: [rows, kv_heads, dim] at the given row strides (heads
  * contiguous), written into each row's last column first (a decode step's new token).
+ * cos / sin, unless NULL: [rows, dim] contiguous, each row's rotary embedding (Llama's
+ * rotate-half form): the row's query heads and new keys are rotated by it first.
  * Returns 0, or -1 for a shape this build does not handle (nothing written). */
 int astro_attention(int rows, int heads, int kv_heads, int dim, float scale, const float *query,
                     int64_t query_row_stride, const int32_t *row_table,
                     const int64_t *source_table, float *out, float *scores, int64_t scratch,
                     int threads, const float *new_keys, int64_t new_key_row_stride,
-                    const float *new_values, int64_t new_value_row_stride)
+                    const float *new_values, int64_t new_value_row_stride, const float *cos,
+                    const float *sin)
 {
     if (!astro_attention_supports(heads, kv_heads, dim))
         return -1;
@@ -200,21 +241,45 @@ int astro_attention(int rows, int heads, int kv_heads, int dim, float scale, con
         for (int h = 0; h < kv_heads; h++) {
             float *k = (float *)(intptr_t)source[0] + start + h * source[3];
             float *v = (float *)(intptr_t)source[1] + start + h * source[3];
+            const float *c = cos ? cos + (int64_t)r * dim : NULL, *s = sin ? sin + (int64_t)r * dim : NULL;
             if (new_keys) {
-                memcpy(k + (n - 1) * step, new_keys + r * new_key_row_stride + h * dim, dim * 4);
+                const float *key = new_keys + r * new_key_row_stride + h * dim;
+                if (c)
+                    rotate(key, c, s, dim, k + (n - 1) * step);
+                else
+                    memcpy(k + (n - 1) * step, key, dim * 4);
                 memcpy(v + (n - 1) * step, new_values + r * new_value_row_stride + h * dim, dim * 4);
             }
             const float *q = query + r * query_row_stride + h * queries * dim;
-            float *o = out + ((int64_t)r * heads + h * queries) * dim;
-            /* constant chunk counts let the compiler keep queries and sums in registers */
-            switch (chunks) {
-            case 1: head_attention(1, queries, n, scale, q, k, v, step, o, mine); break;
-            case 2: head_attention(2, queries, n, scale, q, k, v, step, o, mine); break;
-            case 4: head_attention(4, queries, n, scale, q, k, v, step, o, mine); break;
-            case 8: head_attention(8, queries, n, scale, q, k, v, step, o, mine); break;
-            default: head_attention(chunks, queries, n, scale, q, k, v, step, o, mine);
+            float rotated[MAX_QUERIES * MAX_CHUNKS * LANES];
+            if (c) {
+                for (int i = 0; i < queries; i++) rotate(q + i * dim, c, s, dim, rotated + i * dim);
+                q = rotated;
             }
+            float *o = out + ((int64_t)r * heads + h * queries) * dim;
+            dispatch_head(chunks, queries, n, scale, q, k, v, step, o, mine);
         }
     }
     return 0;
+}
+
+/* Llama's RMS norm of `rows` rows of `dim` floats (`x_row_stride` apart), into `out` [rows,
+ * dim] contiguous: weight * (x / sqrt(mean(x^2) + eps)). One call instead of the six
+ * operations torch runs for it; rows spread over `threads` threads where built with OpenMP. */
+void astro_rms_norm(int rows, int dim, const float *x, int64_t x_row_stride,
+                    const float *weight, float eps, float *out, int threads)
+{
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) if (threads > 1 && rows > 64)
+#endif
+    for (int r = 0; r < rows; r++) {
+        const float *in = x + r * x_row_stride;
+        float *o = out + (int64_t)r * dim;
+        float squares = 0.f;
+#pragma omp simd reduction(+ : squares)
+        for (int d = 0; d < dim; d++) squares += in[d] * in[d];
+        const float inverse = 1.f / sqrtf(squares / dim + eps);
+#pragma omp simd
+        for (int d = 0; d < dim; d++) o[d] = weight[d] * (in[d] * inverse);
+    }
 }

@@ -1,4 +1,4 @@
-"""Attention for the hf engine on CPU: a small C kernel, compiled at first use.
+"""C kernels for the hf engine on CPU (attention, RMS norm), compiled at first use.
 
 Decoding asks, for each sequence, one query token's attention over that sequence's cached
 keys and values. torch's `scaled_dot_product_attention` on CPU runs a flash-attention kernel
@@ -8,16 +8,27 @@ also reads its group's longest window (padding it then masks out). Together thes
 attention ~40% of a decode step of the tiny model at 32 sequences. Prefill (causal attention
 of each packed prompt) is the same problem with one row per prompt token.
 
-`cpu_attention.c` computes each query row over exactly its own span of columns, in the
+`cpu_kernels.c` computes each query row over exactly its own span of columns, in the
 layout the keys and values already have, with the softmax in registers: 2-5x faster than
 SDPA (more with AVX-512 than AVX2), float32 results equal to SDPA's up to rounding (~1e-7).
+Each key and value is read once for all the query heads that share it: at 32 sequences on a
+busy machine the columns come from memory, not cache, and reading them is most of the cost.
+A decode step's call also rotates the step's query and new key by their rotary embedding
+and writes the new key and value into the cache, work that takes a dozen small torch
+operations per layer otherwise.
+
+The same library holds Llama's RMS norm as one call (torch runs it as six operations: at 32
+rows each costs more in dispatch than in arithmetic). The lean decode step and the packed
+prefill use both.
+
 It is plain C with vector extensions, compiled with `-O3 -march=native` (and OpenMP, which
 spreads rows over torch's threads, where the compiler has it) by the machine's C compiler
 (`$CC`, else cc / gcc / clang) into `$ASTRO_KERNEL_CACHE` (default
 `$XDG_CACHE_HOME/astro/kernels`, else a private temp directory), keyed by the source, the
 compiler and the CPU, so each machine builds it once (~0.3 s).
 
-Where it does not apply the engine uses SDPA, with the same results up to rounding: no C
+Where it does not apply the engine uses SDPA and torch's norms, with the same results up to
+rounding: no C
 compiler or a failed build (logged once), another device or dtype, a head size or a
 query/key head ratio this build does not handle, or more than one torch thread when the
 compiler had no OpenMP.
@@ -44,18 +55,27 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("cpu_attention.c")
-FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-std=gnu11", "-shared", "-fPIC")
+SOURCE = Path(__file__).with_name("cpu_kernels.c")
+FLAGS = (
+    "-O3",
+    "-march=native",
+    "-fopenmp-simd",
+    "-fno-math-errno",
+    "-std=gnu11",
+    "-shared",
+    "-fPIC",
+)
 # OpenMP spreads rows over torch's threads (one runtime: torch's libgomp.so.1 is the one
 # already loaded); a compiler without it (Apple's clang) builds the single-threaded kernel.
 THREADED = ("-fopenmp",)
 COMPILE_SECONDS = 120
 
 
-class CPUAttention:
-    """The loaded kernel: one call attends every query row of a pass, for one layer.
+class CPUKernels:
+    """The loaded kernels. Attention: one call attends every query row of a pass, for one
+    layer.
 
-    Rows are described by two small tables (the layout is in cpu_attention.c): `sources`
+    Rows are described by two small tables (the layout is in cpu_kernels.c): `sources`
     (int64 [sources, 5]: keys' and values' addresses, slot, head and column strides) and
     `rows` (int32 [rows, 4]: source, slot, first column, columns)."""
 
@@ -77,6 +97,19 @@ class CPUAttention:
             ctypes.c_int64,  # their row stride
             ctypes.c_void_p,  # new values (or NULL)
             ctypes.c_int64,  # their row stride
+            ctypes.c_void_p,  # rotary cos (or NULL)
+            ctypes.c_void_p,  # rotary sin (or NULL)
+        ]
+        self._rms_norm = library.astro_rms_norm
+        self._rms_norm.restype = None
+        self._rms_norm.argtypes = [
+            *[ctypes.c_int] * 2,  # rows, dim
+            ctypes.c_void_p,  # x
+            ctypes.c_int64,  # its row stride
+            ctypes.c_void_p,  # weight
+            ctypes.c_float,  # eps
+            ctypes.c_void_p,  # out
+            ctypes.c_int,  # threads
         ]
         self._supports = library.astro_attention_supports
         self._supports.restype = ctypes.c_int
@@ -96,17 +129,20 @@ class CPUAttention:
         scale: float,
         longest: int,
         new: tuple[torch.Tensor, torch.Tensor] | None = None,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Attention of `query` ([rows, heads, dim], float32): [rows, heads, dim].
 
         `longest`: the most columns any row attends to (sizes the scratch space). `new`:
         keys and values ([rows, kv_heads, dim]) written into each row's last column first,
-        as a decode step's new token. The tables must describe keys and values that stay
-        alive for the call; the engine's callers build them from the tensors they attend
-        over."""
+        as a decode step's new token. `rotary`: each row's rotary cos and sin ([rows, dim]),
+        applied to the query and the new keys first (Llama's rotate-half form). The tables
+        must describe keys and values that stay alive for the call; the engine's callers
+        build them from the tensors they attend over."""
         count, heads, dim = query.shape
         query = _heads_contiguous(query)
         new_keys, new_values = (_heads_contiguous(t) for t in new) if new else (None, None)
+        cos, sin = (t.contiguous() for t in rotary) if rotary else (None, None)
         threads = torch.get_num_threads() if self.threaded else 1
         scratch = (heads // kv_heads) * longest
         scores = torch.empty(threads * scratch, dtype=torch.float32)
@@ -129,9 +165,31 @@ class CPUAttention:
             new_keys.stride(0) if new_keys is not None else 0,
             new_values.data_ptr() if new_values is not None else None,
             new_values.stride(0) if new_values is not None else 0,
+            cos.data_ptr() if cos is not None else None,
+            sin.data_ptr() if sin is not None else None,
         )
         if status != 0:
             raise RuntimeError(f"cpu attention does not handle {heads}/{kv_heads}x{dim} heads")
+        return out
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        """Llama's RMS norm over the last dimension of float32 `x` (one call, not six)."""
+        rows = x.reshape(-1, x.shape[-1])
+        if rows.stride(-1) != 1:
+            rows = rows.contiguous()
+        out = torch.empty(x.shape, dtype=torch.float32)
+        weight = weight.contiguous()
+        threads = torch.get_num_threads() if self.threaded else 1
+        self._rms_norm(
+            rows.shape[0],
+            rows.shape[1],
+            rows.data_ptr(),
+            rows.stride(0),
+            weight.data_ptr(),
+            eps,
+            out.data_ptr(),
+            threads,
+        )
         return out
 
     def usable(self) -> bool:
@@ -177,7 +235,7 @@ def _strides(tensor: torch.Tensor) -> tuple[int, ...]:
     )
 
 
-def kernel_for(device: str, dtype: torch.dtype, config: Any) -> CPUAttention | None:
+def kernel_for(device: str, dtype: torch.dtype, config: Any) -> CPUKernels | None:
     """The kernel for a model's attention (decode steps, packed prefill), or None where SDPA
     serves it (see above)."""
     if torch.device(device).type != "cpu" or dtype != torch.float32:
@@ -193,12 +251,12 @@ def kernel_for(device: str, dtype: torch.dtype, config: Any) -> CPUAttention | N
 
 
 @functools.cache
-def load_kernel() -> CPUAttention | None:
+def load_kernel() -> CPUKernels | None:
     """The kernel built for this machine (compiled once into the cache directory), or None
     where it cannot be built (the reason is logged)."""
     compiler = _compiler()
     if compiler is None:
-        log.warning("cpu attention: no C compiler found ($CC, cc, gcc, clang); using SDPA")
+        log.warning("cpu kernels: no C compiler found ($CC, cc, gcc, clang); using SDPA")
         return None
     source = SOURCE.read_bytes()
     key = hashlib.sha256(
@@ -206,7 +264,7 @@ def load_kernel() -> CPUAttention | None:
             [source, " ".join(FLAGS + THREADED).encode(), compiler.encode(), _cpu().encode()]
         )
     ).hexdigest()[:16]
-    name = f"cpu_attention-{key}.so"
+    name = f"cpu_kernels-{key}.so"
     library = next((d / name for d in _cache_dirs() if _trusted(d) and (d / name).exists()), None)
     if library is None:
         try:
@@ -217,12 +275,12 @@ def load_kernel() -> CPUAttention | None:
             except subprocess.SubprocessError:  # no OpenMP: the single-threaded kernel
                 library = _build(compiler, list(FLAGS), name)
         except (OSError, subprocess.SubprocessError) as error:
-            log.warning("cpu attention: building with %s failed: %s; using SDPA", compiler, error)
+            log.warning("cpu kernels: building with %s failed: %s; using SDPA", compiler, error)
             return None
     try:
-        return CPUAttention(ctypes.CDLL(str(library)))
+        return CPUKernels(ctypes.CDLL(str(library)))
     except (OSError, AttributeError) as error:
-        log.warning("cpu attention: loading %s failed (%s); using SDPA", library, error)
+        log.warning("cpu kernels: loading %s failed (%s); using SDPA", library, error)
         return None
 
 
