@@ -283,3 +283,37 @@ void astro_rms_norm(int rows, int dim, const float *x, int64_t x_row_stride,
         for (int d = 0; d < dim; d++) o[d] = weight[d] * (in[d] * inverse);
     }
 }
+
+/* One token per row drawn from softmax(logits / temperature) by inverse CDF: the number of
+ * tokens whose cumulative mass is at most u * the total (torch.searchsorted(cdf, u *
+ * cdf[-1], right=True)), at most vocab - 1. logits: [rows, vocab], `row_stride` apart;
+ * temperature, u: one per row (temperature > 0); scratch: rows * vocab floats. */
+void astro_sample(int rows, int vocab, const float *logits, int64_t row_stride,
+                  const float *temperature, const float *u, float *scratch, int64_t *tokens)
+{
+    for (int r = 0; r < rows; r++) {
+        const float *x = logits + r * row_stride;
+        float *e = scratch + (int64_t)r * vocab;
+        const float t = temperature[r];
+        float top = -INFINITY;
+#pragma omp simd reduction(max : top)
+        for (int k = 0; k < vocab; k++) {
+            e[k] = x[k] / t;
+            top = e[k] > top ? e[k] : top;
+        }
+        float total = 0.f;
+#pragma omp simd reduction(+ : total)
+        for (int k = 0; k < vocab; k++) {
+            e[k] = exp_nonpositive(e[k] - top);
+            total += e[k];
+        }
+        const float target = u[r] * total;
+        float mass = 0.f;
+        int64_t pick = 0;
+        for (; pick < vocab - 1; pick++) {
+            mass += e[pick];
+            if (mass > target) break;
+        }
+        tokens[r] = pick;
+    }
+}

@@ -325,31 +325,40 @@ class HFEngine(EngineBase):
     def sample(self, logits: torch.Tensor, rows: list[Row]) -> None:
         """Pick each row's next token; record it and its raw log-probability on the row."""
         logits = logits.float()
+        tokens = self._draw(logits, rows)
+        logprobs: list[float] = []
+        if any(row.params.logprobs for row in rows):
+            chosen = torch.tensor(tokens, device=logits.device)[:, None]
+            logprobs = torch.log_softmax(logits, dim=-1).gather(-1, chosen).squeeze(-1).tolist()
+        for k, (row, token) in enumerate(zip(rows, tokens, strict=True)):
+            row.tokens.append(token)
+            row.next_input = token
+            if logprobs:
+                row.logprobs.append(logprobs[k])
+
+    def _draw(self, logits: torch.Tensor, rows: list[Row]) -> list[int]:
+        """Each row's next token: greedy rows take the argmax; the others draw from
+        softmax(logits / temperature) (within top-p) by inverse CDF at one uniform draw
+        from the row's own stream (independent of batch mates)."""
         drawn = [k for k, row in enumerate(rows) if row.params.temperature >= MIN_TEMPERATURE]
+        temps = [rows[k].params.temperature for k in drawn]
+        u = [_rng(rows[k]).random() for k in drawn]
+        top_p = [rows[k].params.top_p for k in drawn]
+        if self._kernel is not None and len(drawn) == len(rows) and min(top_p) >= 1:
+            return self._kernel.sample(logits, temps, u)  # one call, the usual step on CPU
         # greedy rows take the argmax (skipped when every row samples)
         tokens = logits.argmax(-1) if len(drawn) < len(rows) else torch.empty(0)
         if drawn:
             every = len(drawn) == len(rows)
             index = torch.tensor(drawn, device=logits.device)
-            temps = torch.tensor([rows[k].params.temperature for k in drawn], device=logits.device)
-            probs = torch.softmax((logits if every else logits[index]) / temps[:, None], dim=-1)
-            # One uniform draw per row from the row's own stream (independent of batch mates).
-            u = torch.tensor([_rng(rows[k]).random() for k in drawn], device=logits.device)
-            picks = _inverse_cdf(probs, u, [rows[k].params.top_p for k in drawn])
+            scale = torch.tensor(temps, device=logits.device)[:, None]
+            probs = torch.softmax((logits if every else logits[index]) / scale, dim=-1)
+            picks = _inverse_cdf(probs, torch.tensor(u, device=logits.device), top_p)
             if every:
                 tokens = picks
             else:
                 tokens[index] = picks
-        want = [k for k, row in enumerate(rows) if row.params.logprobs]
-        logprobs: list[float] = []
-        if want:
-            chosen = tokens[:, None]
-            logprobs = torch.log_softmax(logits, dim=-1).gather(-1, chosen).squeeze(-1).tolist()
-        for k, (row, token) in enumerate(zip(rows, tokens.tolist(), strict=True)):
-            row.tokens.append(token)
-            row.next_input = token
-            if logprobs:
-                row.logprobs.append(logprobs[k])
+        return tokens.tolist()
 
     def finished(self, rows: Sequence[Row]) -> list[bool]:
         """Whether the token just added ends each row: EOS, a stop string or the budget."""

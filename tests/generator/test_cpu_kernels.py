@@ -421,3 +421,29 @@ def test_a_cache_directory_others_can_write_is_not_used(
     [library] = fresh_build.iterdir()
     assert library.name.startswith("cpu_kernels-") and library.suffix == ".so"
     assert not library.stat().st_mode & stat.S_IWOTH
+
+
+@needs_compiler
+def test_sampling_draws_the_torch_path_tokens() -> None:
+    """The kernel's sampling picks, per row, the token torch's softmax + inverse CDF picks
+    for the same temperature and uniform draw; masked (-inf) tokens are never drawn; the
+    draw is bounded to the vocabulary even at u close to 1."""
+    from astro_core.engines.hf import _inverse_cdf
+
+    kernel = kernels.load_kernel()
+    assert kernel is not None
+    rnd = random.Random(5)
+    rows, vocab = 64, 517
+    logits = torch.randn(rows, vocab + 3)[:, :vocab] * 4  # rows a stride apart
+    logits[:8, 100:] = float("-inf")  # only tokens < 100 can be drawn there
+    temps = [rnd.choice([0.05, 0.7, 1.0, 3.0]) for _ in range(rows)]
+    u = [rnd.random() for _ in range(rows)]
+    u[:4] = [0.0, 0.999999, 0.5, 0.25]
+    got = kernel.sample(logits, temps, u)
+    probs = torch.softmax(logits / torch.tensor(temps)[:, None], dim=-1)
+    expected = _inverse_cdf(probs, torch.tensor(u), [1.0] * rows).tolist()
+    assert got == expected
+    assert all(t < 100 for t in got[:8]) and all(0 <= t < vocab for t in got)
+    peaked = torch.zeros(3, vocab)
+    peaked[:, 42] = 200.0  # the others underflow to 0
+    assert kernel.sample(peaked, [1.0] * 3, [0.0, 0.5, 0.999]) == [42, 42, 42]
