@@ -317,3 +317,15 @@ void astro_sample(int rows, int vocab, const float *logits, int64_t row_stride,
         tokens[r] = pick;
     }
 }
+
+/* x ([rows, heads, dim] at the given row stride, heads contiguous) rotated by each row's
+ * rotary embedding (cos, sin: [rows, dim]) into out [rows, heads, dim] contiguous: prefill's
+ * keys, which every later row of their prompt attends to. */
+void astro_rotary(int rows, int heads, int dim, const float *x, int64_t x_row_stride,
+                  const float *cos, const float *sin, float *out)
+{
+    for (int r = 0; r < rows; r++)
+        for (int h = 0; h < heads; h++)
+            rotate(x + r * x_row_stride + h * dim, cos + (int64_t)r * dim, sin + (int64_t)r * dim,
+                   dim, out + ((int64_t)r * heads + h) * dim);
+}

@@ -115,6 +115,14 @@ class CPUKernels:
         self._supports = library.astro_attention_supports
         self._supports.restype = ctypes.c_int
         self._supports.argtypes = [ctypes.c_int] * 3
+        self._rotary = library.astro_rotary
+        self._rotary.restype = None
+        self._rotary.argtypes = [
+            *[ctypes.c_int] * 3,  # rows, heads, dim
+            ctypes.c_void_p,  # x
+            ctypes.c_int64,  # its row stride
+            *[ctypes.c_void_p] * 3,  # cos, sin, out
+        ]
         self._sample = library.astro_sample
         self._sample.restype = None
         self._sample.argtypes = [
@@ -201,6 +209,25 @@ class CPUKernels:
         )
         return out
 
+    def rotary(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """x ([rows, heads, dim] float32) rotated by each row's rotary cos/sin ([rows, dim]),
+        as Llama's rotate-half form: [rows, heads, dim] contiguous."""
+        x = _heads_contiguous(x)
+        cos, sin = cos.contiguous(), sin.contiguous()
+        rows, heads, dim = x.shape
+        out = torch.empty((rows, heads, dim), dtype=torch.float32)
+        self._rotary(
+            rows,
+            heads,
+            dim,
+            x.data_ptr(),
+            x.stride(0),
+            cos.data_ptr(),
+            sin.data_ptr(),
+            out.data_ptr(),
+        )
+        return out
+
     def sample(
         self, logits: torch.Tensor, temperatures: list[float], uniforms: list[float]
     ) -> list[int]:
@@ -244,7 +271,7 @@ def source_row(keys: torch.Tensor, values: torch.Tensor) -> list[int]:
 def _heads_contiguous(rows: torch.Tensor) -> torch.Tensor:
     """[rows, heads, dim] float32 with heads and dims contiguous (rows at any stride)."""
     if rows.dtype != torch.float32:
-        raise ValueError(f"cpu attention takes float32, got {rows.dtype}")
+        raise ValueError(f"cpu kernels take float32, got {rows.dtype}")
     _, _, dim = rows.shape
     if rows.stride(2) == 1 and (rows.stride(1) == dim or rows.shape[1] == 1):
         return rows

@@ -63,7 +63,7 @@ class FastDecoder:
         self.model = model
         self.inner = model.model
         self.layers = [_LeanLayer(layer) for layer in self.inner.layers]
-        self.rope = _RopeTable(self.inner.rotary_emb)
+        self.rope = RopeTable(self.inner.rotary_emb)
         self.kernel = kernel
 
     def __call__(
@@ -152,7 +152,7 @@ def rms_norm(norm: Any, x: torch.Tensor, kernel: CPUKernels | None = None) -> to
     return F.rms_norm(x, norm.weight.shape, norm.weight, eps)
 
 
-class _RopeTable:
+class RopeTable:
     """cos/sin ([rows, head_dim]) of the rotary embedding per position, computed once by
     the model's own rotary module and looked up by position (a step would otherwise
     recompute them); rotary types that depend on the sequence length are computed every

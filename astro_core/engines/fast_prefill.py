@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from astro_core.engines.cpu_kernels import CPUKernels, same_layout, source_row
-from astro_core.engines.fast_decode import llama_layout, rms_norm
+from astro_core.engines.fast_decode import RopeTable, llama_layout, rms_norm
 from astro_core.engines.kv_slots import apply_rotary
 
 LayerKV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer ([1, kv_heads, n, head_dim] x 2)
@@ -41,6 +41,7 @@ class PackedPrefill:
         self.inner = model.model
         self.layers = list(self.inner.layers)
         self.kernel = kernel
+        self.rope = RopeTable(self.inner.rotary_emb)
 
     def __call__(
         self,
@@ -72,29 +73,34 @@ class PackedPrefill:
             start += len(item.rest)
         tokens = len(ids)
         hidden = self.inner.embed_tokens(ids[None])  # [1, tokens, hidden]
-        cos, sin = self.inner.rotary_emb(hidden, positions[None])
-        cos, sin = cos[:, None], sin[:, None]  # broadcast over heads
+        rotary = self.rope(hidden[0], positions)  # cos, sin: [tokens, head_dim]
         kept: LayerKV = []
         last = len(self.layers) - 1
         for index, layer in enumerate(self.layers):
             attention = layer.self_attn
             x = rms_norm(layer.input_layernorm, hidden, self.kernel)
             shape = (1, tokens, -1, attention.head_dim)
-            key = attention.k_proj(x).view(shape).transpose(1, 2)
-            key = apply_rotary(key, cos, sin)
+            key = self._rotated(attention.k_proj(x).view(shape), rotary)
             value = attention.v_proj(x).view(shape).transpose(1, 2)
             kept.append((key, value))
             if index == last:  # nothing after the last layer's keys/values is used
                 break
-            query = attention.q_proj(x).view(shape).transpose(1, 2)
-            query = apply_rotary(query, cos, sin)
-            out = self._attention(items, bounds, index, query, key, value)
+            query = attention.q_proj(x).view(shape)  # rotated in _attention
+            out = self._attention(items, bounds, index, query, key, value, rotary)
             hidden = hidden + attention.o_proj(out.reshape(1, tokens, -1))
-            hidden = hidden + layer.mlp(
-                rms_norm(layer.post_attention_layernorm, hidden, self.kernel)
-            )
+            norm = rms_norm(layer.post_attention_layernorm, hidden, self.kernel)
+            hidden = hidden + layer.mlp(norm)
         for item, (begin, end) in zip(items, bounds, strict=True):
             item.computed = [(k[:, :, begin:end], v[:, :, begin:end]) for k, v in kept]
+
+    def _rotated(
+        self, keys: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        """Keys ([1, tokens, kv_heads, head_dim]) rotated by their positions' rotary
+        embedding: [1, kv_heads, tokens, head_dim] (the C kernel's in one call)."""
+        if self.kernel is None:
+            return apply_rotary(keys.transpose(1, 2), *rotary)  # cos/sin broadcast over heads
+        return self.kernel.rotary(keys[0], *rotary)[None].transpose(1, 2)
 
     def _attention(
         self,
@@ -104,13 +110,16 @@ class PackedPrefill:
         query: torch.Tensor,
         key: torch.Tensor,
         value: torch.Tensor,
+        rotary: tuple[torch.Tensor, torch.Tensor],
     ) -> torch.Tensor:
-        """Causal attention of each prompt of the pass: [tokens, heads, head_dim]. Token t
-        of a prompt whose first `done` tokens are cached attends to its prompt's columns
-        0 .. done + t: by the C kernel, every prompt in one call, where it serves; else by
-        SDPA, prompt by prompt."""
+        """Causal attention of each prompt of the pass: [tokens, heads, head_dim], for
+        queries ([1, tokens, heads, head_dim]) not rotated yet. Token t of a prompt whose
+        first `done` tokens are cached attends to its prompt's columns 0 .. done + t: by the
+        C kernel, every prompt in one call, where it serves; else by SDPA, prompt by
+        prompt."""
         scale = self.layers[layer].self_attn.scaling
         if self.kernel is None or not self.kernel.usable():
+            query = apply_rotary(query.transpose(1, 2), *rotary)  # [1, heads, tokens, dim]
             out = torch.empty_like(query)  # [1, heads, tokens, head_dim]
             for item, (begin, end) in zip(items, bounds, strict=True):
                 keys, values, mask = item.context(
@@ -135,12 +144,13 @@ class PackedPrefill:
             fixed = torch.tensor([s, 0, 0], dtype=torch.int32).expand(len(columns), 3)
             rows.append(torch.cat([fixed, columns[:, None]], dim=1))
         return self.kernel(
-            query[0].transpose(0, 1),
+            query[0],
             torch.cat(rows),
             torch.tensor(sources, dtype=torch.int64),
             key.shape[1],
             float(scale),
             max(len(item.prompt) for item in items),
+            rotary=rotary,
         )
 
 

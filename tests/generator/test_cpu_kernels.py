@@ -180,6 +180,22 @@ def test_a_decode_step_rotates_writes_and_attends_its_new_token(
 
 
 @needs_compiler
+@pytest.mark.parametrize(("heads", "dim"), [(1, 2), (2, 32), (5, 128)])
+def test_rotary_is_llamas(heads: int, dim: int) -> None:
+    """The kernel's rotary (prefill's keys) gives torch's rotate-half embedding, from rows
+    a stride apart (a view into the fused projections' output)."""
+    kernel = kernels.load_kernel()
+    assert kernel is not None
+    rows = 37
+    x = torch.randn(rows, heads + 3, dim)[:, 1 : heads + 1]
+    angles = torch.rand(rows, dim // 2) * 50
+    cos, sin = torch.cat([angles.cos()] * 2, dim=-1), torch.cat([angles.sin()] * 2, dim=-1)
+    out = kernel.rotary(x, cos, sin)
+    assert out.shape == (rows, heads, dim) and out.is_contiguous()
+    torch.testing.assert_close(out, apply_rotary(x, cos[:, None], sin[:, None]), atol=1e-6, rtol=0)
+
+
+@needs_compiler
 @pytest.mark.parametrize(("rows", "dim"), [(1, 128), (33, 7), (200, 1000)])
 def test_rms_norm_is_llamas(rows: int, dim: int, threads: None) -> None:
     """The kernel's RMS norm gives the Llama module's values (float64 reference), from a

@@ -587,11 +587,11 @@ def test_rows_of_different_lengths_decode_in_their_own_length_groups(
 def test_rotary_table_grows_and_matches_the_model(tiny_model_dir: Path) -> None:
     """The lean step looks rotary cos/sin up per position from a table that grows with the
     positions asked for; the values are the model's rotary embedding's."""
-    from astro_core.engines.fast_decode import _RopeTable
+    from astro_core.engines.fast_decode import RopeTable
 
     model, _ = load_model(tiny_model_dir)
     rotary = model.model.rotary_emb
-    table = _RopeTable(rotary)
+    table = RopeTable(rotary)
     assert table.static
     hidden = torch.zeros(3, model.config.hidden_size)
     for positions in ([0, 7, 300], [5, 2000, 4096]):
