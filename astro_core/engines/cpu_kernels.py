@@ -80,7 +80,12 @@ class CPUKernels:
     (int64 [sources, 5]: keys' and values' addresses, slot, head and column strides) and
     `rows` (int32 [rows, 4]: source, slot, first column, columns)."""
 
-    def __init__(self, library: ctypes.CDLL) -> None:
+    def __init__(self, path: Path) -> None:
+        library = ctypes.CDLL(str(path))
+        # The short kernels (norm, rotary, sampling: microseconds) keep the GIL: releasing it
+        # would let the service's event loop take it in the middle of a decode step, which
+        # then waits for the loop's Python. Attention, the long one, releases it.
+        holding = ctypes.PyDLL(str(path))
         self._attend = library.astro_attention
         self._attend.restype = ctypes.c_int
         self._attend.argtypes = [
@@ -101,7 +106,7 @@ class CPUKernels:
             ctypes.c_void_p,  # rotary cos (or NULL)
             ctypes.c_void_p,  # rotary sin (or NULL)
         ]
-        self._rms_norm = library.astro_rms_norm
+        self._rms_norm = holding.astro_rms_norm
         self._rms_norm.restype = None
         self._rms_norm.argtypes = [
             *[ctypes.c_int] * 2,  # rows, dim
@@ -115,7 +120,7 @@ class CPUKernels:
         self._supports = library.astro_attention_supports
         self._supports.restype = ctypes.c_int
         self._supports.argtypes = [ctypes.c_int] * 3
-        self._rotary = library.astro_rotary
+        self._rotary = holding.astro_rotary
         self._rotary.restype = None
         self._rotary.argtypes = [
             *[ctypes.c_int] * 3,  # rows, heads, dim
@@ -123,7 +128,7 @@ class CPUKernels:
             ctypes.c_int64,  # its row stride
             *[ctypes.c_void_p] * 3,  # cos, sin, out
         ]
-        self._sample = library.astro_sample
+        self._sample = holding.astro_sample
         self._sample.restype = None
         self._sample.argtypes = [
             *[ctypes.c_int] * 2,  # rows, vocab
@@ -339,7 +344,7 @@ def load_kernel() -> CPUKernels | None:
             log.warning("cpu kernels: building with %s failed: %s; using SDPA", compiler, error)
             return None
     try:
-        return CPUKernels(ctypes.CDLL(str(library)))
+        return CPUKernels(library)
     except (OSError, AttributeError) as error:
         log.warning("cpu kernels: loading %s failed (%s); using SDPA", library, error)
         return None
