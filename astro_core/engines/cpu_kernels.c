@@ -329,3 +329,21 @@ void astro_rotary(int rows, int heads, int dim, const float *x, int64_t x_row_st
             rotate(x + r * x_row_stride + h * dim, cos + (int64_t)r * dim, sin + (int64_t)r * dim,
                    dim, out + ((int64_t)r * heads + h) * dim);
 }
+
+/* Llama's gated MLP activation, out = silu(gate) * up, over `rows` rows of `width` floats
+ * (gate and up rows at their own strides; out contiguous). silu(g) = g * sigmoid(g), the
+ * sigmoid from e^-|g| so that the exponent is never positive. */
+void astro_silu_mul(int rows, int width, const float *gate, int64_t gate_row_stride,
+                    const float *up, int64_t up_row_stride, float *out)
+{
+    for (int r = 0; r < rows; r++) {
+        const float *g = gate + r * gate_row_stride, *u = up + r * up_row_stride;
+        float *o = out + (int64_t)r * width;
+#pragma omp simd
+        for (int i = 0; i < width; i++) {
+            const float e = exp_nonpositive(-fabsf(g[i]));
+            const float sigmoid = g[i] >= 0.f ? 1.f / (1.f + e) : e / (1.f + e);
+            o[i] = g[i] * sigmoid * u[i];
+        }
+    }
+}

@@ -128,6 +128,16 @@ class CPUKernels:
             ctypes.c_int64,  # its row stride
             *[ctypes.c_void_p] * 3,  # cos, sin, out
         ]
+        self._silu_mul = holding.astro_silu_mul
+        self._silu_mul.restype = None
+        self._silu_mul.argtypes = [
+            *[ctypes.c_int] * 2,  # rows, width
+            ctypes.c_void_p,  # gate
+            ctypes.c_int64,  # its row stride
+            ctypes.c_void_p,  # up
+            ctypes.c_int64,  # its row stride
+            ctypes.c_void_p,  # out
+        ]
         self._sample = holding.astro_sample
         self._sample.restype = None
         self._sample.argtypes = [
@@ -196,9 +206,7 @@ class CPUKernels:
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         """Llama's RMS norm over the last dimension of float32 `x` (one call, not six)."""
-        rows = x.reshape(-1, x.shape[-1])
-        if rows.stride(-1) != 1:
-            rows = rows.contiguous()
+        rows = _rows(x)
         out = torch.empty(x.shape, dtype=torch.float32)
         weight = weight.contiguous()
         threads = torch.get_num_threads() if self.threaded else 1
@@ -229,6 +237,23 @@ class CPUKernels:
             x.stride(0),
             cos.data_ptr(),
             sin.data_ptr(),
+            out.data_ptr(),
+        )
+        return out
+
+    def silu_mul(self, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        """silu(gate) * up (float32, same shape; the last dimension contiguous), as Llama's
+        MLP computes it: one call instead of three operations."""
+        shape = gate.shape
+        gate, up = (_rows(t) for t in (gate, up))
+        out = torch.empty(shape, dtype=torch.float32)
+        self._silu_mul(
+            gate.shape[0],
+            gate.shape[1],
+            gate.data_ptr(),
+            gate.stride(0),
+            up.data_ptr(),
+            up.stride(0),
             out.data_ptr(),
         )
         return out
@@ -271,6 +296,14 @@ def source_row(keys: torch.Tensor, values: torch.Tensor) -> list[int]:
     if strides != _strides(values) or strides[3] != 1 or keys.dtype != torch.float32:
         raise ValueError("keys and values must be float32 at the same strides, dim contiguous")
     return [keys.data_ptr(), values.data_ptr(), *strides[:3]]
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    """x as float32 rows ([-1, last dimension]), each contiguous (rows at any stride)."""
+    if x.dtype != torch.float32:
+        raise ValueError(f"cpu kernels take float32, got {x.dtype}")
+    rows = x.reshape(-1, x.shape[-1])
+    return rows if rows.stride(-1) == 1 else rows.contiguous()
 
 
 def _heads_contiguous(rows: torch.Tensor) -> torch.Tensor:

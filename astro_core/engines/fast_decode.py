@@ -5,8 +5,9 @@ decorators, output dataclasses, mask construction, kwargs deprecation shims and 
 attention-function dispatch, which cost as much as the arithmetic of 32 rows. This step
 calls the same modules (embedding, rotary embedding, norms, projections, MLP) in the same
 order on the slot cache, and nothing else. It applies only to the layout it is written
-for: pre-norm decoder layers made of exactly self_attn (q/k/v/o projections) + mlp +
-input/post-attention norms (Llama, Mistral, Qwen2); other models take the model's forward.
+for: pre-norm decoder layers made of exactly self_attn (q/k/v/o projections) + mlp
+(gate/up/down projections and an activation) + input/post-attention norms (Llama, Mistral,
+Qwen2); other models take the model's forward.
 `tests/generator/test_engines.py` checks both give the same tokens.
 """
 
@@ -24,6 +25,7 @@ from astro_core.engines.kv_slots import SlotCache
 MODEL_TYPES = {"llama", "mistral", "qwen2"}
 _LAYER_PARTS = {"self_attn", "mlp", "input_layernorm", "post_attention_layernorm"}
 _ATTENTION_PARTS = {"q_proj", "k_proj", "v_proj", "o_proj"}
+_MLP_PARTS = {"gate_proj", "up_proj", "down_proj", "act_fn"}
 
 
 def llama_layout(model: Any) -> bool:
@@ -39,6 +41,8 @@ def llama_layout(model: Any) -> bool:
         if set(dict(layer.named_children())) != _LAYER_PARTS or attention is None:
             return False
         if set(dict(attention.named_children())) != _ATTENTION_PARTS:
+            return False
+        if set(dict(layer.mlp.named_children())) != _MLP_PARTS:
             return False
     return all(hasattr(inner, part) for part in ("embed_tokens", "rotary_emb", "norm"))
 
@@ -84,9 +88,9 @@ class FastDecoder:
                 layer.scaling,
                 rotary,
             )
-            hidden = hidden + layer.o_proj(out.reshape(rows, -1))
+            hidden = plus_linear(hidden, layer.o_proj, out.reshape(rows, -1))
             gate, up = layer.gate_up(self._norm(layer.post_norm, hidden)).chunk(2, dim=-1)
-            hidden = hidden + layer.down_proj(layer.act(gate) * up)
+            hidden = plus_linear(hidden, layer.down_proj, swiglu(layer.act, gate, up, self.kernel))
         logits: torch.Tensor = self.model.lm_head(self._norm(self.inner.norm, hidden))
         return logits
 
@@ -150,6 +154,27 @@ def rms_norm(norm: Any, x: torch.Tensor, kernel: CPUKernels | None = None) -> to
     if kernel is not None and norm.weight.dtype == torch.float32:
         return kernel.rms_norm(x, norm.weight, eps)
     return F.rms_norm(x, norm.weight.shape, norm.weight, eps)
+
+
+def swiglu(
+    act: Any, gate: torch.Tensor, up: torch.Tensor, kernel: CPUKernels | None
+) -> torch.Tensor:
+    """act(gate) * up, Llama's gated MLP activation: one C call for SiLU where the kernels
+    serve, else as the modules compute it."""
+    if kernel is not None and type(act).__name__ in _SILU and gate.dtype == torch.float32:
+        return kernel.silu_mul(gate, up)
+    return act(gate) * up  # type: ignore[no-any-return]
+
+
+_SILU = {"SiLU", "SiLUActivation"}
+
+
+def plus_linear(hidden: torch.Tensor, linear: Any, x: torch.Tensor) -> torch.Tensor:
+    """hidden + linear(x) (rows of 2-D tensors): one operation for a plain linear without
+    bias (the residual added by the matrix product), two otherwise."""
+    if type(linear) is torch.nn.Linear and linear.bias is None and hidden.dim() == 2:
+        return torch.addmm(hidden, x, linear.weight.t())
+    return hidden + linear(x)  # type: ignore[no-any-return]
 
 
 class RopeTable:

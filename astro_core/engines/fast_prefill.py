@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from astro_core.engines.cpu_kernels import CPUKernels, same_layout, source_row
-from astro_core.engines.fast_decode import RopeTable, llama_layout, rms_norm
+from astro_core.engines.fast_decode import RopeTable, llama_layout, plus_linear, rms_norm, swiglu
 from astro_core.engines.kv_slots import apply_rotary
 
 LayerKV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer ([1, kv_heads, n, head_dim] x 2)
@@ -72,12 +72,12 @@ class PackedPrefill:
             bounds.append((start, start + len(item.rest)))
             start += len(item.rest)
         tokens = len(ids)
-        hidden = self.inner.embed_tokens(ids[None])  # [1, tokens, hidden]
-        rotary = self.rope(hidden[0], positions)  # cos, sin: [tokens, head_dim]
+        hidden = self.inner.embed_tokens(ids)  # [tokens, hidden]
+        rotary = self.rope(hidden, positions)  # cos, sin: [tokens, head_dim]
         kept: LayerKV = []
         last = len(self.layers) - 1
         for index, layer in enumerate(self.layers):
-            attention = layer.self_attn
+            attention, mlp = layer.self_attn, layer.mlp
             x = rms_norm(layer.input_layernorm, hidden, self.kernel)
             shape = (1, tokens, -1, attention.head_dim)
             key = self._rotated(attention.k_proj(x).view(shape), rotary)
@@ -87,9 +87,10 @@ class PackedPrefill:
                 break
             query = attention.q_proj(x).view(shape)  # rotated in _attention
             out = self._attention(items, bounds, index, query, key, value, rotary)
-            hidden = hidden + attention.o_proj(out.reshape(1, tokens, -1))
-            norm = rms_norm(layer.post_attention_layernorm, hidden, self.kernel)
-            hidden = hidden + layer.mlp(norm)
+            hidden = plus_linear(hidden, attention.o_proj, out.reshape(tokens, -1))
+            x = rms_norm(layer.post_attention_layernorm, hidden, self.kernel)
+            gated = swiglu(mlp.act_fn, mlp.gate_proj(x), mlp.up_proj(x), self.kernel)
+            hidden = plus_linear(hidden, mlp.down_proj, gated)
         for item, (begin, end) in zip(items, bounds, strict=True):
             item.computed = [(k[:, :, begin:end], v[:, :, begin:end]) for k, v in kept]
 

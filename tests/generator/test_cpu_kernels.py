@@ -196,6 +196,20 @@ def test_rotary_is_llamas(heads: int, dim: int) -> None:
 
 
 @needs_compiler
+def test_silu_mul_is_llamas_gated_activation() -> None:
+    """silu(gate) * up as torch computes it, for the halves of a fused gate/up output (rows
+    a stride apart), large, tiny and zero gates included (no overflow: e^-|g| only)."""
+    kernel = kernels.load_kernel()
+    assert kernel is not None
+    gate, up = (torch.randn(45, 2 * 37) * 6).chunk(2, dim=-1)
+    gate[0, :6] = torch.tensor([0.0, -0.0, 100.0, -100.0, 1e-30, -1e-30])
+    out = kernel.silu_mul(gate, up)
+    assert out.shape == gate.shape and out.is_contiguous()
+    torch.testing.assert_close(out, F.silu(gate) * up, atol=1e-6, rtol=1e-6)
+    assert torch.isfinite(out).all()
+
+
+@needs_compiler
 @pytest.mark.parametrize(("rows", "dim"), [(1, 128), (33, 7), (200, 1000)])
 def test_rms_norm_is_llamas(rows: int, dim: int, threads: None) -> None:
     """The kernel's RMS norm gives the Llama module's values (float64 reference), from a
