@@ -177,9 +177,8 @@ class ContinuousBatch:
                 ]
                 if not members:
                     continue
-                slots = torch.tensor([slot for slot, _ in members], device=self.engine.device)
-                rows = torch.tensor([row for _, row in members], device=self.engine.device)
-                self.cache.place(g, slots, layers, rows)
+                slots = [slot for slot, _ in members]
+                self.cache.place(g, slots, layers, [row for _, row in members])
 
     def _remove(self, group: int, ended: list[int]) -> None:
         """Free the slots of group members `ended`: the group's last members move in."""

@@ -258,26 +258,25 @@ class SlotCache(Cache):
     def place(
         self,
         group: int,
-        slots: torch.Tensor,
+        slots: list[int],
         prefilled: list[tuple[torch.Tensor, torch.Tensor]],
-        rows: torch.Tensor,
+        rows: list[int],
     ) -> None:
         """Copy rows `rows` of prefilled keys/values ([b, kv_heads, n, head_dim] per layer,
         left-padded) into a group's `slots`, ending at the cursor."""
         at = self.at(group)
         start = at - prefilled[0][0].shape[2]
         for i, (keys, values) in enumerate(prefilled):
-            self.keys[group][i][slots, :, start:at] = keys[rows]
-            self.values[group][i][slots, :, start:at] = values[rows]
+            copy_rows(self.keys[group][i][:, :, start:at], slots, keys, rows)
+            copy_rows(self.values[group][i][:, :, start:at], slots, values, rows)
 
     def move(self, group: int, sources: list[int], targets: list[int]) -> None:
         """Copy the window of group members `sources` to members `targets` (disjoint)."""
-        src = torch.tensor(sources, device=self.device)
-        dst = torch.tensor(targets, device=self.device)
         at = self.at(group)
         low = at - self.window(group)
         for buffer in (*self.keys[group], *self.values[group]):
-            buffer[dst, :, low:at] = buffer[src, :, low:at]
+            window = buffer[:, :, low:at]
+            copy_rows(window, targets, window, sources)
 
     def set_members(self, cached: Sequence[Sequence[int]]) -> None:
         """Record each group's members by their cached tokens (after members join or
@@ -477,6 +476,21 @@ class _Decoding:
 
     def __exit__(self, *exc: object) -> None:
         _decoding.reset(self.token)
+
+
+def copy_rows(
+    target: torch.Tensor, slots: list[int], source: torch.Tensor, rows: list[int]
+) -> None:
+    """target[slots[i]] = source[rows[i]] for each i. A few slice copies cost less than one
+    indexed copy (~5 vs ~22 us on CPU); many rows (n samples of a prompt) take the indexed
+    copy."""
+    if len(slots) <= 4:
+        for slot, row in zip(slots, rows, strict=True):
+            target[slot].copy_(source[row])
+    else:
+        target[torch.tensor(slots, device=target.device)] = source[
+            torch.tensor(rows, device=source.device)
+        ]
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

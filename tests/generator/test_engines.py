@@ -600,3 +600,29 @@ def test_rotary_table_grows_and_matches_the_model(tiny_model_dir: Path) -> None:
         expected_cos, expected_sin = rotary(hidden, index[:, None])  # [rows, 1, head_dim]
         assert torch.equal(cos, expected_cos[:, 0]) and torch.equal(sin, expected_sin[:, 0])
     assert table.cos is not None and table.cos.shape[0] > 4096
+
+
+@pytest.mark.parametrize("count", [1, 3, 4, 5, 9])
+def test_copy_rows_places_each_row_in_its_slot(count: int) -> None:
+    """The slot cache's row copy (slice copies for a few rows, one indexed copy for many):
+    each source row lands in its slot, from a prefilled batch or within one buffer (a move),
+    through a column window, and nothing else changes."""
+    from astro_core.engines.kv_slots import copy_rows
+
+    buffer = torch.randn(12, 2, 30, 4)
+    before = buffer.clone()
+    slots = random.Random(count).sample(range(12), count)
+    source = torch.randn(count + 2, 2, 10, 4)
+    rows = list(range(count + 2))[2:]
+    copy_rows(buffer[:, :, 5:15], slots, source, rows)
+    expected = before.clone()
+    for slot, row in zip(slots, rows, strict=True):
+        expected[slot, :, 5:15] = source[row]
+    assert torch.equal(buffer, expected)
+    # a move: members' windows copied within the buffer
+    free = [s for s in range(12) if s not in slots][:count]
+    movers = slots[: len(free)]
+    window = buffer[:, :, 5:15]
+    copy_rows(window, free, window, movers)
+    for target, slot in zip(free, movers, strict=True):
+        assert torch.equal(buffer[target, :, 5:15], buffer[slot, :, 5:15])
