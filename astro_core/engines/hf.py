@@ -251,7 +251,7 @@ class HFEngine(EngineBase):
         ):
             prefilled.append((layers, {prompt: 0}))
             if self.prefix_cache is not None and (prefix is None or prefix[1] < len(prompt)):
-                self.prefix_cache.store(prompt, [(k.clone(), v.clone()) for k, v in layers])
+                self.prefix_cache.store(prompt, [(_owned(k), _owned(v)) for k, v in layers])
         return prefilled
 
     def _extend(self, cached: LayerKV, length: int, prompts: list[Tokens]) -> list[LayerKV]:
@@ -402,6 +402,15 @@ class HFEngine(EngineBase):
 # Sampling is in float32: logits divided by a positive temperature below this overflow (a NaN
 # softmax); the limit of a vanishing temperature is greedy, so such rows take the argmax.
 MIN_TEMPERATURE = 1e-30
+
+
+def _owned(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor itself where it spans all of its storage (a prompt prefilled alone, or
+    joined to its cached prefix), else a copy: the prefix cache then holds exactly the
+    prompt's keys/values, not the rest of a packed pass."""
+    if tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size():
+        return tensor
+    return tensor.clone()
 
 
 def _rng(row: Row) -> random.Random:

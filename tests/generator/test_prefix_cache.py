@@ -96,6 +96,26 @@ def test_search_like_prompts_reuse_prefixes_and_generate_the_same(
     assert with_cache.prefix_cache.stats.hits >= 6
 
 
+def test_entries_hold_only_their_own_prompts_keys_and_values(
+    engines: tuple[HFEngine, HFEngine],
+) -> None:
+    """Prompts prefilled together in one packed pass are stored as copies of their own
+    columns; a prompt prefilled alone is stored as it is (no copy): either way an entry
+    holds no memory beyond its prompt's keys/values, so the budget is what it uses."""
+    with_cache, _ = engines
+    assert with_cache.prefix_cache is not None
+    together = tuple(f"Problem {i}: how many primes lie below {10 * i}? " * 3 for i in range(3))
+    alone = "A prompt prefilled on its own, long enough to be kept by the cache. " * 2
+    with_cache.generate_batch([GenerationRequest(together, SamplingParams(max_tokens=2))])
+    with_cache.generate_batch([GenerationRequest((alone,), SamplingParams(max_tokens=2))])
+    entries = list(with_cache.prefix_cache._entries.values())
+    assert len(entries) >= 4
+    for entry in entries:
+        for tensor in (t for layer in entry.kv for t in layer):
+            assert tensor.shape[2] == len(entry.tokens)
+            assert tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
+
+
 def test_rows_of_very_different_lengths_get_their_own_attention_window() -> None:
     """A new row joins the group where it adds the least attention work (members x the
     longest member): long prompts do not make every short row attend over their length,
