@@ -49,7 +49,8 @@ def llama_layout(model: Any) -> bool:
 
 def fast_decoder(model: Any, kernel: CPUKernels | None = None) -> FastDecoder | None:
     """The lean decode step for this model, or None when its layout is another. With the C
-    kernels (cpu_kernels.py) its norms are one call each."""
+    kernels (cpu_kernels.py) its norms, rotary embedding and MLP activation are one call
+    each."""
     return FastDecoder(model, kernel) if llama_layout(model) else None
 
 
