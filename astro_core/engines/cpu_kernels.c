@@ -241,19 +241,23 @@ int astro_attention(int rows, int heads, int kv_heads, int dim, float scale, con
         for (int h = 0; h < kv_heads; h++) {
             float *k = (float *)(intptr_t)source[0] + start + h * source[3];
             float *v = (float *)(intptr_t)source[1] + start + h * source[3];
-            const float *c = cos ? cos + (int64_t)r * dim : NULL, *s = sin ? sin + (int64_t)r * dim : NULL;
+            /* this row's rotary embedding, if any */
+            const float *c = cos ? cos + (int64_t)r * dim : NULL;
+            const float *s = sin ? sin + (int64_t)r * dim : NULL;
             if (new_keys) {
                 const float *key = new_keys + r * new_key_row_stride + h * dim;
+                const float *value = new_values + r * new_value_row_stride + h * dim;
                 if (c)
                     rotate(key, c, s, dim, k + (n - 1) * step);
                 else
                     memcpy(k + (n - 1) * step, key, dim * 4);
-                memcpy(v + (n - 1) * step, new_values + r * new_value_row_stride + h * dim, dim * 4);
+                memcpy(v + (n - 1) * step, value, dim * 4);
             }
             const float *q = query + r * query_row_stride + h * queries * dim;
             float rotated[MAX_QUERIES * MAX_CHUNKS * LANES];
             if (c) {
-                for (int i = 0; i < queries; i++) rotate(q + i * dim, c, s, dim, rotated + i * dim);
+                for (int i = 0; i < queries; i++)
+                    rotate(q + i * dim, c, s, dim, rotated + i * dim);
                 q = rotated;
             }
             float *o = out + ((int64_t)r * heads + h * queries) * dim;
