@@ -344,7 +344,7 @@ class HFEngine(EngineBase):
         temps = [rows[k].params.temperature for k in drawn]
         u = [_rng(rows[k]).random() for k in drawn]
         top_p = [rows[k].params.top_p for k in drawn]
-        if self._kernel is not None and len(drawn) == len(rows) and min(top_p) >= 1:
+        if self._kernel is not None and drawn and len(drawn) == len(rows) and min(top_p) >= 1:
             return self._kernel.sample(logits, temps, u)  # one call, the usual step on CPU
         # greedy rows take the argmax (skipped when every row samples)
         tokens = logits.argmax(-1) if len(drawn) < len(rows) else torch.empty(0)
