@@ -291,10 +291,15 @@ void astro_rms_norm(int rows, int dim, const float *x, int64_t x_row_stride,
 /* One token per row drawn from softmax(logits / temperature) by inverse CDF: the number of
  * tokens whose cumulative mass is at most u * the total (torch.searchsorted(cdf, u *
  * cdf[-1], right=True)), at most vocab - 1. logits: [rows, vocab], `row_stride` apart;
- * temperature, u: one per row (temperature > 0); scratch: rows * vocab floats. */
+ * temperature, u: one per row (temperature > 0); scratch: rows * vocab floats. Rows spread
+ * over `threads` threads where built with OpenMP (for large vocabularies). */
 void astro_sample(int rows, int vocab, const float *logits, int64_t row_stride,
-                  const float *temperature, const float *u, float *scratch, int64_t *tokens)
+                  const float *temperature, const float *u, float *scratch, int64_t *tokens,
+                  int threads)
 {
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) if (threads > 1 && rows > 1 && vocab >= 4096)
+#endif
     for (int r = 0; r < rows; r++) {
         const float *x = logits + r * row_stride;
         float *e = scratch + (int64_t)r * vocab;
@@ -324,10 +329,14 @@ void astro_sample(int rows, int vocab, const float *logits, int64_t row_stride,
 
 /* x ([rows, heads, dim] at the given row stride, heads contiguous) rotated by each row's
  * rotary embedding (cos, sin: [rows, dim]) into out [rows, heads, dim] contiguous: prefill's
- * keys, which every later row of their prompt attends to. */
+ * keys, which every later row of their prompt attends to. Rows spread over `threads` threads
+ * where built with OpenMP. */
 void astro_rotary(int rows, int heads, int dim, const float *x, int64_t x_row_stride,
-                  const float *cos, const float *sin, float *out)
+                  const float *cos, const float *sin, float *out, int threads)
 {
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) if (threads > 1 && rows > 64)
+#endif
     for (int r = 0; r < rows; r++)
         for (int h = 0; h < heads; h++)
             rotate(x + r * x_row_stride + h * dim, cos + (int64_t)r * dim, sin + (int64_t)r * dim,
@@ -336,10 +345,14 @@ void astro_rotary(int rows, int heads, int dim, const float *x, int64_t x_row_st
 
 /* Llama's gated MLP activation, out = silu(gate) * up, over `rows` rows of `width` floats
  * (gate and up rows at their own strides; out contiguous). silu(g) = g * sigmoid(g), the
- * sigmoid from e^-|g| so that the exponent is never positive. */
+ * sigmoid from e^-|g| so that the exponent is never positive. Rows spread over `threads`
+ * threads where built with OpenMP. */
 void astro_silu_mul(int rows, int width, const float *gate, int64_t gate_row_stride,
-                    const float *up, int64_t up_row_stride, float *out)
+                    const float *up, int64_t up_row_stride, float *out, int threads)
 {
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) if (threads > 1 && rows > 64)
+#endif
     for (int r = 0; r < rows; r++) {
         const float *g = gate + r * gate_row_stride, *u = up + r * up_row_stride;
         float *o = out + (int64_t)r * width;

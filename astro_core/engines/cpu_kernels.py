@@ -127,6 +127,7 @@ class CPUKernels:
             ctypes.c_void_p,  # x
             ctypes.c_int64,  # its row stride
             *[ctypes.c_void_p] * 3,  # cos, sin, out
+            ctypes.c_int,  # threads
         ]
         self._silu_mul = holding.astro_silu_mul
         self._silu_mul.restype = None
@@ -137,6 +138,7 @@ class CPUKernels:
             ctypes.c_void_p,  # up
             ctypes.c_int64,  # its row stride
             ctypes.c_void_p,  # out
+            ctypes.c_int,  # threads
         ]
         self._sample = holding.astro_sample
         self._sample.restype = None
@@ -145,6 +147,7 @@ class CPUKernels:
             ctypes.c_void_p,  # logits
             ctypes.c_int64,  # their row stride
             *[ctypes.c_void_p] * 4,  # temperatures, uniforms, scratch, tokens out
+            ctypes.c_int,  # threads
         ]
         self.threaded = bool(library.astro_attention_threaded())
 
@@ -175,7 +178,7 @@ class CPUKernels:
         query = _heads_contiguous(query)
         new_keys, new_values = (_heads_contiguous(t) for t in new) if new else (None, None)
         cos, sin = (t.contiguous() for t in rotary) if rotary else (None, None)
-        threads = torch.get_num_threads() if self.threaded else 1
+        threads = self._threads()
         scratch = (heads // kv_heads) * longest
         scores = torch.empty(threads * scratch, dtype=torch.float32)
         out = torch.empty((count, heads, dim), dtype=torch.float32)
@@ -209,7 +212,7 @@ class CPUKernels:
         rows = _rows(x)
         out = torch.empty(x.shape, dtype=torch.float32)
         weight = weight.contiguous()
-        threads = torch.get_num_threads() if self.threaded else 1
+        threads = self._threads()
         self._rms_norm(
             rows.shape[0],
             rows.shape[1],
@@ -238,6 +241,7 @@ class CPUKernels:
             cos.data_ptr(),
             sin.data_ptr(),
             out.data_ptr(),
+            self._threads(),
         )
         return out
 
@@ -255,6 +259,7 @@ class CPUKernels:
             up.data_ptr(),
             up.stride(0),
             out.data_ptr(),
+            self._threads(),
         )
         return out
 
@@ -280,8 +285,13 @@ class CPUKernels:
             uniform.data_ptr(),
             scratch.data_ptr(),
             tokens.data_ptr(),
+            self._threads(),
         )
         return tokens.tolist()
+
+    def _threads(self) -> int:
+        """Threads a call may spread its rows over: torch's, where built with OpenMP."""
+        return torch.get_num_threads() if self.threaded else 1
 
     def usable(self) -> bool:
         """Whether it serves this thread count (a build without OpenMP: one thread only;

@@ -181,29 +181,40 @@ def test_a_decode_step_rotates_writes_and_attends_its_new_token(
 
 @needs_compiler
 @pytest.mark.parametrize(("heads", "dim"), [(1, 2), (2, 32), (5, 128)])
-def test_rotary_is_llamas(heads: int, dim: int) -> None:
+def test_rotary_is_llamas(heads: int, dim: int, threads: None) -> None:
     """The kernel's rotary (prefill's keys) gives torch's rotate-half embedding, from rows
-    a stride apart (a view into the fused projections' output)."""
+    a stride apart (a view into the fused projections' output), the same at one thread and
+    several."""
     kernel = kernels.load_kernel()
     assert kernel is not None
-    rows = 37
+    rows = 137
     x = torch.randn(rows, heads + 3, dim)[:, 1 : heads + 1]
     angles = torch.rand(rows, dim // 2) * 50
     cos, sin = torch.cat([angles.cos()] * 2, dim=-1), torch.cat([angles.sin()] * 2, dim=-1)
-    out = kernel.rotary(x, cos, sin)
-    assert out.shape == (rows, heads, dim) and out.is_contiguous()
-    torch.testing.assert_close(out, apply_rotary(x, cos[:, None], sin[:, None]), atol=1e-6, rtol=0)
+    got = []
+    for count in (1, 3):
+        torch.set_num_threads(count)
+        got.append(kernel.rotary(x, cos, sin))
+    assert got[0].shape == (rows, heads, dim) and got[0].is_contiguous()
+    assert torch.equal(got[0], got[1])
+    expected = apply_rotary(x, cos[:, None], sin[:, None])
+    torch.testing.assert_close(got[0], expected, atol=1e-6, rtol=0)
 
 
 @needs_compiler
-def test_silu_mul_is_llamas_gated_activation() -> None:
+def test_silu_mul_is_llamas_gated_activation(threads: None) -> None:
     """silu(gate) * up as torch computes it, for the halves of a fused gate/up output (rows
-    a stride apart), large, tiny and zero gates included (no overflow: e^-|g| only)."""
+    a stride apart), large, tiny and zero gates included (no overflow: e^-|g| only), the
+    same at one thread and several."""
     kernel = kernels.load_kernel()
     assert kernel is not None
-    gate, up = (torch.randn(45, 2 * 37) * 6).chunk(2, dim=-1)
+    gate, up = (torch.randn(145, 2 * 37) * 6).chunk(2, dim=-1)
     gate[0, :6] = torch.tensor([0.0, -0.0, 100.0, -100.0, 1e-30, -1e-30])
+    torch.set_num_threads(3)
+    threaded = kernel.silu_mul(gate, up)
+    torch.set_num_threads(1)
     out = kernel.silu_mul(gate, up)
+    assert torch.equal(out, threaded)
     assert out.shape == gate.shape and out.is_contiguous()
     torch.testing.assert_close(out, F.silu(gate) * up, atol=1e-6, rtol=1e-6)
     assert torch.isfinite(out).all()
@@ -454,7 +465,7 @@ def test_a_cache_directory_others_can_write_is_not_used(
 
 
 @needs_compiler
-def test_sampling_draws_the_torch_path_tokens() -> None:
+def test_sampling_draws_the_torch_path_tokens(threads: None) -> None:
     """The kernel's sampling picks, per row, the token torch's softmax + inverse CDF picks
     for the same temperature and uniform draw; masked (-inf) tokens are never drawn; the
     draw is bounded to the vocabulary even at u close to 1."""
@@ -477,3 +488,10 @@ def test_sampling_draws_the_torch_path_tokens() -> None:
     peaked = torch.zeros(3, vocab)
     peaked[:, 42] = 200.0  # the others underflow to 0
     assert kernel.sample(peaked, [1.0] * 3, [0.0, 0.5, 0.999]) == [42, 42, 42]
+    # a large vocabulary spreads rows over threads: the same draws
+    wide = torch.randn(6, 50_000)
+    draws = [rnd.random() for _ in range(6)]
+    torch.set_num_threads(3)
+    threaded = kernel.sample(wide, [1.0] * 6, draws)
+    torch.set_num_threads(1)
+    assert kernel.sample(wide, [1.0] * 6, draws) == threaded
