@@ -1,11 +1,14 @@
 /* Kernels on CPU for the hf engine. Attention: each query row over exactly its own span of
  * key/value columns (a decoding sequence's cached tokens; a prompt token's prefix in
- * prefill), with a decode step's rotary embedding and cache write folded in. RMS norm.
+ * prefill), with a decode step's rotary embedding and cache write folded in. RMS norm,
+ * rotary embedding, the gated MLP activation and sampling.
  * See cpu_kernels.py for why, and for the tables this reads.
  *
  * Compiled at first use with the machine's C compiler (-O3 -march=native); plain C with
  * GCC/Clang vector extensions, so the same source runs on AVX-512 (16 float lanes), AVX2
- * (8) and anything else (4). Float32 only; head_dim a multiple of LANES.
+ * (8) and anything else (4). Float32 only; head_dim a multiple of LANES. Built with OpenMP,
+ * each kernel spreads its rows over the threads it is given; builds without it ignore the
+ * `omp parallel` pragmas (one thread).
  */
 #include <math.h>
 #include <stdint.h>
@@ -273,9 +276,7 @@ int astro_attention(int rows, int heads, int kv_heads, int dim, float scale, con
 void astro_rms_norm(int rows, int dim, const float *x, int64_t x_row_stride,
                     const float *weight, float eps, float *out, int threads)
 {
-#ifdef _OPENMP
 #pragma omp parallel for num_threads(threads) if (threads > 1 && rows > 64)
-#endif
     for (int r = 0; r < rows; r++) {
         const float *in = x + r * x_row_stride;
         float *o = out + (int64_t)r * dim;
@@ -297,9 +298,7 @@ void astro_sample(int rows, int vocab, const float *logits, int64_t row_stride,
                   const float *temperature, const float *u, float *scratch, int64_t *tokens,
                   int threads)
 {
-#ifdef _OPENMP
 #pragma omp parallel for num_threads(threads) if (threads > 1 && rows > 1 && vocab >= 4096)
-#endif
     for (int r = 0; r < rows; r++) {
         const float *x = logits + r * row_stride;
         float *e = scratch + (int64_t)r * vocab;
@@ -334,9 +333,7 @@ void astro_sample(int rows, int vocab, const float *logits, int64_t row_stride,
 void astro_rotary(int rows, int heads, int dim, const float *x, int64_t x_row_stride,
                   const float *cos, const float *sin, float *out, int threads)
 {
-#ifdef _OPENMP
 #pragma omp parallel for num_threads(threads) if (threads > 1 && rows > 64)
-#endif
     for (int r = 0; r < rows; r++)
         for (int h = 0; h < heads; h++)
             rotate(x + r * x_row_stride + h * dim, cos + (int64_t)r * dim, sin + (int64_t)r * dim,
@@ -350,9 +347,7 @@ void astro_rotary(int rows, int heads, int dim, const float *x, int64_t x_row_st
 void astro_silu_mul(int rows, int width, const float *gate, int64_t gate_row_stride,
                     const float *up, int64_t up_row_stride, float *out, int threads)
 {
-#ifdef _OPENMP
 #pragma omp parallel for num_threads(threads) if (threads > 1 && rows > 64)
-#endif
     for (int r = 0; r < rows; r++) {
         const float *g = gate + r * gate_row_stride, *u = up + r * up_row_stride;
         float *o = out + (int64_t)r * width;
