@@ -210,9 +210,8 @@ class CPUKernels:
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         """Llama's RMS norm over the last dimension of float32 `x` (one call, not six)."""
         rows = _rows(x)
+        weight = _operand(weight, (rows.shape[1],), "weight")
         out = torch.empty(x.shape, dtype=torch.float32)
-        weight = weight.contiguous()
-        threads = self._threads()
         self._rms_norm(
             rows.shape[0],
             rows.shape[1],
@@ -221,7 +220,7 @@ class CPUKernels:
             weight.data_ptr(),
             eps,
             out.data_ptr(),
-            threads,
+            self._threads(),
         )
         return out
 
@@ -229,8 +228,8 @@ class CPUKernels:
         """x ([rows, heads, dim] float32) rotated by each row's rotary cos/sin ([rows, dim]),
         as Llama's rotate-half form: [rows, heads, dim] contiguous."""
         x = _heads_contiguous(x)
-        cos, sin = cos.contiguous(), sin.contiguous()
         rows, heads, dim = x.shape
+        cos, sin = (_operand(t, (rows, dim), name) for t, name in ((cos, "cos"), (sin, "sin")))
         out = torch.empty((rows, heads, dim), dtype=torch.float32)
         self._rotary(
             rows,
@@ -249,7 +248,7 @@ class CPUKernels:
         """silu(gate) * up (float32, same shape; the last dimension contiguous), as Llama's
         MLP computes it: one call instead of three operations."""
         shape = gate.shape
-        gate, up = (_rows(t) for t in (gate, up))
+        gate, up = _rows(gate), _rows(_operand(up, tuple(shape), "up", contiguous=False))
         out = torch.empty(shape, dtype=torch.float32)
         self._silu_mul(
             gate.shape[0],
@@ -269,9 +268,13 @@ class CPUKernels:
         """Each row's token drawn from softmax(logits / temperature) ([rows, vocab] float32,
         temperatures > 0) by inverse CDF at its uniform draw in [0, 1): the engine's
         sampling without top-p, in one call instead of a dozen operations."""
-        if logits.stride(-1) != 1:
-            logits = logits.contiguous()
+        logits = _rows(logits)
         rows, vocab = logits.shape
+        if len(temperatures) != rows or len(uniforms) != rows:
+            raise ValueError(
+                f"sample: {rows} rows of logits, {len(temperatures)} temperatures and "
+                f"{len(uniforms)} uniform draws"
+            )
         temperature = torch.tensor(temperatures, dtype=torch.float32)
         uniform = torch.tensor(uniforms, dtype=torch.float32)
         scratch = torch.empty(rows * vocab, dtype=torch.float32)
@@ -306,6 +309,16 @@ def source_row(keys: torch.Tensor, values: torch.Tensor) -> list[int]:
     if strides != _strides(values) or strides[3] != 1 or keys.dtype != torch.float32:
         raise ValueError("keys and values must be float32 at the same strides, dim contiguous")
     return [keys.data_ptr(), values.data_ptr(), *strides[:3]]
+
+
+def _operand(
+    t: torch.Tensor, shape: tuple[int, ...], name: str, contiguous: bool = True
+) -> torch.Tensor:
+    """A float32 operand of the shape a kernel reads (else ValueError naming it: the C code
+    would read past it), contiguous unless the caller handles strides."""
+    if t.dtype != torch.float32 or tuple(t.shape) != shape:
+        raise ValueError(f"{name}: expected float32 {list(shape)}, got {t.dtype} {list(t.shape)}")
+    return t.contiguous() if contiguous else t
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:

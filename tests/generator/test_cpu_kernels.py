@@ -495,3 +495,27 @@ def test_sampling_draws_the_torch_path_tokens(threads: None) -> None:
     threaded = kernel.sample(wide, [1.0] * 6, draws)
     torch.set_num_threads(1)
     assert kernel.sample(wide, [1.0] * 6, draws) == threaded
+
+
+@needs_compiler
+def test_operands_of_the_wrong_dtype_or_shape_are_refused_by_name() -> None:
+    """Each kernel checks what the C code would read: a wrong dtype or a shape that does not
+    match is a ValueError naming the operand, before any C runs (no read past a buffer)."""
+    kernel = kernels.load_kernel()
+    assert kernel is not None
+    x = torch.randn(5, 2, 8)
+    cos = sin = torch.ones(5, 8)
+    with pytest.raises(ValueError, match=r"weight: expected float32 \[8\]"):
+        kernel.rms_norm(torch.randn(5, 8), torch.ones(7), 1e-6)
+    with pytest.raises(ValueError, match="float32, got torch.float64"):
+        kernel.rms_norm(torch.randn(5, 8, dtype=torch.float64), torch.ones(8), 1e-6)
+    with pytest.raises(ValueError, match=r"sin: expected float32 \[5, 8\]"):
+        kernel.rotary(x, cos, torch.ones(4, 8))
+    with pytest.raises(ValueError, match=r"cos: expected float32 \[5, 8\], got torch.bfloat16"):
+        kernel.rotary(x, cos.bfloat16(), sin)
+    with pytest.raises(ValueError, match=r"up: expected float32 \[5, 8\]"):
+        kernel.silu_mul(torch.randn(5, 8), torch.randn(5, 9))
+    with pytest.raises(ValueError, match="5 rows of logits, 4 temperatures and 5 uniform"):
+        kernel.sample(torch.randn(5, 100), [1.0] * 4, [0.5] * 5)
+    with pytest.raises(ValueError, match="float32, got torch.float16"):
+        kernel.sample(torch.randn(5, 100).half(), [1.0] * 5, [0.5] * 5)
